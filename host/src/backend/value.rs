@@ -1,0 +1,94 @@
+//! The values, row sets and errors that cross the boundary between a guest's database handle
+//! and a storage backend. They mirror the WIT `types` interface but know nothing about Wasm,
+//! so the backends stay free of wasmtime and the runtime stays free of drivers.
+
+/// One SQL value: a bound parameter or a result cell.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// SQL NULL.
+    Null,
+    /// A 64-bit signed integer.
+    Integer(i64),
+    /// A 64-bit float.
+    Real(f64),
+    /// UTF-8 text.
+    Text(String),
+    /// Raw bytes.
+    Blob(Vec<u8>),
+    /// A boolean; stored as 0/1 where the backend has no boolean type.
+    Boolean(bool),
+    /// A value the contract cannot carry; the string names the database type.
+    Unsupported(String),
+}
+
+impl std::fmt::Display for Value {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Null => f.write_str("NULL"),
+            Value::Integer(v) => write!(f, "{v}"),
+            Value::Real(v) => write!(f, "{v}"),
+            Value::Text(v) => f.write_str(v),
+            Value::Blob(v) => write!(f, "<{} bytes>", v.len()),
+            Value::Boolean(v) => write!(f, "{v}"),
+            Value::Unsupported(t) => write!(f, "<{t}>"),
+        }
+    }
+}
+
+/// The result of a query: column names and positional rows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RowSet {
+    /// Column names, in select-list order.
+    pub columns: Vec<String>,
+    /// One `Vec` per row, one value per column.
+    pub rows: Vec<Vec<Value>>,
+}
+
+/// Why a guest's statement failed: the closed set the WIT `error` variant carries.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum DbError {
+    /// Refused by the SQL guard, or the handle was revoked.
+    #[error("denied: {0}")]
+    Denied(String),
+    /// Unparsable SQL, or SQL the database rejected for its syntax or names.
+    #[error("invalid sql: {message}")]
+    InvalidSql {
+        /// What the parser or database said.
+        message: String,
+        /// The SQLSTATE, where the backend has one.
+        sqlstate: Option<String>,
+    },
+    /// A unique, not-null, check or foreign-key constraint was violated.
+    #[error("constraint violated: {message}")]
+    Constraint {
+        /// What the database said.
+        message: String,
+        /// The SQLSTATE, where the backend has one.
+        sqlstate: Option<String>,
+    },
+    /// A bound the host enforces was hit (statement size, parameters, rows returned).
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(String),
+    /// Any other database failure.
+    #[error("database error: {message}")]
+    Other {
+        /// What the database said.
+        message: String,
+        /// The SQLSTATE, where the backend has one.
+        sqlstate: Option<String>,
+    },
+}
+
+impl From<crate::sandbox::GuardError> for DbError {
+    fn from(err: crate::sandbox::GuardError) -> Self {
+        use crate::sandbox::GuardError;
+        match err {
+            GuardError::Denied(reason) => DbError::Denied(reason),
+            GuardError::InvalidSql(message) => DbError::InvalidSql {
+                message,
+                sqlstate: None,
+            },
+            GuardError::LimitExceeded(reason) => DbError::LimitExceeded(reason),
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! `zdr projector`: deploy, list and resume live projectors.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use super::output::{self, ProgressReporter};
+use super::{blocking, open_ready, read_component, runtime};
+use crate::config::Settings;
+use crate::lifecycle::{self, ComponentSpec, Deployed};
+
+#[derive(Debug, Subcommand)]
+pub enum ProjectorCommand {
+    /// Deploy a projector: a new one is built from history before it serves; a new version of
+    /// a live one is rebuilt with a zero-downtime replay and promoted.
+    Deploy(Deploy),
+    /// List live projectors with their version, checkpoint, lag and status.
+    List(List),
+    /// Resume a projector stopped at a failure (after deploying a fix, if needed).
+    Resume(Resume),
+}
+
+impl ProjectorCommand {
+    pub async fn run(self, settings: Settings) -> anyhow::Result<()> {
+        match self {
+            ProjectorCommand::Deploy(cmd) => cmd.run(settings).await,
+            ProjectorCommand::List(cmd) => cmd.run(settings).await,
+            ProjectorCommand::Resume(cmd) => cmd.run(settings).await,
+        }
+    }
+}
+
+/// Deploy NAME from FILE.wasm.
+#[derive(Debug, Args)]
+pub struct Deploy {
+    /// The projector's name (must match what the component's describe() returns).
+    name: String,
+    /// The component file.
+    file: PathBuf,
+}
+
+impl Deploy {
+    async fn run(self, settings: Settings) -> anyhow::Result<()> {
+        let wasm = read_component(&self.file)?;
+        let spec = ComponentSpec {
+            name: self.name.clone(),
+            source: self.file.display().to_string(),
+            wasm,
+        };
+        let runtime = runtime(&settings)?;
+        let outcome = blocking(move || {
+            let db = open_ready(&settings)?;
+            let mut progress = ProgressReporter::new(false);
+            let outcome = lifecycle::deploy(&runtime, &db, &spec, settings.batch_size, &mut |t, p| {
+                progress.update(t, p)
+            });
+            progress.finish();
+            Ok(outcome?)
+        })
+        .await?;
+        match outcome {
+            Deployed::New { version, events } => {
+                println!("deployed {} version {version}: built from {events} event(s), now live", self.name)
+            }
+            Deployed::Unchanged { version } => println!("{} version {version} is already live; nothing to do", self.name),
+            Deployed::Upgraded { from, to, key } => {
+                println!("upgraded {} from version {from} to {to} with zero downtime (replay {key})", self.name)
+            }
+        }
+        Ok(())
+    }
+}
+
+/// List live projectors.
+#[derive(Debug, Args)]
+pub struct List {
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl List {
+    async fn run(self, settings: Settings) -> anyhow::Result<()> {
+        let projectors = blocking(move || Ok(lifecycle::projectors(&open_ready(&settings)?)?)).await?;
+        if self.json {
+            return output::print_json(&projectors);
+        }
+        let rows: Vec<Vec<String>> = projectors
+            .iter()
+            .map(|p| {
+                vec![
+                    p.name.clone(),
+                    p.version.clone(),
+                    p.checkpoint.to_string(),
+                    p.lag.to_string(),
+                    match &p.failure {
+                        None => p.status.clone(),
+                        Some(f) => format!("stopped at event {}: {}", f.event_id, f.message),
+                    },
+                    p.tables.join(","),
+                ]
+            })
+            .collect();
+        output::print_table(&["NAME", "VERSION", "CHECKPOINT", "LAG", "STATUS", "TABLES"], &rows);
+        Ok(())
+    }
+}
+
+/// Resume a stopped projector from its checkpoint.
+#[derive(Debug, Args)]
+pub struct Resume {
+    /// The projector's name.
+    name: String,
+}
+
+impl Resume {
+    async fn run(self, settings: Settings) -> anyhow::Result<()> {
+        let name = self.name.clone();
+        let checkpoint = blocking(move || Ok(lifecycle::resume_projector(&open_ready(&settings)?, &name)?)).await?;
+        println!("resumed {}: the daemon retries from event {}", self.name, checkpoint + 1);
+        Ok(())
+    }
+}

@@ -1,0 +1,168 @@
+//! Configuration: where the database is and the bounds zdr runs with.
+//!
+//! Precedence, highest first: command-line flags, environment (`ZDR_DATABASE_URL`), the
+//! `zdr.toml` file in the working directory (or `--config FILE`), then the defaults here. The
+//! file is strict: an unknown key is an error naming the file and the key, so a typo never
+//! silently falls back to a default.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::projection::DEFAULT_BATCH_SIZE;
+use crate::runtime::Limits;
+
+/// The database used when nothing else is configured: an SQLite file in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://zdr.db";
+
+/// The configuration file looked for in the working directory.
+pub const DEFAULT_CONFIG_FILE: &str = "zdr.toml";
+
+/// Settings as resolved from flags, environment, file and defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The database URL.
+    pub database_url: String,
+    /// Events per transaction.
+    pub batch_size: usize,
+    /// Guest bounds.
+    pub limits: Limits,
+    /// Where compiled components are cached; `None` disables the cache.
+    pub cache_dir: Option<PathBuf>,
+    /// How often an idle daemon worker looks for new events.
+    pub poll_interval: Duration,
+}
+
+/// The keys `zdr.toml` accepts.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database_url: Option<String>,
+    batch_size: Option<usize>,
+    call_timeout_ms: Option<u64>,
+    memory_mib: Option<usize>,
+    cache_dir: Option<PathBuf>,
+    poll_interval_ms: Option<u64>,
+}
+
+/// Why the configuration could not be read.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file exists but cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or has an unknown key or a bad value.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with the key.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl Settings {
+    /// Resolves the settings. `explicit_file` is `--config`; without it `zdr.toml` is read when
+    /// present. `database_url` is the flag-or-environment value from clap.
+    ///
+    /// # Errors
+    /// An unreadable or invalid file, or out-of-range values (all problems reported at once).
+    pub fn resolve(explicit_file: Option<&Path>, database_url: Option<String>) -> Result<Self, ConfigError> {
+        let file = match explicit_file {
+            Some(path) => Some(read_file(path)?),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => Some(read_file(Path::new(DEFAULT_CONFIG_FILE))?),
+            None => None,
+        }
+        .unwrap_or_default();
+        let defaults = Limits::default();
+        let mut problems = Vec::new();
+        let batch_size = file.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
+        if !(1..=100_000).contains(&batch_size) {
+            problems.push(format!("batch_size must be 1 to 100000, got {batch_size}"));
+        }
+        let call_timeout = file
+            .call_timeout_ms
+            .map_or(defaults.call_timeout, Duration::from_millis);
+        if call_timeout < Duration::from_millis(10) {
+            problems.push("call_timeout_ms must be at least 10".to_string());
+        }
+        let memory_bytes = file.memory_mib.map_or(defaults.memory_bytes, |m| m.saturating_mul(1024 * 1024));
+        if memory_bytes < 1024 * 1024 {
+            problems.push("memory_mib must be at least 1".to_string());
+        }
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid(format!("invalid configuration: {}", problems.join("; "))));
+        }
+        Ok(Settings {
+            database_url: database_url
+                .or(file.database_url)
+                .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string()),
+            batch_size,
+            limits: Limits {
+                call_timeout,
+                memory_bytes,
+            },
+            cache_dir: file.cache_dir.or_else(default_cache_dir),
+            poll_interval: Duration::from_millis(file.poll_interval_ms.unwrap_or(100).max(1)),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|err| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: err.to_string(),
+    })
+}
+
+/// `$ZDR_CACHE_DIR`, else `$XDG_CACHE_HOME/zdr`, else `$HOME/.cache/zdr`.
+fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("ZDR_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(dir).join("zdr"));
+    }
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("zdr"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zdr.toml");
+        std::fs::write(&path, "databse_url = \"sqlite://x.db\"\n").unwrap();
+        let err = Settings::resolve(Some(&path), None).unwrap_err().to_string();
+        assert!(err.contains("zdr.toml") && err.contains("databse_url"), "{err}");
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_every_problem_is_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zdr.toml");
+        std::fs::write(&path, "database_url = \"sqlite://file.db\"\nbatch_size = 50\n").unwrap();
+        let s = Settings::resolve(Some(&path), Some("sqlite://flag.db".into())).unwrap();
+        assert_eq!(s.database_url, "sqlite://flag.db");
+        assert_eq!(s.batch_size, 50);
+        std::fs::write(&path, "batch_size = 0\ncall_timeout_ms = 1\n").unwrap();
+        let err = Settings::resolve(Some(&path), None).unwrap_err().to_string();
+        assert!(err.contains("batch_size") && err.contains("call_timeout_ms"), "{err}");
+    }
+}

@@ -1,0 +1,673 @@
+//! The replay lifecycle and projector deployment, as compare-and-set transitions of rows in
+//! the database: the database is the only coordinator, so two CLIs racing on one replay get one
+//! winner and one clear error.
+//!
+//! ```text
+//! create ──start──▶ started ──project──▶ projecting ──promote──▶ promoted ──remove──▶ (gone)
+//!    │                 ▲  │                   │
+//!    └──start──────────┘  └─(guest error)─▶ failed ──start──▶ started
+//! ```
+//!
+//! Every function here blocks (SQLite and wasmtime run synchronously); call it from a blocking
+//! thread, never on the async runtime.
+
+use std::collections::BTreeSet;
+
+use crate::backend::{Db, ReplayRow, RunLock, StoreError};
+use crate::model::{self, Description, ReplayState, Role, Target};
+use crate::projection::{Progress, Projection, ProjectionError, target_label};
+use crate::runtime::{Runtime, content_hash};
+use crate::sandbox::check_declared_ddl;
+
+/// Why a lifecycle command failed. Every message says what is wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LifecycleError {
+    /// Bad operator input (a name, a key, a component).
+    #[error("{0}")]
+    Invalid(String),
+    /// The command does not fit the replay's or projector's current state.
+    #[error("{0}")]
+    WrongState(String),
+    /// No such replay or projector.
+    #[error("{0}")]
+    NotFound(String),
+    /// Another process holds the replay.
+    #[error("{0}")]
+    Busy(String),
+    /// Projecting failed.
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+type Result<T> = std::result::Result<T, LifecycleError>;
+
+/// A projector component to register: the name the operator gave and the file's bytes.
+pub struct ComponentSpec {
+    /// The projector name it must describe itself as.
+    pub name: String,
+    /// Where it came from, for messages.
+    pub source: String,
+    /// The component's bytes.
+    pub wasm: Vec<u8>,
+}
+
+/// Loads, describes and checks a component before anything is written.
+fn describe_checked(runtime: &Runtime, db: &Db, spec: &ComponentSpec) -> Result<Description> {
+    model::validate_projector_name(&spec.name).map_err(LifecycleError::Invalid)?;
+    let (_component, description) = runtime
+        .describe(&spec.wasm)
+        .map_err(|err| LifecycleError::Invalid(format!("{}: {err:#}", spec.source)))?;
+    if description.name != spec.name {
+        return Err(LifecycleError::Invalid(format!(
+            "{} describes itself as projector {:?}, not {:?}; use the name it declares",
+            spec.source, description.name, spec.name
+        )));
+    }
+    let mut seen = BTreeSet::new();
+    for table in &description.tables {
+        if !seen.insert(table.name.to_ascii_lowercase()) {
+            return Err(LifecycleError::Invalid(format!(
+                "{} declares table {:?} twice",
+                spec.source, table.name
+            )));
+        }
+        check_declared_ddl(db.dialect(), &table.name, &table.ddl)
+            .map_err(|err| LifecycleError::Invalid(format!("{}: table {}: {err}", spec.source, table.name)))?;
+    }
+    Ok(description)
+}
+
+/// Refuses tables that another projector owns, or that exist in the database without zdr
+/// knowing them, or that views and triggers depend on.
+fn check_tables_free(db: &Db, description: &Description) -> Result<()> {
+    for live in db.live_targets()? {
+        if live.projector == description.name {
+            continue;
+        }
+        let other = db.description(live.version_id)?;
+        for table in &description.tables {
+            if other.tables.iter().any(|t| t.name.eq_ignore_ascii_case(&table.name)) {
+                return Err(LifecycleError::Invalid(format!(
+                    "table {:?} already belongs to projector {:?}; each table has one owner",
+                    table.name, live.projector
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_no_dependents(db: &Db, tables: &[String]) -> Result<()> {
+    for table in tables {
+        let dependents = db.dependents_of(table)?;
+        if !dependents.is_empty() {
+            return Err(LifecycleError::Invalid(format!(
+                "table {table:?} is used by {}; zdr swaps tables by renaming them, which these would not follow. \
+                 Drop them or move them into the projector",
+                dependents.join(", ")
+            )));
+        }
+    }
+    Ok(())
+}
+
+// ----- projectors ---------------------------------------------------------------------------
+
+/// What `deploy` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Deployed {
+    /// A new projector, built from history and now live.
+    New {
+        /// Version string.
+        version: String,
+        /// Events replayed to build it.
+        events: u64,
+    },
+    /// The same component is already live; nothing changed.
+    Unchanged {
+        /// Version string.
+        version: String,
+    },
+    /// An existing projector upgraded with a zero-downtime replay under `key`.
+    Upgraded {
+        /// The version that was live.
+        from: String,
+        /// The version now live.
+        to: String,
+        /// The replay that did it.
+        key: String,
+    },
+}
+
+/// Deploys a projector. A new one is built from history into tables of its own, then renamed
+/// into place under the write lock, so it never serves a half-built read model. An existing
+/// one is upgraded by a full replay (create, start, project, promote, remove) under a generated
+/// key: zero downtime, and the live read model stays the fold of all events through the version
+/// that is live.
+///
+/// # Errors
+/// An invalid component, tables that are taken, a guest failure while building, or a
+/// database failure.
+pub fn deploy(
+    runtime: &Runtime,
+    db: &Db,
+    spec: &ComponentSpec,
+    batch_size: usize,
+    progress: &mut dyn FnMut(&Target, Progress),
+) -> Result<Deployed> {
+    let description = describe_checked(runtime, db, spec)?;
+    let hash = content_hash(&spec.wasm);
+    if let Some(live) = db.live_target(&spec.name)? {
+        let (_, live_hash, _) = db.version(live.version_id)?;
+        if live_hash == hash {
+            return Ok(Deployed::Unchanged { version: live.version });
+        }
+        let key = format!("upgrade_{}", &hash[..12]);
+        create(runtime, db, &key, std::slice::from_ref(spec))?;
+        start(runtime, db, &key, batch_size, progress)?;
+        project(runtime, db, &key, batch_size, progress)?;
+        promote(runtime, db, &key)?;
+        remove(runtime, db, &key, false)?;
+        return Ok(Deployed::Upgraded {
+            from: live.version,
+            to: description.version,
+            key,
+        });
+    }
+    check_tables_free(db, &description)?;
+    for table in &description.tables {
+        if db.object_exists(&table.name)? {
+            return Err(LifecycleError::Invalid(format!(
+                "a table named {:?} already exists and zdr does not manage it; drop or rename it, or rename the projector's table",
+                table.name
+            )));
+        }
+    }
+    if db.targets_of_projector(&spec.name)?.iter().any(|t| t.role == Role::Building) {
+        return Err(LifecycleError::Busy(format!(
+            "projector {} is already being deployed; wait for that deploy, or remove the leftover with `zdr projector remove {}`",
+            spec.name, spec.name
+        )));
+    }
+    let target = db.write(|db| {
+        let version_id = db.register_version(&hash, &spec.wasm, &description)?;
+        let target = db.insert_target(&spec.name, version_id, Role::Building, None)?;
+        db.create_tables(&target, &description)?;
+        Ok::<_, LifecycleError>(target)
+    })?;
+    let mut projection = Projection::new(runtime, db, batch_size);
+    let events = projection.catch_up(target.id, progress)?;
+    // The last gap closes inside the write lock, together with the switch to live.
+    db.write(|db| {
+        let building = db
+            .target(target.id)?
+            .ok_or_else(|| LifecycleError::NotFound(format!("the build of {} disappeared", spec.name)))?;
+        let head = db.head()?;
+        let rest = db.read_events(building.checkpoint, head, usize::MAX)?;
+        let last = projection.apply(&building, &rest)?;
+        db.set_checkpoint(building.id, last)?;
+        db.rename_tables(&building, &description, Role::Live, None)?;
+        db.set_role(building.id, Role::Live, None)?;
+        Ok::<_, LifecycleError>(())
+    })?;
+    Ok(Deployed::New {
+        version: description.version,
+        events,
+    })
+}
+
+/// Clears a live projector's recorded failure so the daemon retries from its checkpoint.
+///
+/// # Errors
+/// An unknown projector, or one that is not stopped.
+pub fn resume_projector(db: &Db, name: &str) -> Result<i64> {
+    let live = db
+        .live_target(name)?
+        .ok_or_else(|| LifecycleError::NotFound(format!("no live projector named {name:?}; see `zdr projector list`")))?;
+    if live.failure.is_none() {
+        return Err(LifecycleError::WrongState(format!("projector {name} is not stopped; nothing to resume")));
+    }
+    db.clear_failure(live.id)?;
+    Ok(live.checkpoint)
+}
+
+// ----- replays ------------------------------------------------------------------------------
+
+fn replay_row(db: &Db, key: &str) -> Result<ReplayRow> {
+    model::validate_replay_key(key).map_err(LifecycleError::Invalid)?;
+    db.replay(key)?
+        .ok_or_else(|| LifecycleError::NotFound(format!("no replay named {key:?}; see `zdr replay list`")))
+}
+
+fn run_lock(db: &Db, key: &str) -> Result<RunLock> {
+    db.try_lock(&format!("replay-{key}"))?.ok_or_else(|| {
+        LifecycleError::Busy(format!(
+            "replay {key} is held by another zdr process (a `replay start`, `project` or `promote` is running); wait for it to finish"
+        ))
+    })
+}
+
+/// Creates replay `key`: registers each projector's new version and creates its clone tables
+/// beside the live ones, from the new version's DDL.
+///
+/// # Errors
+/// A bad key, a key in use, an invalid component, a projector that is not deployed, or a
+/// database failure. Nothing is written unless every check passes.
+pub fn create(runtime: &Runtime, db: &Db, key: &str, specs: &[ComponentSpec]) -> Result<Vec<Target>> {
+    model::validate_replay_key(key).map_err(LifecycleError::Invalid)?;
+    if specs.is_empty() {
+        return Err(LifecycleError::Invalid(
+            "a replay needs at least one projector: --projector NAME=FILE.wasm".into(),
+        ));
+    }
+    let mut checked = Vec::new();
+    for spec in specs {
+        if checked.iter().any(|(s, _): &(&ComponentSpec, Description)| s.name == spec.name) {
+            return Err(LifecycleError::Invalid(format!("projector {} is named twice", spec.name)));
+        }
+        let description = describe_checked(runtime, db, spec)?;
+        let live = db.live_target(&spec.name)?.ok_or_else(|| {
+            LifecycleError::NotFound(format!(
+                "projector {:?} is not deployed; deploy it first with `zdr projector deploy {} FILE.wasm`",
+                spec.name, spec.name
+            ))
+        })?;
+        check_tables_free(db, &description)?;
+        let live_description = db.description(live.version_id)?;
+        check_no_dependents(db, &live_description.table_names())?;
+        checked.push((spec, description));
+    }
+    if db.replay(key)?.is_some() {
+        return Err(LifecycleError::WrongState(format!(
+            "replay {key} already exists; pick another key, or remove it with `zdr replay remove {key}`"
+        )));
+    }
+    db.write(|db| {
+        if !db.insert_replay(key)? {
+            return Err(LifecycleError::WrongState(format!("replay {key} already exists")));
+        }
+        let mut targets = Vec::new();
+        for (spec, description) in &checked {
+            let version_id = db.register_version(&content_hash(&spec.wasm), &spec.wasm, description)?;
+            let target = db.insert_target(&spec.name, version_id, Role::Clone, Some(key))?;
+            for name in db.physical_names(&target, description, Role::Clone, Some(key)) {
+                if db.object_exists(&name)? {
+                    return Err(LifecycleError::WrongState(format!(
+                        "table {name} already exists (left over from an earlier replay?); drop it first"
+                    )));
+                }
+            }
+            db.create_tables(&target, description)?;
+            targets.push(target);
+        }
+        Ok(targets)
+    })
+}
+
+/// Replays history into the clone(s) of `key`, batch by batch, until they reach the head of
+/// the store. Resumable: each batch commits with its checkpoint, and a failed replay restarts
+/// at the event that failed.
+///
+/// # Errors
+/// A wrong state, another run holding the replay, a guest failure (the replay goes to
+/// `failed`), or a database failure.
+pub fn start(
+    runtime: &Runtime,
+    db: &Db,
+    key: &str,
+    batch_size: usize,
+    progress: &mut dyn FnMut(&Target, Progress),
+) -> Result<u64> {
+    let replay = replay_row(db, key)?;
+    match replay.state {
+        ReplayState::Created | ReplayState::Started | ReplayState::Failed => {}
+        ReplayState::Projecting => {
+            return Err(LifecycleError::WrongState(format!(
+                "replay {key} is projecting: `zdr serve` keeps it caught up; promote it with `zdr replay promote {key}`"
+            )));
+        }
+        ReplayState::Promoted => {
+            return Err(LifecycleError::WrongState(format!(
+                "replay {key} is already promoted; remove it with `zdr replay remove {key}`"
+            )));
+        }
+    }
+    let _lock = run_lock(db, key)?;
+    let moved = db.write(|db| {
+        let moved = db.transition(
+            key,
+            &[ReplayState::Created, ReplayState::Started, ReplayState::Failed],
+            ReplayState::Started,
+            None,
+        )?;
+        if moved {
+            for target in db.replay_targets(key)? {
+                db.clear_failure(target.id)?;
+            }
+        }
+        Ok::<_, StoreError>(moved)
+    })?;
+    if !moved {
+        return Err(LifecycleError::WrongState(format!(
+            "replay {key} changed state while starting; check `zdr replay show {key}`"
+        )));
+    }
+    let mut projection = Projection::new(runtime, db, batch_size);
+    let mut total = 0;
+    for target in db.replay_targets(key)? {
+        total += projection.catch_up(target.id, progress)?;
+    }
+    Ok(total)
+}
+
+/// Catches the clone(s) of `key` up, then — inside the per-projector lock — closes the last
+/// gap for both live and clone and turns on dual writes, so that no event can fall between the
+/// lag check and the switch.
+///
+/// # Errors
+/// A wrong state (never started, failed, already projecting), another run, a guest failure,
+/// or a database failure.
+pub fn project(
+    runtime: &Runtime,
+    db: &Db,
+    key: &str,
+    batch_size: usize,
+    progress: &mut dyn FnMut(&Target, Progress),
+) -> Result<()> {
+    let replay = replay_row(db, key)?;
+    match replay.state {
+        ReplayState::Started => {}
+        ReplayState::Created => {
+            return Err(LifecycleError::WrongState(format!(
+                "replay {key} has not been started; run `zdr replay start {key}` first"
+            )));
+        }
+        ReplayState::Failed => {
+            return Err(LifecycleError::WrongState(format!(
+                "replay {key} failed ({}); fix the projector and run `zdr replay start {key}` first",
+                replay.error.unwrap_or_default()
+            )));
+        }
+        ReplayState::Projecting => {
+            return Err(LifecycleError::WrongState(format!("replay {key} is already projecting")));
+        }
+        ReplayState::Promoted => {
+            return Err(LifecycleError::WrongState(format!("replay {key} is already promoted")));
+        }
+    }
+    let _lock = run_lock(db, key)?;
+    let mut projection = Projection::new(runtime, db, batch_size);
+    for target in db.replay_targets(key)? {
+        projection.catch_up(target.id, progress)?;
+    }
+    db.write(|db| {
+        let head = db.head()?;
+        for clone in db.replay_targets(key)? {
+            let live = db.live_target(&clone.projector)?.ok_or_else(|| {
+                LifecycleError::WrongState(format!("projector {} has no live version any more", clone.projector))
+            })?;
+            if let Some(failure) = &live.failure {
+                return Err(LifecycleError::WrongState(format!(
+                    "live projector {} is stopped at event {}: {}; fix it and run `zdr projector resume {}` first",
+                    live.projector, failure.event_id, failure.message, live.projector
+                )));
+            }
+            for target in [&live, &clone] {
+                let events = db.read_events(target.checkpoint, head, usize::MAX)?;
+                let last = projection.apply(target, &events)?;
+                db.set_checkpoint(target.id, last.max(target.checkpoint))?;
+            }
+        }
+        if !db.transition(key, &[ReplayState::Started], ReplayState::Projecting, None)? {
+            return Err(LifecycleError::WrongState(format!(
+                "replay {key} changed state meanwhile; check `zdr replay show {key}`"
+            )));
+        }
+        Ok(())
+    })
+}
+
+/// Swaps the clone(s) of `key` in as live, in one transaction between two live batches: the
+/// projector may veto, the live tables are renamed out (kept for rollback until `remove`), the
+/// clone's renamed in, and the live target and its checkpoint switch over. Readers see the
+/// old tables or the new ones, never neither. The daemon notices the new live version at its
+/// next batch and hot-swaps the running code.
+///
+/// # Errors
+/// A wrong state (not projecting, a clone failed or out of step), a veto, or a database failure.
+pub fn promote(runtime: &Runtime, db: &Db, key: &str) -> Result<Vec<Target>> {
+    let replay = replay_row(db, key)?;
+    if replay.state != ReplayState::Projecting {
+        let hint = match replay.state {
+            ReplayState::Created => format!("run `zdr replay start {key}` and `zdr replay project {key}` first"),
+            ReplayState::Started => format!("catch up and turn on dual writes with `zdr replay project {key}` first"),
+            ReplayState::Failed => format!("fix the projector, then `zdr replay start {key}` and `zdr replay project {key}`"),
+            _ => "nothing to promote".into(),
+        };
+        return Err(LifecycleError::WrongState(format!(
+            "replay {key} is {}, not projecting: {hint}",
+            replay.state
+        )));
+    }
+    let _lock = run_lock(db, key)?;
+    let mut projection = Projection::new(runtime, db, 1);
+    db.write(|db| {
+        let clones = db.replay_targets(key)?;
+        let mut promoted = Vec::new();
+        for clone in &clones {
+            let live = db.live_target(&clone.projector)?.ok_or_else(|| {
+                LifecycleError::WrongState(format!("projector {} has no live version", clone.projector))
+            })?;
+            if let Some(failure) = &clone.failure {
+                return Err(LifecycleError::WrongState(format!(
+                    "the clone of {} failed at event {}: {}",
+                    clone.projector, failure.event_id, failure.message
+                )));
+            }
+            if clone.checkpoint != live.checkpoint {
+                return Err(LifecycleError::WrongState(format!(
+                    "the clone of {} is at event {} but live is at {}: not caught up; run `zdr replay lag {key}`",
+                    clone.projector, clone.checkpoint, live.checkpoint
+                )));
+            }
+            projection.instance(clone)?.promote().map_err(|err| {
+                LifecycleError::WrongState(format!("projector {} vetoed the promote: {err}", clone.projector))
+            })?;
+            let live_description = projection.description(&live)?;
+            let clone_description = projection.description(clone)?;
+            db.rename_tables(&live, &live_description, Role::Retired, Some(key))?;
+            db.rename_tables(clone, &clone_description, Role::Live, None)?;
+            db.set_role(live.id, Role::Retired, Some(key))?;
+            db.set_role(clone.id, Role::Live, None)?;
+            promoted.push(clone.clone());
+        }
+        if !db.transition(key, &[ReplayState::Projecting], ReplayState::Promoted, None)? {
+            return Err(LifecycleError::WrongState(format!("replay {key} changed state meanwhile")));
+        }
+        Ok(promoted)
+    })
+}
+
+/// Drops what replay `key` left: its clone tables (not yet promoted) or the former live tables
+/// (after a promote). Never touches the live tables. A projecting replay is only removed with
+/// `force`, since removing it stops its dual writes.
+///
+/// # Errors
+/// An unknown key, a projecting replay without `force`, another run, or a database failure.
+pub fn remove(runtime: &Runtime, db: &Db, key: &str, force: bool) -> Result<usize> {
+    let replay = replay_row(db, key)?;
+    if replay.state == ReplayState::Projecting && !force {
+        return Err(LifecycleError::WrongState(format!(
+            "replay {key} is projecting: new events go to its clone. Promote it with `zdr replay promote {key}`, \
+             or pass --force to drop the clone anyway"
+        )));
+    }
+    let _lock = run_lock(db, key)?;
+    let mut projection = Projection::new(runtime, db, 1);
+    db.write(|db| {
+        let targets = db.replay_targets(key)?;
+        for target in &targets {
+            if target.role == Role::Live {
+                return Err(LifecycleError::WrongState(format!(
+                    "target {} of replay {key} is live; refusing to drop live tables",
+                    target.id
+                )));
+            }
+            let description = projection.description(target)?;
+            match projection.instance(target).map(|i| i.remove()) {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(projector = %target.projector, "remove() failed, dropping anyway: {err}"),
+                Err(err) => tracing::warn!(projector = %target.projector, "could not call remove(), dropping anyway: {err}"),
+            }
+            db.drop_tables(target, &description)?;
+            db.delete_target(target.id)?;
+        }
+        db.delete_replay(key)?;
+        Ok(targets.len())
+    })
+}
+
+/// One projector's part of a replay, for `show` and `lag`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplayPart {
+    /// Projector name.
+    pub projector: String,
+    /// The version in the replay's target.
+    pub version: String,
+    /// The target's role: clone, or retired after a promote.
+    pub role: Role,
+    /// The target's checkpoint.
+    pub checkpoint: i64,
+    /// Events in the store after the checkpoint.
+    pub lag: i64,
+    /// The live version and checkpoint, for comparison.
+    pub live_version: Option<String>,
+    /// The live target's checkpoint.
+    pub live_checkpoint: Option<i64>,
+    /// The recorded failure, if any.
+    pub failure: Option<model::Failure>,
+    /// Physical table names.
+    pub tables: Vec<String>,
+}
+
+/// A replay with its parts, for `show`, `lag` and `list`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReplayStatus {
+    /// The key.
+    pub key: String,
+    /// Lifecycle state.
+    pub state: ReplayState,
+    /// The last error.
+    pub error: Option<String>,
+    /// Creation time.
+    pub created_at: String,
+    /// Last state change.
+    pub updated_at: String,
+    /// The head of the event store.
+    pub head: i64,
+    /// The largest lag of its parts.
+    pub lag: i64,
+    /// One entry per projector.
+    pub projectors: Vec<ReplayPart>,
+}
+
+/// The state of replay `key` with each projector's checkpoint and lag.
+///
+/// # Errors
+/// An unknown key or a database failure.
+pub fn status(db: &Db, key: &str) -> Result<ReplayStatus> {
+    let row = replay_row(db, key)?;
+    status_of(db, row)
+}
+
+/// The status of every replay.
+///
+/// # Errors
+/// A database failure.
+pub fn list(db: &Db) -> Result<Vec<ReplayStatus>> {
+    db.replays()?.into_iter().map(|row| status_of(db, row)).collect()
+}
+
+fn status_of(db: &Db, row: ReplayRow) -> Result<ReplayStatus> {
+    let head = db.head()?;
+    let mut projectors = Vec::new();
+    for target in db.replay_targets(&row.key)? {
+        let live = db.live_target(&target.projector)?;
+        let description = db.description(target.version_id)?;
+        projectors.push(ReplayPart {
+            projector: target.projector.clone(),
+            version: target.version.clone(),
+            role: target.role,
+            checkpoint: target.checkpoint,
+            lag: (head - target.checkpoint).max(0),
+            live_version: live.as_ref().map(|l| l.version.clone()),
+            live_checkpoint: live.as_ref().map(|l| l.checkpoint),
+            failure: target.failure.clone(),
+            tables: db.physical_names(&target, &description, target.role, target.replay_key.as_deref()),
+        });
+    }
+    let lag = projectors.iter().map(|p| p.lag).max().unwrap_or(0);
+    Ok(ReplayStatus {
+        key: row.key,
+        state: row.state,
+        error: row.error,
+        created_at: row.created_at,
+        updated_at: row.updated_at,
+        head,
+        lag,
+        projectors,
+    })
+}
+
+/// A live projector, for `projector list`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ProjectorStatus {
+    /// Name.
+    pub name: String,
+    /// Live version.
+    pub version: String,
+    /// Live checkpoint.
+    pub checkpoint: i64,
+    /// Events after the checkpoint.
+    pub lag: i64,
+    /// Live table names.
+    pub tables: Vec<String>,
+    /// Handled event classes (empty: all).
+    pub handles: Vec<String>,
+    /// `running`, or `stopped` at a failure.
+    pub status: String,
+    /// The failure it is stopped at.
+    pub failure: Option<model::Failure>,
+}
+
+/// Every live projector with its version, checkpoint and status.
+///
+/// # Errors
+/// A database failure.
+pub fn projectors(db: &Db) -> Result<Vec<ProjectorStatus>> {
+    let head = db.head()?;
+    let mut out = Vec::new();
+    for live in db.live_targets()? {
+        let description = db.description(live.version_id)?;
+        out.push(ProjectorStatus {
+            name: live.projector.clone(),
+            version: live.version.clone(),
+            checkpoint: live.checkpoint,
+            lag: (head - live.checkpoint).max(0),
+            tables: description.table_names(),
+            handles: description.handles.clone(),
+            status: if live.failure.is_some() { "stopped" } else { "running" }.into(),
+            failure: live.failure.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// A label for messages: `balance (replay v2)`.
+pub fn describe_target(target: &Target) -> String {
+    format!("{} ({})", target.projector, target_label(target))
+}

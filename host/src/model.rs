@@ -1,0 +1,236 @@
+//! The vocabulary shared by every layer: projector descriptions, targets, replay states and
+//! the validation of names and keys an operator types. No I/O here.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// One table a projector declares, with the DDL that creates it (logical names).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableDecl {
+    /// Logical table name.
+    pub name: String,
+    /// `CREATE TABLE` followed by any `CREATE INDEX` statements.
+    pub ddl: Vec<String>,
+}
+
+/// What a projector's `describe` returned: identity, tables and handled events.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Description {
+    /// Projector name.
+    pub name: String,
+    /// Version string of this build.
+    pub version: String,
+    /// Declared tables.
+    pub tables: Vec<TableDecl>,
+    /// Handled event classes; empty means all.
+    pub handles: Vec<String>,
+}
+
+impl Description {
+    /// Whether this projector wants events of `event_class`. A handled name matches the whole
+    /// class or its last `\`-separated segment, so `MoneyAdded` matches `App\Events\MoneyAdded`.
+    pub fn handles(&self, event_class: &str) -> bool {
+        if self.handles.is_empty() {
+            return true;
+        }
+        let short = event_class.rsplit('\\').next().unwrap_or(event_class);
+        self.handles.iter().any(|h| h == event_class || h == short)
+    }
+
+    /// The logical names of the declared tables.
+    pub fn table_names(&self) -> Vec<String> {
+        self.tables.iter().map(|t| t.name.clone()).collect()
+    }
+}
+
+/// What a target is for. The role decides the physical names of its tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// The tables readers use.
+    Live,
+    /// A replay's clone, being rebuilt beside live.
+    Clone,
+    /// Former live tables kept after a promote until the replay is removed.
+    Retired,
+    /// A newly deployed projector's tables, built from history before they go live.
+    Building,
+}
+
+impl Role {
+    /// The word stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Live => "live",
+            Role::Clone => "clone",
+            Role::Retired => "retired",
+            Role::Building => "building",
+        }
+    }
+
+    /// Parses the stored word.
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "live" => Role::Live,
+            "clone" => Role::Clone,
+            "retired" => Role::Retired,
+            "building" => Role::Building,
+            _ => return None,
+        })
+    }
+}
+
+/// One target: a copy of a projector's tables with its own checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Target {
+    /// Never reused; also names SQLite index prefixes.
+    pub id: i64,
+    /// The projector whose tables these are.
+    pub projector: String,
+    /// The projector version that writes here.
+    pub version_id: i64,
+    /// The version string, for display.
+    pub version: String,
+    /// What the target is for.
+    pub role: Role,
+    /// The replay that owns it (clone and retired targets).
+    pub replay_key: Option<String>,
+    /// Id of the last event applied, committed with the rows.
+    pub checkpoint: i64,
+    /// Set when the projector failed on an event here; the target is stopped until resumed.
+    pub failure: Option<Failure>,
+}
+
+/// A recorded projector failure: the event it stopped at and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Failure {
+    /// The event the projector failed on.
+    pub event_id: i64,
+    /// What went wrong.
+    pub message: String,
+}
+
+/// A replay's lifecycle state, changed only by compare-and-set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplayState {
+    /// Clone tables exist, nothing replayed yet.
+    Created,
+    /// `start` has run (maybe partly); resumable.
+    Started,
+    /// A projector failed on an event; `start` resumes after the fix.
+    Failed,
+    /// New events go to both live and clone.
+    Projecting,
+    /// The clone is live; the former live tables are kept until `remove`.
+    Promoted,
+}
+
+impl ReplayState {
+    /// The word stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ReplayState::Created => "created",
+            ReplayState::Started => "started",
+            ReplayState::Failed => "failed",
+            ReplayState::Projecting => "projecting",
+            ReplayState::Promoted => "promoted",
+        }
+    }
+
+    /// Parses the stored word.
+    pub fn parse(s: &str) -> Option<ReplayState> {
+        Some(match s {
+            "created" => ReplayState::Created,
+            "started" => ReplayState::Started,
+            "failed" => ReplayState::Failed,
+            "projecting" => ReplayState::Projecting,
+            "promoted" => ReplayState::Promoted,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ReplayState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The longest replay key: it becomes part of physical table names.
+pub const MAX_KEY_LEN: usize = 32;
+/// The longest projector name.
+pub const MAX_PROJECTOR_NAME_LEN: usize = 64;
+
+/// Checks a replay key: it ends up inside table (or schema) names, so it is kept to
+/// lowercase letters, digits and `_`, starting with a letter, and `live` is reserved.
+///
+/// # Errors
+/// A message naming the key and the rule it breaks.
+pub fn validate_replay_key(key: &str) -> Result<(), String> {
+    let ok_chars = key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let starts = key.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+    if key.is_empty() || key.len() > MAX_KEY_LEN || !ok_chars || !starts {
+        return Err(format!(
+            "invalid replay key {key:?}: use 1 to {MAX_KEY_LEN} lowercase letters, digits or '_', starting with a letter (e.g. balance_v2)"
+        ));
+    }
+    if key == "live" {
+        return Err("invalid replay key \"live\": it is reserved for the live tables, which are never removed; pick another key".into());
+    }
+    Ok(())
+}
+
+/// Checks a projector name: lowercase letters, digits, `_` and `-`, starting with a letter.
+///
+/// # Errors
+/// A message naming the name and the rule it breaks.
+pub fn validate_projector_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+    let starts = name.chars().next().is_some_and(|c| c.is_ascii_lowercase());
+    if name.is_empty() || name.len() > MAX_PROJECTOR_NAME_LEN || !ok_chars || !starts {
+        return Err(format!(
+            "invalid projector name {name:?}: use 1 to {MAX_PROJECTOR_NAME_LEN} lowercase letters, digits, '_' or '-', starting with a letter"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_checked() {
+        for good in ["v2", "balance_v2", "a"] {
+            assert!(validate_replay_key(good).is_ok(), "{good}");
+        }
+        for bad in ["", "V2", "2v", "a-b", "a b", "a;drop", "live", &"a".repeat(33), "é"] {
+            assert!(validate_replay_key(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn names_are_checked() {
+        assert!(validate_projector_name("sql-probe").is_ok());
+        for bad in ["", "Balance", "-x", "x/y", &"a".repeat(65)] {
+            assert!(validate_projector_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn handles_matches_short_class_names() {
+        let d = Description {
+            name: "b".into(),
+            version: "1".into(),
+            tables: vec![],
+            handles: vec!["MoneyAdded".into()],
+        };
+        assert!(d.handles("MoneyAdded"));
+        assert!(d.handles("App\\Events\\MoneyAdded"));
+        assert!(!d.handles("MoneySubtracted"));
+    }
+}

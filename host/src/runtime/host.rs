@@ -1,0 +1,196 @@
+//! The state a guest's store carries and the host functions the guest imports.
+//!
+//! [`HostState`] owns the WASI context (nothing granted: no files, network or environment),
+//! the resource table, the memory limits and the instance's database binding. The binding is a
+//! [`GuestConnection`] bound to one target; the runtime never learns which backend is behind it.
+
+use std::sync::Arc;
+
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime::{StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::ConnectionHandle;
+use super::bindings::zdr::projector::{database, log, types};
+use super::output::GuestOutput;
+use crate::backend::{DbError, GuestConnection, RowSet, Value};
+
+/// Everything a projector instance's store holds.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limits: StoreLimits,
+    /// The target this instance writes to, once bound; `None` answers `denied`.
+    pub(super) connection: Option<Box<dyn GuestConnection>>,
+    /// `name@version [target]`, used to tag every log line of this instance.
+    pub(super) tag: Arc<str>,
+    /// The memory cap, kept to explain an out-of-memory trap.
+    pub(super) memory_bytes: usize,
+}
+
+impl HostState {
+    /// A fresh state for one instance: no WASI capabilities, output to the host log.
+    pub fn new(tag: Arc<str>, memory_bytes: usize) -> Self {
+        let wasi = WasiCtxBuilder::new()
+            .stdout(GuestOutput::new(tag.clone(), "stdout"))
+            .stderr(GuestOutput::new(tag.clone(), "stderr"))
+            .build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(memory_bytes)
+            .instances(64)
+            .tables(64)
+            .memories(16)
+            .trap_on_grow_failure(true)
+            .build();
+        Self {
+            wasi,
+            table: ResourceTable::new(),
+            limits,
+            connection: None,
+            tag,
+            memory_bytes,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for HostState {}
+
+impl database::Host for HostState {}
+
+impl database::HostConnection for HostState {
+    fn execute(
+        &mut self,
+        _handle: Resource<ConnectionHandle>,
+        sql: String,
+        params: Vec<types::Value>,
+    ) -> wasmtime::Result<Result<u64, types::Error>> {
+        let Some(connection) = self.connection.as_mut() else {
+            return Ok(Err(revoked()));
+        };
+        let params = params.into_iter().map(value_from_guest).collect::<Vec<_>>();
+        let outcome = connection.execute(&sql, &params);
+        Ok(outcome.map_err(|err| error_to_guest(&self.tag, &sql, err)))
+    }
+
+    fn query(
+        &mut self,
+        _handle: Resource<ConnectionHandle>,
+        sql: String,
+        params: Vec<types::Value>,
+    ) -> wasmtime::Result<Result<types::RowSet, types::Error>> {
+        let Some(connection) = self.connection.as_mut() else {
+            return Ok(Err(revoked()));
+        };
+        let params = params.into_iter().map(value_from_guest).collect::<Vec<_>>();
+        match connection.query(&sql, &params) {
+            Ok(rows) => Ok(Ok(row_set_to_guest(rows))),
+            Err(err) => Ok(Err(error_to_guest(&self.tag, &sql, err))),
+        }
+    }
+
+    fn drop(&mut self, handle: Resource<ConnectionHandle>) -> wasmtime::Result<()> {
+        // The handle carries no state of its own; the binding lives as long as the instance.
+        let _ = self.table.delete(handle);
+        Ok(())
+    }
+}
+
+impl log::Host for HostState {
+    fn log(&mut self, level: log::Level, message: String) -> wasmtime::Result<()> {
+        let message = truncate(&message, super::output::MAX_LINE_BYTES);
+        let tag = &*self.tag;
+        match level {
+            log::Level::Trace => tracing::trace!(projector = %tag, "{message}"),
+            log::Level::Debug => tracing::debug!(projector = %tag, "{message}"),
+            log::Level::Info => tracing::info!(projector = %tag, "{message}"),
+            log::Level::Warn => tracing::warn!(projector = %tag, "{message}"),
+            log::Level::Error => tracing::error!(projector = %tag, "{message}"),
+        }
+        Ok(())
+    }
+}
+
+impl HostState {
+    /// Puts a new `connection` handle into the resource table for the guest to own.
+    pub(super) fn new_connection_handle(&mut self) -> wasmtime::Result<Resource<ConnectionHandle>> {
+        Ok(self.table.push(ConnectionHandle)?)
+    }
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+fn revoked() -> types::Error {
+    types::Error::Denied("this connection is not bound to a target (revoked or not yet bound)".into())
+}
+
+fn value_from_guest(value: types::Value) -> Value {
+    match value {
+        types::Value::Null => Value::Null,
+        types::Value::Integer(v) => Value::Integer(v),
+        types::Value::Real(v) => Value::Real(v),
+        types::Value::Text(v) => Value::Text(v),
+        types::Value::Blob(v) => Value::Blob(v),
+        types::Value::Boolean(v) => Value::Boolean(v),
+        types::Value::Unsupported(v) => Value::Unsupported(v),
+    }
+}
+
+fn value_to_guest(value: Value) -> types::Value {
+    match value {
+        Value::Null => types::Value::Null,
+        Value::Integer(v) => types::Value::Integer(v),
+        Value::Real(v) => types::Value::Real(v),
+        Value::Text(v) => types::Value::Text(v),
+        Value::Blob(v) => types::Value::Blob(v),
+        Value::Boolean(v) => types::Value::Boolean(v),
+        Value::Unsupported(v) => types::Value::Unsupported(v),
+    }
+}
+
+fn row_set_to_guest(rows: RowSet) -> types::RowSet {
+    types::RowSet {
+        columns: rows.columns,
+        rows: rows
+            .rows
+            .into_iter()
+            .map(|row| row.into_iter().map(value_to_guest).collect())
+            .collect(),
+    }
+}
+
+/// Converts a backend error into the closed set the guest sees, logging the denial so the
+/// operator learns about it even when the guest swallows it.
+fn error_to_guest(tag: &str, sql: &str, err: DbError) -> types::Error {
+    let failure = |message: String, sqlstate: Option<String>| types::SqlFailure { message, sqlstate };
+    match err {
+        DbError::Denied(reason) => {
+            tracing::warn!(projector = %tag, sql = %truncate(sql, 200), "statement denied: {reason}");
+            types::Error::Denied(reason)
+        }
+        DbError::InvalidSql { message, sqlstate } => types::Error::InvalidSql(failure(message, sqlstate)),
+        DbError::Constraint { message, sqlstate } => types::Error::Constraint(failure(message, sqlstate)),
+        DbError::LimitExceeded(reason) => {
+            tracing::warn!(projector = %tag, "limit exceeded: {reason}");
+            types::Error::LimitExceeded(reason)
+        }
+        DbError::Other { message, sqlstate } => types::Error::Other(failure(message, sqlstate)),
+    }
+}

@@ -1,0 +1,387 @@
+//! The WebAssembly side of zdr: one wasmtime engine, projector components loaded and checked
+//! against the `projector` world, and instances bound to one target each.
+//!
+//! Every call into a guest runs under an epoch deadline and a memory cap. A guest that traps,
+//! times out or runs out of memory poisons its instance (wasmtime refuses to re-enter a trapped
+//! component); the owner drops it and instantiates a fresh one. Nothing a guest does can take
+//! the host down.
+
+mod bindings;
+mod cache;
+mod host;
+mod output;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, Store};
+
+use crate::backend::GuestConnection;
+use crate::events::Event;
+pub use crate::model::{Description, TableDecl};
+pub use cache::ComponentCache;
+use bindings::{Projector, ProjectorPre};
+use host::HostState;
+
+/// How often the epoch advances: the granularity of call deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Bounds applied to every guest instance.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The longest a single call into the guest may run before it is interrupted.
+    pub call_timeout: Duration,
+    /// The most linear memory an instance may hold, in bytes.
+    pub memory_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            // Generous for one event (a Rust guest takes microseconds), short enough that a
+            // guest stuck in a loop stalls its projector for seconds, not forever.
+            call_timeout: Duration::from_secs(5),
+            // Interpreter-based guests (Python, JavaScript) need tens of MiB to start.
+            memory_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why loading a component failed. Each message says what is wrong and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The bytes are not WebAssembly at all.
+    #[error("not a WebAssembly file (it does not start with the \\0asm magic); pass the .wasm file the build produced")]
+    NotWasm,
+    /// A core module, not a component.
+    #[error("this is a core WebAssembly module, not a component; build for wasm32-wasip2 (or wrap it with `wasm-tools component new`)")]
+    CoreModule,
+    /// wasmtime could not compile it.
+    #[error("the component does not compile: {0:#}")]
+    Compile(wasmtime::Error),
+    /// It imports something the host does not provide, or lacks an export of the world.
+    #[error("the component does not implement the zdr:projector world: {0:#}")]
+    World(wasmtime::Error),
+}
+
+/// Why a call into a guest failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuestError {
+    /// The guest returned an error value (a handled failure).
+    #[error("the projector returned an error: {0}")]
+    Returned(String),
+    /// The guest trapped, panicked, timed out or ran out of memory; the instance is poisoned.
+    #[error("the projector trapped: {0}")]
+    Trap(String),
+    /// `describe` returned something the host cannot use.
+    #[error("invalid description: {0}")]
+    InvalidDescription(String),
+}
+
+/// The SHA-256 of a component's bytes, hex: its identity in the database and the cache.
+pub fn content_hash(wasm: &[u8]) -> String {
+    hex::encode(Sha256::digest(wasm))
+}
+
+/// The engine, the linker with the host's imports, and the compiled-component cache.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache: Option<ComponentCache>,
+    limits: Limits,
+    ticker_stop: Arc<AtomicBool>,
+}
+
+impl Runtime {
+    /// Builds the engine (epoch interruption on), links WASI with nothing granted plus the
+    /// zdr imports, and starts the epoch ticker thread.
+    ///
+    /// # Errors
+    /// When wasmtime cannot be configured on this machine.
+    pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> wasmtime::Result<Self> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Projector::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        let cache = cache_dir.map(|dir| ComponentCache::new(dir, &engine));
+        let ticker_stop = Arc::new(AtomicBool::new(false));
+        spawn_epoch_ticker(engine.clone(), ticker_stop.clone());
+        Ok(Self {
+            engine,
+            linker,
+            cache,
+            limits,
+            ticker_stop,
+        })
+    }
+
+    /// The limits every instance gets.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Compiles (or loads from the cache) and checks a component against the world.
+    ///
+    /// # Errors
+    /// [`LoadError`] says whether the bytes are not Wasm, a core module, do not compile, or do
+    /// not match the `projector` world.
+    pub fn load(&self, wasm: &[u8]) -> Result<Arc<LoadedComponent>, LoadError> {
+        if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
+            return Err(LoadError::NotWasm);
+        }
+        if wasm[4..8] == [1, 0, 0, 0] {
+            return Err(LoadError::CoreModule);
+        }
+        let hash = content_hash(wasm);
+        let component = match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, &hash, wasm),
+            None => Component::new(&self.engine, wasm),
+        }
+        .map_err(LoadError::Compile)?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(LoadError::World)?;
+        let pre = ProjectorPre::new(instance_pre).map_err(LoadError::World)?;
+        Ok(Arc::new(LoadedComponent { pre, hash }))
+    }
+
+    /// A fresh instance of `component`, tagged `tag` in the log, not yet bound to a target.
+    ///
+    /// # Errors
+    /// When the guest traps during instantiation (its start-up code failed).
+    pub fn instantiate(&self, component: &LoadedComponent, tag: &str) -> Result<Instance, GuestError> {
+        let tag: Arc<str> = Arc::from(tag);
+        let mut store = Store::new(&self.engine, HostState::new(tag.clone(), self.limits.memory_bytes));
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(deadline_ticks(self.limits.call_timeout));
+        let bindings = component
+            .pre
+            .instantiate(&mut store)
+            .map_err(|err| GuestError::Trap(format!("{err:#}")))?;
+        Ok(Instance {
+            store,
+            bindings,
+            poisoned: false,
+            timeout: self.limits.call_timeout,
+        })
+    }
+
+    /// Loads a component, instantiates it and calls `describe`: what `deploy` and `create`
+    /// check before they change anything.
+    ///
+    /// # Errors
+    /// A [`LoadError`] or a [`GuestError`], as text with what to do.
+    pub fn describe(&self, wasm: &[u8]) -> anyhow::Result<(Arc<LoadedComponent>, Description)> {
+        let component = self.load(wasm)?;
+        let mut instance = self.instantiate(&component, "describe")?;
+        let description = instance.describe()?;
+        Ok((component, description))
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticker_stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn deadline_ticks(timeout: Duration) -> u64 {
+    (timeout.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
+}
+
+fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) {
+    let spawned = std::thread::Builder::new()
+        .name("zdr-epoch".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(EPOCH_TICK);
+                engine.increment_epoch();
+            }
+        });
+    if let Err(err) = spawned {
+        // Without the ticker deadlines never fire: guests still run, but a runaway one would
+        // not be interrupted. Say so loudly rather than refuse to start.
+        tracing::error!("could not start the epoch ticker thread, guest deadlines are off: {err}");
+    }
+}
+
+/// A component compiled, checked against the world and ready to instantiate cheaply.
+pub struct LoadedComponent {
+    pre: ProjectorPre<HostState>,
+    hash: String,
+}
+
+impl LoadedComponent {
+    /// The component's content hash.
+    pub fn hash(&self) -> &str {
+        &self.hash
+    }
+}
+
+/// One instance of a projector, bound to at most one target.
+pub struct Instance {
+    store: Store<HostState>,
+    bindings: Projector,
+    poisoned: bool,
+    timeout: Duration,
+}
+
+impl Instance {
+    /// Whether a trap made this instance unusable; the owner must drop it.
+    pub fn is_poisoned(&self) -> bool {
+        self.poisoned
+    }
+
+    fn arm(&mut self) -> Result<(), GuestError> {
+        if self.poisoned {
+            return Err(GuestError::Trap("instance was poisoned by an earlier trap".into()));
+        }
+        self.store.set_epoch_deadline(deadline_ticks(self.timeout));
+        Ok(())
+    }
+
+    fn trapped(&mut self, err: wasmtime::Error) -> GuestError {
+        self.poisoned = true;
+        let message = if let Some(trap) = err.downcast_ref::<wasmtime::Trap>() {
+            match trap {
+                wasmtime::Trap::Interrupt => {
+                    format!("deadline of {:?} exceeded (the call was interrupted)", self.timeout)
+                }
+                other => format!("{other}"),
+            }
+        } else {
+            format!("{err:#}")
+        };
+        let message = if message.contains("memory") || message.contains("grow") {
+            format!("{message} (memory cap is {} MiB)", self.store.data().limits_mib())
+        } else {
+            message
+        };
+        GuestError::Trap(message)
+    }
+
+    /// Calls `describe` and checks the answer's shape.
+    ///
+    /// # Errors
+    /// A trap, or a description with no name, no version or no tables.
+    pub fn describe(&mut self) -> Result<Description, GuestError> {
+        self.arm()?;
+        let d = match self.bindings.call_describe(&mut self.store) {
+            Ok(d) => d,
+            Err(err) => return Err(self.trapped(err)),
+        };
+        let description = Description {
+            name: d.name,
+            version: d.version,
+            tables: d
+                .tables
+                .into_iter()
+                .map(|t| TableDecl { name: t.name, ddl: t.ddl })
+                .collect(),
+            handles: d.handles,
+        };
+        if description.name.is_empty() || description.version.is_empty() {
+            return Err(GuestError::InvalidDescription("describe() returned an empty name or version".into()));
+        }
+        if description.tables.is_empty() {
+            return Err(GuestError::InvalidDescription("describe() declares no tables".into()));
+        }
+        Ok(description)
+    }
+
+    /// Binds the instance to a target: stores the connection and hands the guest its handle.
+    ///
+    /// # Errors
+    /// A trap in `use-connection`.
+    pub fn bind(&mut self, connection: Box<dyn GuestConnection>, for_replay: bool) -> Result<(), GuestError> {
+        self.store.data_mut().connection = Some(connection);
+        let handle = self
+            .store
+            .data_mut()
+            .new_connection_handle()
+            .map_err(|err| GuestError::Trap(format!("{err:#}")))?;
+        self.arm()?;
+        if let Err(err) = self.bindings.call_use_connection(&mut self.store, handle) {
+            return Err(self.trapped(err));
+        }
+        if for_replay {
+            self.arm()?;
+            if let Err(err) = self.bindings.call_for_replay(&mut self.store) {
+                return Err(self.trapped(err));
+            }
+        }
+        Ok(())
+    }
+
+    /// Revokes the binding: every later database call from the guest answers `denied`.
+    pub fn unbind(&mut self) -> Option<Box<dyn GuestConnection>> {
+        self.store.data_mut().connection.take()
+    }
+
+    /// Mutable access to the bound connection (the batch driver re-points it per transaction).
+    pub fn connection_mut(&mut self) -> Option<&mut (dyn GuestConnection + 'static)> {
+        self.store.data_mut().connection.as_deref_mut()
+    }
+
+    /// Applies one event.
+    ///
+    /// # Errors
+    /// The guest's own error, or a trap (after which the instance is poisoned).
+    pub fn handle_event(&mut self, event: &Event) -> Result<(), GuestError> {
+        self.arm()?;
+        let guest_event = bindings::zdr::projector::types::Event {
+            id: event.id,
+            aggregate_uuid: event.aggregate_uuid.clone(),
+            aggregate_version: event.aggregate_version,
+            event_version: event.event_version,
+            event_class: event.event_class.clone(),
+            event_properties: event.event_properties.clone(),
+            meta_data: event.meta_data.clone(),
+            created_at: event.created_at.clone(),
+        };
+        match self.bindings.call_handle_event(&mut self.store, &guest_event) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(GuestError::Returned(message)),
+            Err(err) => Err(self.trapped(err)),
+        }
+    }
+
+    /// Tells the guest its target is about to become live; an error vetoes the promote.
+    ///
+    /// # Errors
+    /// The guest's veto, or a trap.
+    pub fn promote(&mut self) -> Result<(), GuestError> {
+        self.arm()?;
+        match self.bindings.call_promote(&mut self.store) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(GuestError::Returned(message)),
+            Err(err) => Err(self.trapped(err)),
+        }
+    }
+
+    /// Tells the guest its target is being dropped.
+    ///
+    /// # Errors
+    /// The guest's error, or a trap; the caller logs it and drops the target anyway.
+    pub fn remove(&mut self) -> Result<(), GuestError> {
+        self.arm()?;
+        match self.bindings.call_remove(&mut self.store) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(GuestError::Returned(message)),
+            Err(err) => Err(self.trapped(err)),
+        }
+    }
+}
+
+impl HostState {
+    fn limits_mib(&self) -> usize {
+        self.memory_bytes / (1024 * 1024)
+    }
+}

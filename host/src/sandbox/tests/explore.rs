@@ -1,0 +1,15 @@
+use super::*;
+use crate::sandbox::Mode;
+
+#[test]
+fn explore() {
+    let sqls = std::fs::read_to_string("/tmp/explore.sql").unwrap();
+    for sql in sqls.split("\n---\n") {
+        let sql = sql.trim();
+        if sql.is_empty() { continue; }
+        for d in [Dialect::Sqlite, Dialect::Postgres] {
+            let mode = if sql.starts_with("CREATE") { Mode::Setup } else { Mode::Data };
+            println!("{d:?} {sql}\n   => {:?}", clone_guard(d).check(sql, mode));
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! What the bank example's events mean, shared by every version of the `balance` projector.
+//!
+//! Each version owns its bindings, its SQL and its table layout; this crate owns only the
+//! reading of the three events (`AccountOpened`, `MoneyAdded`, `MoneySubtracted`) and the
+//! error messages about them. It knows nothing of Wasm or databases, so its tests run on the
+//! build machine: `cargo test -p balance-common`.
+
+use serde_json::{Map, Value};
+
+/// The event classes every balance projector handles, by short name (see [`short_class`]).
+pub const HANDLED_CLASSES: [&str; 3] = ["AccountOpened", "MoneyAdded", "MoneySubtracted"];
+
+/// The short name of an event class: the last segment after a backslash, so that the PHP
+/// class name `App\Events\MoneyAdded` and a bare `MoneyAdded` name the same event.
+pub fn short_class(event_class: &str) -> &str {
+    match event_class.rfind('\\') {
+        Some(at) => &event_class[at + 1..],
+        None => event_class,
+    }
+}
+
+/// The parts of a stored event a balance projector reads, borrowed from the guest's event.
+#[derive(Debug, Clone, Copy)]
+pub struct RawEvent<'a> {
+    /// The event's position in the store, named in every error message.
+    pub id: i64,
+    /// The account the event belongs to.
+    pub aggregate_uuid: Option<&'a str>,
+    /// The event's class, bare or with a PHP namespace.
+    pub event_class: &'a str,
+    /// The event's payload, a JSON object.
+    pub properties: &'a str,
+}
+
+/// One balance event, parsed and checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalanceEvent {
+    /// The account (the event's aggregate uuid) the change applies to.
+    pub account: String,
+    /// What happened to it.
+    pub change: Change,
+}
+
+/// What a balance event does to its account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// A new account for the named holder, with a zero balance.
+    Opened {
+        /// The account holder's name.
+        name: String,
+    },
+    /// Money paid into the account.
+    Added {
+        /// The amount, in the smallest unit of the currency.
+        amount: i64,
+    },
+    /// Money taken out of the account.
+    Subtracted {
+        /// The amount, in the smallest unit of the currency.
+        amount: i64,
+    },
+}
+
+/// Parses one event into a [`BalanceEvent`], or `Ok(None)` when its class is not one of
+/// [`HANDLED_CLASSES`] (a projector ignores events it does not know).
+///
+/// # Errors
+///
+/// A message naming the event id and class when a balance event is malformed: it has no
+/// aggregate uuid, its properties are not a JSON object, or a field is missing or mistyped.
+pub fn parse(raw: &RawEvent<'_>) -> Result<Option<BalanceEvent>, String> {
+    let class = short_class(raw.event_class);
+    if !HANDLED_CLASSES.contains(&class) {
+        return Ok(None);
+    }
+    let context = || format!("event {} ({class})", raw.id);
+    let account = match raw.aggregate_uuid {
+        Some(uuid) if !uuid.is_empty() => uuid.to_owned(),
+        _ => {
+            return Err(format!(
+                "{} has no aggregate-uuid (the account id)",
+                context()
+            ));
+        }
+    };
+    let properties: Value = serde_json::from_str(raw.properties)
+        .map_err(|e| format!("{}: event-properties is not valid JSON: {e}", context()))?;
+    let Value::Object(properties) = properties else {
+        return Err(format!(
+            "{}: event-properties is not a JSON object",
+            context()
+        ));
+    };
+    let change = match class {
+        "AccountOpened" => Change::Opened {
+            name: text_field(&properties, "name").map_err(|e| format!("{}: {e}", context()))?,
+        },
+        "MoneyAdded" => Change::Added {
+            amount: integer_field(&properties, "amount")
+                .map_err(|e| format!("{}: {e}", context()))?,
+        },
+        _ => Change::Subtracted {
+            amount: integer_field(&properties, "amount")
+                .map_err(|e| format!("{}: {e}", context()))?,
+        },
+    };
+    Ok(Some(BalanceEvent { account, change }))
+}
+
+/// The error for an update that found no row: the event refers to an account never opened.
+pub fn no_account(account: &str, event_id: i64) -> String {
+    format!("no account {account} for event {event_id}")
+}
+
+/// Reads a string field of the event's properties.
+fn text_field(properties: &Map<String, Value>, field: &str) -> Result<String, String> {
+    match properties.get(field) {
+        Some(Value::String(text)) => Ok(text.clone()),
+        Some(other) => Err(format!("field `{field}` must be a string, got {other}")),
+        None => Err(format!("missing string field `{field}`")),
+    }
+}
+
+/// Reads an integer field of the event's properties; floats and numeric strings are refused
+/// rather than rounded or guessed at.
+fn integer_field(properties: &Map<String, Value>, field: &str) -> Result<i64, String> {
+    match properties.get(field) {
+        Some(value) => value.as_i64().ok_or_else(|| {
+            format!("field `{field}` must be an integer in the signed 64-bit range, got {value}")
+        }),
+        None => Err(format!("missing integer field `{field}`")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw<'a>(class: &'a str, uuid: Option<&'a str>, properties: &'a str) -> RawEvent<'a> {
+        RawEvent {
+            id: 7,
+            aggregate_uuid: uuid,
+            event_class: class,
+            properties,
+        }
+    }
+
+    #[test]
+    fn short_class_drops_a_php_namespace() {
+        assert_eq!(short_class(r"App\Events\MoneyAdded"), "MoneyAdded");
+        assert_eq!(short_class("MoneyAdded"), "MoneyAdded");
+        assert_eq!(short_class(r"Trailing\"), "");
+    }
+
+    #[test]
+    fn parses_the_three_events() {
+        let opened = parse(&raw("AccountOpened", Some("a1"), r#"{"name":"Ann"}"#)).unwrap();
+        assert_eq!(
+            opened,
+            Some(BalanceEvent {
+                account: "a1".into(),
+                change: Change::Opened { name: "Ann".into() }
+            })
+        );
+        let added = parse(&raw(
+            r"App\Events\MoneyAdded",
+            Some("a1"),
+            r#"{"amount":5}"#,
+        ))
+        .unwrap();
+        assert_eq!(added.unwrap().change, Change::Added { amount: 5 });
+        let taken = parse(&raw("MoneySubtracted", Some("a1"), r#"{"amount":-2}"#)).unwrap();
+        assert_eq!(taken.unwrap().change, Change::Subtracted { amount: -2 });
+    }
+
+    #[test]
+    fn ignores_other_classes_without_reading_them() {
+        assert_eq!(
+            parse(&raw("AccountClosed", None, "not json")).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn malformed_events_name_the_event() {
+        let cases = [
+            (
+                raw("MoneyAdded", None, r#"{"amount":1}"#),
+                "event 7 (MoneyAdded) has no aggregate-uuid",
+            ),
+            (
+                raw("MoneyAdded", Some(""), r#"{"amount":1}"#),
+                "has no aggregate-uuid",
+            ),
+            (
+                raw("MoneyAdded", Some("a"), "{"),
+                "event 7 (MoneyAdded): event-properties is not valid JSON",
+            ),
+            (raw("MoneyAdded", Some("a"), "[1]"), "is not a JSON object"),
+            (
+                raw("MoneyAdded", Some("a"), "{}"),
+                "event 7 (MoneyAdded): missing integer field `amount`",
+            ),
+            (
+                raw("MoneyAdded", Some("a"), r#"{"amount":1.5}"#),
+                "`amount` must be an integer",
+            ),
+            (
+                raw("MoneyAdded", Some("a"), r#"{"amount":"3"}"#),
+                "`amount` must be an integer",
+            ),
+            (
+                raw("AccountOpened", Some("a"), r#"{"name":3}"#),
+                "`name` must be a string, got 3",
+            ),
+            (
+                raw("AccountOpened", Some("a"), "{}"),
+                "missing string field `name`",
+            ),
+        ];
+        for (event, expected) in cases {
+            let message = parse(&event).unwrap_err();
+            assert!(
+                message.contains(expected),
+                "{message:?} should contain {expected:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Builds every Rust guest component of the repository: the bundled projectors (plugins/) and
+# the test-only guests (tests/guests/), each its own cargo workspace, in release mode for
+# wasm32-wasip2. Prints the path of each .wasm produced and checks that it is a component.
+#
+# Usage: plugins/build-all.sh [extra `cargo build` arguments, e.g. --locked or --offline]
+# Works from any directory. Each workspace builds into its own target/ folder (forced with
+# --target-dir, whatever CARGO_TARGET_DIR says), which is where the zdr-plugin.toml manifests
+# and the end-to-end tests look.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/.." && pwd)"
+target="wasm32-wasip2"
+workspaces=("$root/plugins" "$root/tests/guests")
+
+die() {
+    echo "build-all: error: $*" >&2
+    exit 1
+}
+
+command -v cargo >/dev/null || die "cargo is not on PATH; install Rust from https://rustup.rs"
+sysroot="$(cd "$root" && rustc --print sysroot)" || die "rustc --print sysroot failed"
+if [[ ! -d "$sysroot/lib/rustlib/$target/lib" ]]; then
+    die "the Rust target $target is not installed for $(cd "$root" && rustc --version); run: rustup target add $target"
+fi
+
+# The first 8 bytes of a component: the wasm magic, then layer 1 / version 0x0d. A core module
+# has 01 00 00 00 after the magic.
+component_header="0061736d0d000100"
+
+built=()
+for workspace in "${workspaces[@]}"; do
+    echo "build-all: building ${workspace#"$root"/} for $target" >&2
+    # JSON messages on stdout name every artifact; diagnostics still render on stderr.
+    messages="$(cargo build --release --target "$target" \
+        --manifest-path "$workspace/Cargo.toml" --target-dir "$workspace/target" \
+        --message-format=json-render-diagnostics "$@")" ||
+        die "cargo build failed in ${workspace#"$root"/} (see the errors above)"
+    while IFS= read -r wasm; do
+        [[ -n "$wasm" ]] && built+=("$wasm")
+    done < <(grep -o '"[^"]*\.wasm"' <<<"$messages" | tr -d '"' | sort -u)
+done
+
+[[ ${#built[@]} -gt 0 ]] || die "no .wasm file was produced"
+for wasm in "${built[@]}"; do
+    [[ -f "$wasm" ]] || die "cargo reported $wasm but it does not exist"
+    header="$(head -c 8 "$wasm" | od -An -tx1 | tr -d ' \n')"
+    [[ "$header" == "$component_header" ]] ||
+        die "$wasm is not a Wasm component (header $header, want $component_header)"
+    echo "$wasm"
+done

@@ -1,0 +1,236 @@
+//! Concurrency: events appended while `replay start` runs and between `project` and
+//! `promote` land exactly once in live and clone; readers of the live table never see it
+//! missing, empty, partial or half old and half new while `promote` swaps it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+
+use crate::support::{
+    Appender, Env, Generator, PATIENCE, StoredEvent, assert_same_rows, fold_v1, fold_v2, guests, through, wait_until,
+};
+
+#[test]
+fn events_appended_during_start_and_while_projecting_land_exactly_once_in_live_and_clone() {
+    let g = guests();
+    let env = Env::new();
+    let mut generator = Generator::new(2);
+    env.import(&generator.open_accounts(40));
+    env.import(&generator.money(20_000));
+    env.deploy("balance", &g.balance_v1);
+    let mut daemon = env.serve();
+
+    let appender = Appender::start(&env, 21, generator.accounts().to_vec());
+    appender.wait_for(30);
+    env.ok(&["replay", "create", "v2", "--projector", &format!("balance={}", g.balance_v2)]);
+    let before_start = appender.appended();
+    env.ok(&["replay", "start", "v2"]);
+    assert!(appender.appended() > before_start, "no event was appended while `replay start` ran");
+    env.ok(&["replay", "start", "v2"]);
+    env.ok(&["replay", "project", "v2"]);
+    appender.wait_for(300);
+    let appended = appender.stop();
+
+    // Both targets caught up: each holds every event exactly once.
+    env.wait_live("balance", "1");
+    env.wait_replay_caught_up("v2");
+    let events = env.stored_events();
+    assert_eq!(events.len() as u64, 40 + 20_000 + appended, "every appended event is stored");
+    assert_same_rows(&env.balances_v1("balances"), &fold_v1(&events), "live v1 under concurrent appends");
+    assert_same_rows(&env.balances_v2("zdr_r_v2__balances"), &fold_v2(&events), "clone under concurrent appends");
+    let money = events.iter().filter(|e| e.is_money()).count() as i64;
+    assert_eq!(
+        env.scalar("SELECT SUM(transaction_count) FROM zdr_r_v2__balances"),
+        money,
+        "the clone counted every money event exactly once"
+    );
+
+    // Promote with the appender running again.
+    let appender = Appender::start(&env, 22, generator.accounts().to_vec());
+    appender.wait_for(100);
+    env.ok(&["replay", "promote", "v2"]);
+    let retired_checkpoint = env.show("v2")["projectors"][0]["checkpoint"].as_i64().expect("a checkpoint");
+    appender.wait_for(100);
+    appender.stop();
+    env.wait_live("balance", "2");
+
+    let events = env.stored_events();
+    assert_same_rows(&env.balances_v2("balances"), &fold_v2(&events), "live v2 after a promote under load");
+    let money = events.iter().filter(|e| e.is_money()).count() as i64;
+    assert_eq!(
+        env.scalar("SELECT SUM(transaction_count) FROM balances"),
+        money,
+        "live counted every money event exactly once"
+    );
+    assert_same_rows(
+        &env.balances_v1("zdr_p_v2__balances"),
+        &fold_v1(through(&events, retired_checkpoint)),
+        "the retired v1 tables hold every event up to the promote exactly once",
+    );
+    env.ok(&["replay", "remove", "v2"]);
+    daemon.assert_running();
+    daemon.stop();
+}
+
+/// What one reader saw in one read transaction.
+struct Sample {
+    started: Instant,
+    elapsed: Duration,
+    columns: usize,
+    rows: usize,
+    balance_sum: i64,
+    checkpoint: i64,
+    version: String,
+}
+
+/// Reads the whole live `balances` table and the live checkpoint in one read transaction.
+fn sample(path: &std::path::Path) -> Result<Sample, String> {
+    let started = Instant::now();
+    let mut conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| e.to_string())?;
+    conn.busy_timeout(Duration::from_secs(30)).map_err(|e| e.to_string())?;
+    let tx = conn.transaction().map_err(|e| e.to_string())?;
+    let (columns, rows, balance_sum) = {
+        let mut stmt = tx.prepare("SELECT * FROM balances").map_err(|e| e.to_string())?;
+        let columns = stmt.column_count();
+        let balances: Vec<i64> = stmt
+            .query_map([], |r| r.get::<_, i64>("balance"))
+            .map_err(|e| e.to_string())?
+            .collect::<Result<_, _>>()
+            .map_err(|e| e.to_string())?;
+        (columns, balances.len(), balances.iter().sum())
+    };
+    let (checkpoint, version) = tx
+        .query_row(
+            "SELECT t.checkpoint, v.version FROM zdr_targets t JOIN zdr_versions v ON v.id = t.version_id \
+             WHERE t.projector = 'balance' AND t.role = 'live'",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .map_err(|e| e.to_string())?;
+    tx.commit().map_err(|e| e.to_string())?;
+    Ok(Sample {
+        started,
+        elapsed: started.elapsed(),
+        columns,
+        rows,
+        balance_sum,
+        checkpoint,
+        version,
+    })
+}
+
+/// The sum of all balances after each event: `(event id, sum)` in id order.
+fn balance_sums(events: &[StoredEvent]) -> Vec<(i64, i64)> {
+    let mut sum = 0;
+    events
+        .iter()
+        .map(|e| {
+            if e.is_money() {
+                let properties: serde_json::Value = serde_json::from_str(&e.properties).expect("JSON properties");
+                let amount = properties["amount"].as_i64().expect("an integer amount");
+                sum += if e.event_class.ends_with("MoneySubtracted") { -amount } else { amount };
+            }
+            (e.id, sum)
+        })
+        .collect()
+}
+
+/// The sum of all balances after the events up to `checkpoint`.
+fn balance_sum_at(sums: &[(i64, i64)], checkpoint: i64) -> i64 {
+    let end = sums.partition_point(|(id, _)| *id <= checkpoint);
+    if end == 0 { 0 } else { sums[end - 1].1 }
+}
+
+#[test]
+fn readers_never_see_a_missing_empty_partial_or_mixed_table_during_promote() {
+    const ACCOUNTS: usize = 60;
+    const READERS: usize = 3;
+    let g = guests();
+    let env = Env::new();
+    let mut generator = Generator::new(3);
+    env.import(&generator.open_accounts(ACCOUNTS));
+    env.import(&generator.money(3_000));
+    env.deploy("balance", &g.balance_v1);
+    let mut daemon = env.serve();
+    env.ok(&["replay", "create", "v2", "--projector", &format!("balance={}", g.balance_v2)]);
+    env.ok(&["replay", "start", "v2"]);
+    env.ok(&["replay", "project", "v2"]);
+    let appender = Appender::start(&env, 31, generator.accounts().to_vec());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let readers: Vec<JoinHandle<Vec<Result<Sample, String>>>> = (0..READERS)
+        .map(|_| {
+            let (stop, path) = (stop.clone(), env.db_path());
+            std::thread::spawn(move || {
+                let mut samples = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    samples.push(sample(&path));
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                samples
+            })
+        })
+        .collect();
+    appender.wait_for(60);
+    let promote_started = Instant::now();
+    env.ok(&["replay", "promote", "v2"]);
+    let promote_ended = Instant::now();
+    // Keep reading until the daemon has served v2 for a while.
+    env.wait_live("balance", "2");
+    appender.wait_for(60);
+    stop.store(true, Ordering::Relaxed);
+    let per_reader: Vec<Vec<Result<Sample, String>>> =
+        readers.into_iter().map(|r| r.join().expect("a reader thread panicked")).collect();
+    appender.stop();
+    env.wait_live("balance", "2");
+    let events = env.stored_events();
+    let sums = balance_sums(&events);
+    assert_eq!(
+        balance_sum_at(&sums, i64::MAX),
+        fold_v1(&events).iter().map(|row| row[2].parse::<i64>().expect("an integer")).sum::<i64>(),
+        "test bug: the running sums disagree with the fold"
+    );
+
+    let mut max_stall = Duration::ZERO;
+    let mut total = 0;
+    for (reader, samples) in per_reader.iter().enumerate() {
+        let mut seen_new = false;
+        let (mut before, mut after) = (0, 0);
+        for result in samples {
+            let s = match result {
+                Ok(s) => s,
+                Err(err) => panic!("reader {reader} got an error: {err}"),
+            };
+            total += 1;
+            max_stall = max_stall.max(s.elapsed);
+            assert_eq!(s.rows, ACCOUNTS, "reader {reader} saw {} of {ACCOUNTS} accounts", s.rows);
+            match (s.columns, s.version.as_str()) {
+                (3, "1") => assert!(!seen_new, "reader {reader} saw the old table again after the new one"),
+                (5, "2") => seen_new = true,
+                (columns, version) => panic!("reader {reader} saw {columns} columns with version {version} live"),
+            }
+            assert_eq!(
+                s.balance_sum,
+                balance_sum_at(&sums, s.checkpoint),
+                "reader {reader}: the table does not match the live checkpoint {} it was read with",
+                s.checkpoint
+            );
+            if s.started + s.elapsed < promote_started {
+                before += 1;
+                assert_eq!(s.columns, 3, "reader {reader} saw v2 before the promote began");
+            }
+            if s.started > promote_ended {
+                after += 1;
+                assert_eq!(s.columns, 5, "reader {reader} saw v1 after the promote ended");
+            }
+        }
+        assert!(before > 0 && after > 0, "reader {reader} read {before} times before and {after} after the promote");
+    }
+    eprintln!("{total} reads of the live table during the promote; the slowest took {max_stall:?}");
+    wait_until(PATIENCE, "the hot swap in the log", || daemon.log().contains("hot swap"));
+    daemon.assert_running();
+    daemon.stop();
+}

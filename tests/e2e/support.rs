@@ -1,0 +1,785 @@
+//! The harness of the end-to-end tests: the real `zdr` binary, the real guest components, a
+//! temporary directory per test, and a reference fold written in plain Rust to compare the
+//! read models with.
+//!
+//! - [`guests`] builds every guest component once per test process (`plugins/build-all.sh`).
+//! - [`Env`] is one test's world: a temporary directory holding the SQLite database, the
+//!   working directory of every `zdr` it runs (so a `zdr.toml` written there applies).
+//! - [`Daemon`] is a running `zdr serve`, stopped with SIGTERM when dropped.
+//! - [`Generator`] makes deterministic bank events; [`fold_v1`] and [`fold_v2`] compute what
+//!   the `balances` table of each projector version must hold after a list of events.
+//! - [`Appender`] appends events from a thread, straight into `stored_events`, the way the
+//!   application that owns the event store would.
+//!
+//! Tests never assert on durations: they wait for conditions with [`wait_until`].
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags, params};
+use serde_json::{Value, json};
+
+/// How long a test waits for the daemon or a child process before it gives up: generous,
+/// since debug builds on a loaded two-core machine are slow. Never a performance assertion.
+pub const PATIENCE: Duration = Duration::from_secs(120);
+
+/// The columns of version 1's `balances`, in the order the folds produce them.
+pub const V1_COLUMNS: &str = "account_uuid, name, balance";
+/// The columns of version 2's `balances`, in the order the folds produce them.
+pub const V2_COLUMNS: &str = "account_uuid, name, balance, transaction_count, last_activity";
+
+/// The repository root (the host crate's parent directory).
+pub fn repo_root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the host crate lives inside the repository")
+}
+
+/// The shared cache of compiled components: one directory beside the build's own output, so
+/// every test (and every run) reuses what an earlier one compiled.
+fn cache_dir() -> PathBuf {
+    let bin = Path::new(env!("CARGO_BIN_EXE_zdr"));
+    // <target>/<profile>/zdr → <target>/zdr-test-cache
+    bin.parent()
+        .and_then(Path::parent)
+        .map_or_else(|| repo_root().join("target"), Path::to_path_buf)
+        .join("zdr-test-cache")
+}
+
+/// The built guest components, as path strings ready to be passed as arguments.
+pub struct Guests {
+    /// `balance` version 1.
+    pub balance_v1: String,
+    /// `balance` version 2 (transaction count, last activity).
+    pub balance_v2: String,
+    /// The hostile-SQL probe (`sql-probe`).
+    pub sql_probe: String,
+    /// The guest that faults on demand (`faulty`).
+    pub faulty: String,
+    /// `balance` version 99, whose promote always vetoes.
+    pub veto: String,
+}
+
+/// Builds every guest component (once per test process) and returns their paths.
+pub fn guests() -> &'static Guests {
+    static GUESTS: OnceLock<Guests> = OnceLock::new();
+    GUESTS.get_or_init(|| {
+        let root = repo_root();
+        let output = Command::new("bash")
+            .arg("plugins/build-all.sh")
+            .current_dir(root)
+            .output()
+            .expect("cannot run bash plugins/build-all.sh");
+        assert!(
+            output.status.success(),
+            "plugins/build-all.sh failed:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let path = |dir: &str, file: &str| {
+            let path = root.join(dir).join("target/wasm32-wasip2/release").join(file);
+            assert!(path.is_file(), "build-all.sh did not produce {}", path.display());
+            path.to_str().expect("the repository path is UTF-8").to_string()
+        };
+        Guests {
+            balance_v1: path("plugins", "balance_v1.wasm"),
+            balance_v2: path("plugins", "balance_v2.wasm"),
+            sql_probe: path("tests/guests", "sql_probe.wasm"),
+            faulty: path("tests/guests", "faulty.wasm"),
+            veto: path("tests/guests", "veto.wasm"),
+        }
+    })
+}
+
+/// Where the text of a failed process goes in a panic message.
+fn describe(args: &[&str], output: &Output) -> String {
+    format!(
+        "zdr {}\nexit: {}\n--- stdout\n{}\n--- stderr\n{}",
+        args.join(" "),
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// One test's world: a temporary directory with the database, the working directory of
+/// every `zdr` the test runs.
+pub struct Env {
+    dir: tempfile::TempDir,
+    url: String,
+    files: AtomicUsize,
+}
+
+impl Env {
+    /// A fresh directory and an initialised database.
+    pub fn new() -> Self {
+        let env = Self::uninitialised();
+        let out = env.ok(&["init"]);
+        assert!(out.contains("initialised"), "unexpected `zdr init` output: {out}");
+        env
+    }
+
+    /// A fresh directory, without running `zdr init`.
+    pub fn uninitialised() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("zdr-e2e-")
+            .tempdir()
+            .expect("cannot create a temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("zdr.db").display());
+        Self {
+            dir,
+            url,
+            files: AtomicUsize::new(0),
+        }
+    }
+
+    /// The temporary directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The SQLite file.
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("zdr.db")
+    }
+
+    /// Writes `zdr.toml` in the working directory of every `zdr` this env runs.
+    pub fn write_config(&self, text: &str) {
+        std::fs::write(self.dir().join("zdr.toml"), text).expect("cannot write zdr.toml");
+    }
+
+    /// A `zdr` command with this env's database, working directory and cache.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdr"));
+        cmd.arg("--database-url")
+            .arg(&self.url)
+            .args(args)
+            .current_dir(self.dir())
+            .env("ZDR_CACHE_DIR", cache_dir())
+            .env("NO_COLOR", "1")
+            .env_remove("ZDR_DATABASE_URL")
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs `zdr ARGS` to completion.
+    pub fn zdr(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("cannot run the zdr binary")
+    }
+
+    /// Runs `zdr ARGS`, asserts it succeeded and returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.zdr(args);
+        assert!(output.status.success(), "expected success:\n{}", describe(args, &output));
+        String::from_utf8(output.stdout).expect("stdout is UTF-8")
+    }
+
+    /// Runs `zdr ARGS`, asserts it failed cleanly (an exit code, not a panic) and returns
+    /// its stderr.
+    pub fn fail(&self, args: &[&str]) -> String {
+        let output = self.zdr(args);
+        assert!(!output.status.success(), "expected failure:\n{}", describe(args, &output));
+        assert!(output.status.code().is_some(), "killed by a signal:\n{}", describe(args, &output));
+        let stderr = String::from_utf8(output.stderr.clone()).expect("stderr is UTF-8");
+        assert!(!stderr.contains("panicked"), "zdr panicked:\n{}", describe(args, &output));
+        assert!(stderr.contains("error"), "no error message:\n{}", describe(args, &output));
+        stderr
+    }
+
+    /// Runs `zdr ARGS` (which must include `--json`) and parses its stdout.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let out = self.ok(args);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("zdr {} printed invalid JSON ({e}):\n{out}", args.join(" ")))
+    }
+
+    /// `replay show KEY --json`.
+    pub fn show(&self, key: &str) -> Value {
+        self.json(&["replay", "show", key, "--json"])
+    }
+
+    /// The entry of `projector list --json` for `name`.
+    pub fn projector(&self, name: &str) -> Value {
+        let list = self.json(&["projector", "list", "--json"]);
+        list.as_array()
+            .expect("projector list --json prints an array")
+            .iter()
+            .find(|p| p["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("projector {name} is not in `projector list`: {list:#}"))
+    }
+
+    /// Deploys a projector and checks the CLI said so.
+    pub fn deploy(&self, name: &str, file: &str) {
+        let out = self.ok(&["projector", "deploy", name, file]);
+        assert!(out.contains(&format!("deployed {name}")), "unexpected deploy output: {out}");
+    }
+
+    /// Writes `events` to a JSONL file and imports it with `zdr events import`.
+    pub fn import(&self, events: &[NewEvent]) {
+        let n = self.files.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir().join(format!("events-{n}.jsonl"));
+        let mut text = String::new();
+        for event in events {
+            text.push_str(&event.jsonl());
+            text.push('\n');
+        }
+        std::fs::write(&path, text).expect("cannot write the JSONL file");
+        let out = self.ok(&["events", "import", path.to_str().expect("UTF-8 path")]);
+        assert_eq!(out.trim(), format!("imported {} event(s)", events.len()), "unexpected import output");
+    }
+
+    /// Appends one event with `zdr events append` and returns the id it printed.
+    pub fn append(&self, event: &NewEvent) -> i64 {
+        let properties = event.properties.to_string();
+        let mut args = vec!["events", "append", "--class", &event.class, "--properties", &properties];
+        if let Some(aggregate) = &event.aggregate {
+            args.extend(["--aggregate", aggregate]);
+        }
+        let out = self.ok(&args);
+        out.trim().parse().unwrap_or_else(|_| panic!("`events append` printed {out:?}, not an id"))
+    }
+
+    /// Starts `zdr serve --poll-interval-ms 20`, its log in the temporary directory.
+    pub fn serve(&self) -> Daemon {
+        let log = self.dir().join("serve.log");
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .expect("cannot create the serve log");
+        let child = self
+            .command(&["serve", "--poll-interval-ms", "20"])
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("cannot spawn zdr serve");
+        Daemon {
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// A read-only connection to the database, the way a reader of the read models has one.
+    pub fn read(&self) -> Connection {
+        let conn = Connection::open_with_flags(&self.db_path(), OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("cannot open the database read-only");
+        conn.busy_timeout(Duration::from_secs(30)).expect("busy_timeout");
+        conn
+    }
+
+    /// Rows of a query, every value rendered as text (NULL as `NULL`).
+    pub fn rows(&self, sql: &str) -> Vec<Vec<String>> {
+        query_rows(&self.read(), sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The single integer a query returns.
+    pub fn scalar(&self, sql: &str) -> i64 {
+        self.read()
+            .query_row(sql, [], |r| r.get(0))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Whether a table of this name exists.
+    pub fn table_exists(&self, name: &str) -> bool {
+        self.read()
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                [name],
+                |r| r.get::<_, i64>(0),
+            )
+            .expect("reading sqlite_master")
+            > 0
+    }
+
+    /// Every table, index, view and trigger in the database, as `type name`.
+    pub fn schema_objects(&self) -> Vec<String> {
+        self.rows("SELECT type || ' ' || name FROM sqlite_master ORDER BY type, name")
+            .into_iter()
+            .map(|mut r| r.remove(0))
+            .collect()
+    }
+
+    /// The id of the last stored event (0 when empty).
+    pub fn head(&self) -> i64 {
+        self.scalar("SELECT COALESCE(MAX(id), 0) FROM stored_events")
+    }
+
+    /// Every stored event, in id order, as the projectors see them.
+    pub fn stored_events(&self) -> Vec<StoredEvent> {
+        let conn = self.read();
+        let mut stmt = conn
+            .prepare(
+                "SELECT id, aggregate_uuid, event_class, event_properties, CAST(created_at AS TEXT) \
+                 FROM stored_events ORDER BY id",
+            )
+            .expect("preparing the event read");
+        stmt.query_map([], |r| {
+            Ok(StoredEvent {
+                id: r.get(0)?,
+                aggregate_uuid: r.get(1)?,
+                event_class: r.get(2)?,
+                properties: r.get(3)?,
+                created_at: r.get(4)?,
+            })
+        })
+        .expect("reading stored_events")
+        .collect::<Result<_, _>>()
+        .expect("reading stored_events")
+    }
+
+    /// A `balances`-shaped table with version 1's columns, sorted like the folds.
+    pub fn balances_v1(&self, table: &str) -> Vec<Vec<String>> {
+        self.rows(&format!("SELECT {V1_COLUMNS} FROM {table} ORDER BY account_uuid"))
+    }
+
+    /// A `balances`-shaped table with version 2's columns, sorted like the folds.
+    pub fn balances_v2(&self, table: &str) -> Vec<Vec<String>> {
+        self.rows(&format!("SELECT {V2_COLUMNS} FROM {table} ORDER BY account_uuid"))
+    }
+
+    /// Waits until live projector `name` runs `version` and has applied every stored event.
+    pub fn wait_live(&self, name: &str, version: &str) {
+        let mut last = Value::Null;
+        wait_until(PATIENCE, &format!("{name} live at version {version} and caught up"), || {
+            let head = self.head();
+            last = self.projector(name);
+            last["version"] == version && last["checkpoint"] == head && last["status"] == "running"
+        });
+        let _ = last;
+    }
+
+    /// Waits until every target of replay `key` has applied every stored event.
+    pub fn wait_replay_caught_up(&self, key: &str) {
+        wait_until(PATIENCE, &format!("replay {key} caught up"), || {
+            let head = self.head();
+            let show = self.show(key);
+            show["projectors"]
+                .as_array()
+                .is_some_and(|parts| parts.iter().all(|p| p["checkpoint"] == head))
+        });
+    }
+}
+
+/// Renders one SQLite value as text.
+pub fn text(value: ValueRef<'_>) -> String {
+    match value {
+        ValueRef::Null => "NULL".to_string(),
+        ValueRef::Integer(i) => i.to_string(),
+        ValueRef::Real(f) => f.to_string(),
+        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        ValueRef::Blob(b) => format!("x'{}'", b.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+    }
+}
+
+/// Runs a query on `conn`, every value rendered with [`text`].
+pub fn query_rows(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<Vec<String>>> {
+    let mut stmt = conn.prepare(sql)?;
+    let columns = stmt.column_count();
+    let rows = stmt.query_map([], |r| (0..columns).map(|i| r.get_ref(i).map(text)).collect())?;
+    rows.collect()
+}
+
+/// Polls `condition` until it holds; panics with `what` when `timeout` passes first.
+pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    let started = Instant::now();
+    loop {
+        if condition() {
+            return;
+        }
+        assert!(started.elapsed() < timeout, "timed out after {timeout:?} waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Sends `signal` (e.g. `TERM`, `KILL`) to a process.
+pub fn signal(pid: u32, signal: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{signal}"), pid.to_string()])
+        .status()
+        .expect("cannot run kill");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
+
+/// Waits for a child with a deadline; kills it and panics when it does not exit in time.
+pub fn wait_child(child: &mut Child, timeout: Duration, what: &str) -> std::process::ExitStatus {
+    let started = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return status;
+        }
+        if started.elapsed() > timeout {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} did not exit within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `zdr serve`. Dropping it sends SIGTERM and waits.
+pub struct Daemon {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("the daemon is running").id()
+    }
+
+    /// What the daemon logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Panics (with the log) if the daemon has exited.
+    pub fn assert_running(&mut self) {
+        let child = self.child.as_mut().expect("the daemon was stopped");
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            panic!("zdr serve exited ({status}); its log:\n{}", self.log());
+        }
+    }
+
+    /// Stops the daemon with SIGTERM, asserts it shut down cleanly and returns its log.
+    pub fn stop(mut self) -> String {
+        self.assert_running();
+        let mut child = self.child.take().expect("the daemon is running");
+        signal(child.id(), "TERM");
+        let status = wait_child(&mut child, PATIENCE, "zdr serve after SIGTERM");
+        let log = self.log();
+        assert!(status.success(), "zdr serve did not exit cleanly on SIGTERM ({status}); its log:\n{log}");
+        assert!(log.contains("zdr serve stopped"), "no clean shutdown in the log:\n{log}");
+        log
+    }
+
+    /// Kills the daemon with SIGKILL (a crash) and returns its log.
+    pub fn crash(mut self) -> String {
+        self.assert_running();
+        let mut child = self.child.take().expect("the daemon is running");
+        signal(child.id(), "KILL");
+        let _ = wait_child(&mut child, PATIENCE, "zdr serve after SIGKILL");
+        self.log()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if child.try_wait().ok().flatten().is_none() {
+                let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+                let started = Instant::now();
+                while child.try_wait().ok().flatten().is_none() && started.elapsed() < Duration::from_secs(10) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+// ----- events and the reference fold -----------------------------------------------------------
+
+/// An event to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The aggregate (account) uuid.
+    pub aggregate: Option<String>,
+    /// The event class.
+    pub class: String,
+    /// The payload.
+    pub properties: Value,
+}
+
+impl NewEvent {
+    /// An event of `class` for `aggregate`.
+    pub fn new(class: &str, aggregate: Option<&str>, properties: Value) -> Self {
+        Self {
+            aggregate: aggregate.map(str::to_string),
+            class: class.to_string(),
+            properties,
+        }
+    }
+
+    /// One line of `zdr events import`.
+    pub fn jsonl(&self) -> String {
+        json!({
+            "aggregate_uuid": self.aggregate,
+            "event_class": self.class,
+            "event_properties": self.properties,
+        })
+        .to_string()
+    }
+}
+
+/// A deterministic generator of bank events (splitmix64).
+pub struct Generator {
+    state: u64,
+    seed: u64,
+    accounts: Vec<String>,
+}
+
+/// Holder names, with quotes and non-ASCII letters so that text round-trips are tested too.
+const NAMES: [&str; 8] = ["Ada", "Grace", "Zoë", "O'Brien", "Edsger \"E\"", "Радия", "Ken", "李"];
+
+impl Generator {
+    /// A generator with no accounts yet.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            state: seed,
+            seed,
+            accounts: Vec::new(),
+        }
+    }
+
+    /// A generator of money events for accounts opened elsewhere.
+    pub fn with_accounts(seed: u64, accounts: Vec<String>) -> Self {
+        Self {
+            state: seed,
+            seed,
+            accounts,
+        }
+    }
+
+    fn next(&mut self, below: u64) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        (z ^ (z >> 31)) % below.max(1)
+    }
+
+    /// The accounts opened so far.
+    pub fn accounts(&self) -> &[String] {
+        &self.accounts
+    }
+
+    /// `AccountOpened` events for `n` new accounts.
+    pub fn open_accounts(&mut self, n: usize) -> Vec<NewEvent> {
+        (0..n)
+            .map(|_| {
+                let account = format!("acct-{:04}-{:05}", self.seed, self.accounts.len());
+                let name = format!("{} #{}", NAMES[self.next(NAMES.len() as u64) as usize], self.accounts.len());
+                self.accounts.push(account.clone());
+                NewEvent::new("AccountOpened", Some(&account), json!({ "name": name }))
+            })
+            .collect()
+    }
+
+    /// `n` money events on the opened accounts; some use the PHP class name with a namespace.
+    pub fn money(&mut self, n: usize) -> Vec<NewEvent> {
+        assert!(!self.accounts.is_empty(), "open accounts before moving money");
+        (0..n)
+            .map(|_| {
+                let account = self.accounts[self.next(self.accounts.len() as u64) as usize].clone();
+                let amount = 1 + self.next(500);
+                let class = match self.next(6) {
+                    0 | 1 => "MoneySubtracted",
+                    2 => "App\\Events\\MoneyAdded",
+                    _ => "MoneyAdded",
+                };
+                NewEvent::new(class, Some(&account), json!({ "amount": amount }))
+            })
+            .collect()
+    }
+}
+
+/// A stored event as read back from `stored_events`.
+#[derive(Debug, Clone)]
+pub struct StoredEvent {
+    /// Position in the store.
+    pub id: i64,
+    /// The account.
+    pub aggregate_uuid: Option<String>,
+    /// The class.
+    pub event_class: String,
+    /// The payload, as stored.
+    pub properties: String,
+    /// The recording time, as stored.
+    pub created_at: String,
+}
+
+impl StoredEvent {
+    fn short_class(&self) -> &str {
+        self.event_class.rsplit('\\').next().unwrap_or(&self.event_class)
+    }
+
+    /// Whether this is a `MoneyAdded` or `MoneySubtracted` event.
+    pub fn is_money(&self) -> bool {
+        matches!(self.short_class(), "MoneyAdded" | "MoneySubtracted")
+    }
+}
+
+#[derive(Default)]
+struct Account {
+    name: String,
+    balance: i64,
+    transactions: i64,
+    last_activity: String,
+}
+
+/// The balance projectors' semantics, folded over `events` in id order.
+fn fold(events: &[StoredEvent]) -> BTreeMap<String, Account> {
+    let mut accounts: BTreeMap<String, Account> = BTreeMap::new();
+    for event in events {
+        let class = event.short_class();
+        if !matches!(class, "AccountOpened" | "MoneyAdded" | "MoneySubtracted") {
+            continue;
+        }
+        let account = event.aggregate_uuid.clone().expect("balance events carry an account");
+        let properties: Value = serde_json::from_str(&event.properties).expect("stored properties are JSON");
+        if class == "AccountOpened" {
+            let name = properties["name"].as_str().expect("AccountOpened has a name").to_string();
+            let previous = accounts.insert(
+                account.clone(),
+                Account {
+                    name,
+                    last_activity: event.created_at.clone(),
+                    ..Account::default()
+                },
+            );
+            assert!(previous.is_none(), "test bug: account {account} opened twice");
+            continue;
+        }
+        let amount = properties["amount"].as_i64().expect("money events have an integer amount");
+        let entry = accounts
+            .get_mut(&account)
+            .unwrap_or_else(|| panic!("test bug: event {} moves money of unopened account {account}", event.id));
+        entry.balance += if class == "MoneyAdded" { amount } else { -amount };
+        entry.transactions += 1;
+        entry.last_activity = event.created_at.clone();
+    }
+    accounts
+}
+
+/// The `balances` rows version 1 must hold after `events` ([`V1_COLUMNS`], by account).
+pub fn fold_v1(events: &[StoredEvent]) -> Vec<Vec<String>> {
+    fold(events)
+        .into_iter()
+        .map(|(account, a)| vec![account, a.name, a.balance.to_string()])
+        .collect()
+}
+
+/// The `balances` rows version 2 must hold after `events` ([`V2_COLUMNS`], by account).
+pub fn fold_v2(events: &[StoredEvent]) -> Vec<Vec<String>> {
+    fold(events)
+        .into_iter()
+        .map(|(account, a)| {
+            vec![account, a.name, a.balance.to_string(), a.transactions.to_string(), a.last_activity]
+        })
+        .collect()
+}
+
+/// The events with ids up to and including `checkpoint`.
+pub fn through(events: &[StoredEvent], checkpoint: i64) -> &[StoredEvent] {
+    let end = events.partition_point(|e| e.id <= checkpoint);
+    &events[..end]
+}
+
+/// Asserts two tables are equal, reporting the first differing rows rather than both tables.
+#[track_caller]
+pub fn assert_same_rows(actual: &[Vec<String>], expected: &[Vec<String>], what: &str) {
+    if actual == expected {
+        return;
+    }
+    let missing: Vec<_> = expected.iter().filter(|r| !actual.contains(r)).take(5).collect();
+    let unexpected: Vec<_> = actual.iter().filter(|r| !expected.contains(r)).take(5).collect();
+    panic!(
+        "{what}: {} rows, expected {}\n  expected but missing (first 5): {missing:?}\n  present but not expected (first 5): {unexpected:?}",
+        actual.len(),
+        expected.len()
+    );
+}
+
+// ----- a concurrent appender ---------------------------------------------------------------------
+
+/// A thread appending money events straight into `stored_events`, a few per transaction,
+/// until stopped.
+pub struct Appender {
+    stop: Arc<AtomicBool>,
+    appended: Arc<AtomicU64>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl Appender {
+    /// Starts appending money events on `accounts` to the database of `env`.
+    pub fn start(env: &Env, seed: u64, accounts: Vec<String>) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let appended = Arc::new(AtomicU64::new(0));
+        let path = env.db_path();
+        let (thread_stop, thread_appended) = (stop.clone(), appended.clone());
+        let handle = std::thread::spawn(move || {
+            let mut conn = Connection::open(&path).expect("the appender cannot open the database");
+            conn.busy_timeout(Duration::from_secs(60)).expect("busy_timeout");
+            let mut generator = Generator::with_accounts(seed, accounts);
+            while !thread_stop.load(Ordering::Relaxed) {
+                let events = generator.money(3);
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .expect("the appender cannot begin");
+                for e in &events {
+                    tx.execute(
+                        "INSERT INTO stored_events (aggregate_uuid, event_version, event_class, event_properties, meta_data, created_at) \
+                         VALUES (?1, 1, ?2, ?3, '{}', strftime('%Y-%m-%d %H:%M:%f', 'now'))",
+                        params![e.aggregate, e.class, e.properties.to_string()],
+                    )
+                    .expect("the appender cannot insert");
+                }
+                tx.commit().expect("the appender cannot commit");
+                thread_appended.fetch_add(events.len() as u64, Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Self {
+            stop,
+            appended,
+            handle: Some(handle),
+        }
+    }
+
+    /// Events committed so far.
+    pub fn appended(&self) -> u64 {
+        self.appended.load(Ordering::SeqCst)
+    }
+
+    /// Waits until at least `more` further events are committed.
+    pub fn wait_for(&self, more: u64) {
+        let target = self.appended() + more;
+        wait_until(PATIENCE, &format!("the appender to reach {target} events"), || {
+            assert!(
+                !self.handle.as_ref().is_some_and(JoinHandle::is_finished),
+                "the appender thread died"
+            );
+            self.appended() >= target
+        });
+    }
+
+    /// Stops appending and returns how many events were committed.
+    pub fn stop(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            if let Err(panic) = handle.join() {
+                std::panic::resume_unwind(panic);
+            }
+        }
+        self.appended()
+    }
+}
+
+impl Drop for Appender {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! A test guest that faults on demand, so the end-to-end tests can prove the host contains
+//! every kind of guest fault and keeps running.
+//!
+//! Every event's id is first inserted into `seen`; then the event's class decides:
+//! `Trap` executes `unreachable`, `Panic` panics, `Fail` returns an error, `Loop` spins
+//! forever (the host's deadline must stop it), `Alloc` allocates without bound (the host's
+//! memory cap must stop it). Any other class is applied normally. Because the fault comes
+//! after the insert, a test can also check that the host rolled the batch back: no faulting
+//! event's id may be left in `seen`.
+
+mod bindings {
+    //! Bindings for the `projector` world, generated from the repository's WIT.
+    #![allow(
+        clippy::too_many_arguments,
+        reason = "the generated `handle-event` export takes the event record's fields flattened"
+    )]
+    wit_bindgen::generate!({
+        world: "projector",
+        path: "../../../wit",
+    });
+}
+
+use std::cell::RefCell;
+
+use bindings::zdr::projector::database::Connection;
+use bindings::zdr::projector::log::{Level, log};
+use bindings::zdr::projector::types::{Description, Event, Table, Value};
+
+/// The DDL of the table of events seen.
+const CREATE_SEEN: &str = "CREATE TABLE seen (event_id INTEGER PRIMARY KEY)";
+/// Records one event: `$1` its id.
+const RECORD_SEEN: &str = "INSERT INTO seen (event_id) VALUES ($1)";
+/// The size of each allocation `Alloc` makes and keeps.
+const MIB: usize = 1 << 20;
+
+/// The answer to `handle-event` before the host has handed over a connection.
+const NO_CONNECTION: &str = "no connection: use-connection was not called";
+
+thread_local! {
+    // Wasm guests are single-threaded; a thread-local keeps the handle without a lock.
+    /// The handle to this instance's target, set once by `use-connection`.
+    static CONNECTION: RefCell<Option<Connection>> = const { RefCell::new(None) };
+}
+
+/// The exported projector.
+struct Faulty;
+
+impl bindings::Guest for Faulty {
+    fn describe() -> Description {
+        Description {
+            name: "faulty".to_owned(),
+            version: "1".to_owned(),
+            tables: vec![Table {
+                name: "seen".to_owned(),
+                ddl: vec![CREATE_SEEN.to_owned()],
+            }],
+            handles: Vec::new(),
+        }
+    }
+
+    fn use_connection(conn: Connection) {
+        CONNECTION.set(Some(conn));
+    }
+
+    fn for_replay() {
+        log(Level::Debug, "faulty: replaying");
+    }
+
+    fn handle_event(event: Event) -> Result<(), String> {
+        let id = event.id;
+        CONNECTION.with_borrow(|conn| {
+            let conn = conn.as_ref().ok_or(NO_CONNECTION)?;
+            conn.execute(RECORD_SEEN, &[Value::Integer(id)])
+                .map_err(|error| format!("event {id}: recording it failed: {error:?}"))
+        })?;
+        match event.event_class.as_str() {
+            "Trap" => trap(),
+            "Panic" => panic!("faulty: asked to panic at event {id}"),
+            "Fail" => Err("asked to fail".to_owned()),
+            "Loop" => spin(),
+            "Alloc" => hoard(),
+            _ => Ok(()),
+        }
+    }
+
+    fn promote() -> Result<(), String> {
+        log(Level::Info, "faulty: promoted to live");
+        Ok(())
+    }
+
+    fn remove() -> Result<(), String> {
+        log(Level::Info, "faulty: target removed");
+        Ok(())
+    }
+}
+
+/// Traps with the `unreachable` instruction.
+fn trap() -> ! {
+    #[cfg(target_arch = "wasm32")]
+    core::arch::wasm32::unreachable();
+    // Only so that the crate also checks on the build machine; the guest is always wasm32.
+    #[cfg(not(target_arch = "wasm32"))]
+    std::process::abort();
+}
+
+/// Spins forever; `black_box` keeps the optimiser from reasoning the loop away.
+fn spin() -> ! {
+    let mut turns: u64 = 0;
+    loop {
+        turns = core::hint::black_box(turns.wrapping_add(1));
+    }
+}
+
+/// Allocates 1 MiB blocks and keeps them all, until the host's memory cap stops it (the
+/// failed `memory.grow` makes the allocator abort, which traps).
+fn hoard() -> ! {
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        // A non-zero fill writes every byte, so each block really occupies memory.
+        hoard.push(core::hint::black_box(vec![0xA5; MIB]));
+    }
+}
+
+bindings::export!(Faulty with_types_in bindings);
