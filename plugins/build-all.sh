@@ -22,7 +22,13 @@ die() {
 command -v cargo >/dev/null || die "cargo is not on PATH; install Rust from https://rustup.rs"
 sysroot="$(cd "$root" && rustc --print sysroot)" || die "rustc --print sysroot failed"
 if [[ ! -d "$sysroot/lib/rustlib/$target/lib" ]]; then
-    die "the Rust target $target is not installed for $(cd "$root" && rustc --version); run: rustup target add $target"
+    if command -v rustup >/dev/null; then
+        echo "build-all: installing the Rust target $target (rustup target add $target)" >&2
+        (cd "$root" && rustup target add "$target") >&2 ||
+            die "rustup target add $target failed; the guests cannot be built without it"
+    fi
+    [[ -d "$sysroot/lib/rustlib/$target/lib" ]] ||
+        die "the Rust target $target is not installed for $(cd "$root" && rustc --version); run: rustup target add $target"
 fi
 
 # The first 8 bytes of a component: the wasm magic, then layer 1 / version 0x0d. A core module

@@ -100,17 +100,26 @@ fn show_balances(db: &Db, table: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Finds the component, building the plugins workspace when it is missing.
+/// Finds the component, building the example projectors (plugins/build-all.sh) when it is
+/// missing and the command runs from a checkout of the repository.
 fn component(path: &Path) -> anyhow::Result<Vec<u8>> {
-    if !path.exists() && Path::new("plugins/Cargo.toml").exists() {
-        eprintln!("building the example projectors (cargo build --release --target wasm32-wasip2 in plugins/) ...");
-        let status = std::process::Command::new("cargo")
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path", "plugins/Cargo.toml"])
+    let script = Path::new("plugins/build-all.sh");
+    if !path.exists() && script.exists() {
+        eprintln!("building the example projectors with {} ...", script.display());
+        let status = std::process::Command::new("bash")
+            .arg(script)
+            .stdout(std::process::Stdio::null())
             .status()
-            .context("cannot run cargo to build the example projectors")?;
+            .context("cannot run bash to build the example projectors")?;
         if !status.success() {
-            bail!("building the example projectors failed; is the target installed? `rustup target add wasm32-wasip2`");
+            bail!("building the example projectors failed (see the messages above)");
         }
+    }
+    if !path.exists() {
+        bail!(
+            "component {} not found: run the demo from the repository root, or pass --v1/--v2 with built components",
+            path.display()
+        );
     }
     read_component(path)
 }

@@ -8,7 +8,7 @@ fn explore() {
         let sql = sql.trim();
         if sql.is_empty() { continue; }
         for d in [Dialect::Sqlite, Dialect::Postgres] {
-            let mode = if sql.starts_with("CREATE") { Mode::Setup } else { Mode::Data };
+            let (mode, sql) = match sql.strip_prefix("SETUP:") { Some(s) => (Mode::Setup, s), None => (Mode::Data, sql) };
             println!("{d:?} {sql}\n   => {:?}", clone_guard(d).check(sql, mode));
         }
     }

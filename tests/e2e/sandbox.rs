@@ -1,0 +1,285 @@
+//! Hostile and faulty guests: a projector that sends SQL outside its declared tables gets
+//! `denied` and touches nothing, and a projector that fails, traps or hangs is stopped at its
+//! event while the host and the other projectors keep running.
+
+use serde_json::{Value, json};
+
+use crate::support::{Env, Generator, NewEvent, PATIENCE, assert_same_rows, fold_v1, guests, wait_until};
+
+/// Refused by the SQL guard's allow-list.
+const DENIED: &[&str] = &["denied"];
+/// Refused either by the allow-list or because the guard's parser does not accept the syntax.
+const REFUSED: &[&str] = &["denied", "invalid-sql"];
+
+/// One statement a probe event carries, and the outcomes that are right for it.
+struct Probe {
+    sql: &'static str,
+    mode: &'static str,
+    expect: &'static [&'static str],
+}
+
+const fn execute(sql: &'static str, expect: &'static [&'static str]) -> Probe {
+    Probe { sql, mode: "execute", expect }
+}
+
+const fn query(sql: &'static str, expect: &'static [&'static str]) -> Probe {
+    Probe { sql, mode: "query", expect }
+}
+
+/// Statements that reach outside the probe's two declared tables, or outside plain DML.
+const HOSTILE: &[Probe] = &[
+    // Another projector's table.
+    execute("INSERT INTO balances (account_uuid, name, balance) VALUES ('evil', 'x', 1)", DENIED),
+    execute("UPDATE balances SET balance = 0", DENIED),
+    execute("REPLACE INTO balances (account_uuid, name, balance) VALUES ('evil', 'x', 1)", DENIED),
+    query("SELECT * FROM balances", DENIED),
+    query("SELECT n.id FROM probe_notes n JOIN balances b ON 1 = 1", DENIED),
+    // The event store.
+    execute("DELETE FROM stored_events", DENIED),
+    execute(
+        "INSERT INTO stored_events (event_class, event_properties, meta_data, created_at) VALUES ('X', '{}', '{}', 'now')",
+        DENIED,
+    ),
+    query("SELECT * FROM stored_events", DENIED),
+    query("SELECT * FROM main.stored_events", DENIED),
+    query("WITH e AS (SELECT * FROM stored_events) SELECT * FROM e", DENIED),
+    execute("INSERT INTO probe_notes (id, note) SELECT id, event_class FROM stored_events", DENIED),
+    execute("DROP TABLE stored_events", DENIED),
+    // zdr's own tables.
+    execute("UPDATE zdr_targets SET checkpoint = 0", DENIED),
+    execute("DELETE FROM zdr_replays", DENIED),
+    query("SELECT * FROM zdr_components", DENIED),
+    execute("INSERT INTO probe_notes (id, note) VALUES ((SELECT COUNT(*) FROM zdr_targets), 'x')", DENIED),
+    // The schema.
+    query("SELECT name FROM sqlite_master", DENIED),
+    query("SELECT name FROM sqlite_schema", DENIED),
+    query("SELECT * FROM pragma_table_info('stored_events')", REFUSED),
+    // Two statements in one call, even when each alone would be allowed.
+    execute("INSERT INTO probe_notes (id, note) VALUES (1, 'a'); DELETE FROM stored_events", DENIED),
+    execute(
+        "INSERT INTO probe_notes (id, note) VALUES (2, 'b'); INSERT INTO probe_notes (id, note) VALUES (3, 'c')",
+        DENIED,
+    ),
+    // DDL outside the host's setup of a target.
+    execute("CREATE TABLE evil (x INTEGER)", DENIED),
+    execute("DROP TABLE probe_notes", DENIED),
+    execute("ALTER TABLE probe_notes RENAME TO evil", REFUSED),
+    execute("CREATE VIEW evil AS SELECT * FROM stored_events", REFUSED),
+    execute(
+        "CREATE TRIGGER evil AFTER INSERT ON probe_notes BEGIN DELETE FROM stored_events; END",
+        REFUSED,
+    ),
+    // Database-level statements and dangerous functions.
+    execute("ATTACH DATABASE 'evil.db' AS evil", REFUSED),
+    execute("DETACH DATABASE main", REFUSED),
+    execute("PRAGMA writable_schema = ON", REFUSED),
+    execute("PRAGMA journal_mode = DELETE", REFUSED),
+    query("SELECT load_extension('evil')", REFUSED),
+    query("SELECT readfile('/etc/passwd')", REFUSED),
+    execute("VACUUM", REFUSED),
+    // Transaction control would break the host's batch transaction.
+    execute("COMMIT", REFUSED),
+    execute("ROLLBACK", REFUSED),
+    execute("BEGIN", REFUSED),
+    execute("SAVEPOINT evil", REFUSED),
+    // Subqueries hidden in allowed statements.
+    execute(
+        "INSERT INTO probe_notes (id, note) VALUES (9, 'x') ON CONFLICT (id) DO UPDATE SET note = (SELECT event_class FROM stored_events LIMIT 1)",
+        DENIED,
+    ),
+    execute("UPDATE probe_notes SET note = (SELECT name FROM sqlite_master LIMIT 1)", DENIED),
+];
+
+fn probe_event(sql: &str, mode: &str, params: Value) -> NewEvent {
+    NewEvent::new("Probe", Some("probe"), json!({ "sql": sql, "mode": mode, "params": params }))
+}
+
+/// The hostile probes, then a legitimate insert of note `legit_id` and a query that reads it.
+fn probes(legit_id: i64) -> Vec<NewEvent> {
+    let mut events: Vec<NewEvent> = HOSTILE.iter().map(|p| probe_event(p.sql, p.mode, json!([]))).collect();
+    events.push(probe_event(
+        "INSERT INTO probe_notes (id, note) VALUES ($1, $2)",
+        "execute",
+        json!([legit_id, "legit"]),
+    ));
+    events.push(probe_event("SELECT id, note FROM probe_notes WHERE id = $1", "query", json!([legit_id])));
+    events
+}
+
+/// Checks the outcome recorded for each probe, the first of which is event `first_id`.
+fn check_outcomes(env: &Env, first_id: i64, round: &str) {
+    let results = env.rows(&format!(
+        "SELECT event_id, outcome, detail FROM probe_results WHERE event_id >= {first_id} ORDER BY event_id"
+    ));
+    assert_eq!(results.len(), HOSTILE.len() + 2, "{round}: one outcome per probe: {results:?}");
+    let mut wrong = Vec::new();
+    for (probe, row) in HOSTILE.iter().zip(&results) {
+        if !probe.expect.contains(&row[1].as_str()) {
+            wrong.push(format!("  {} -> {} ({}), expected {:?}", probe.sql, row[1], row[2], probe.expect));
+        }
+    }
+    assert!(wrong.is_empty(), "{round}: hostile SQL was not refused:\n{}", wrong.join("\n"));
+    let legit = &results[HOSTILE.len()..];
+    assert_eq!(legit[0][1..], ["ok", "1"], "{round}: the legitimate insert changes one row");
+    assert_eq!(legit[1][1..], ["ok", "1"], "{round}: the legitimate query returns one row");
+}
+
+#[test]
+fn hostile_sql_is_denied_touches_nothing_and_the_host_keeps_running() {
+    let g = guests();
+    let env = Env::new();
+    let mut generator = Generator::new(6);
+    env.import(&generator.open_accounts(5));
+    env.import(&generator.money(50));
+    env.deploy("balance", &g.balance_v1);
+
+    // Round 1: probes in the history a new projector is built from (the build target's tables).
+    let first = env.head() + 1;
+    env.import(&probes(1000));
+    let events_before = env.rows("SELECT * FROM stored_events ORDER BY id");
+    let objects_before = env.schema_objects();
+    env.deploy("sql-probe", &g.sql_probe);
+    check_outcomes(&env, first, "probes replayed by deploy");
+    assert_eq!(env.rows("SELECT * FROM stored_events ORDER BY id"), events_before, "stored_events was modified");
+    let new_objects: Vec<_> = env.schema_objects().into_iter().filter(|o| !objects_before.contains(o)).collect();
+    assert!(
+        !new_objects.is_empty() && new_objects.iter().all(|o| o.contains("probe_")),
+        "deploy created only the probe's tables: {new_objects:?}"
+    );
+    assert_eq!(env.rows("SELECT id, note FROM probe_notes"), [["1000", "legit"]]);
+
+    // Round 2: the same probes against the live tables, sent through the daemon.
+    let mut daemon = env.serve();
+    let targets_before = env.rows("SELECT id, projector, version_id, role, replay_key, error FROM zdr_targets ORDER BY id");
+    let others_before: Vec<_> = ["zdr_replays", "zdr_versions", "zdr_meta"]
+        .iter()
+        .map(|t| env.rows(&format!("SELECT * FROM {t} ORDER BY 1")))
+        .collect();
+    let objects_before = env.schema_objects();
+    let first = env.head() + 1;
+    env.import(&probes(2000));
+    let events_before = env.rows("SELECT * FROM stored_events ORDER BY id");
+    env.wait_live("sql-probe", "1");
+    env.wait_live("balance", "1");
+    check_outcomes(&env, first, "probes sent to the live projector");
+    daemon.assert_running();
+
+    assert_eq!(env.rows("SELECT * FROM stored_events ORDER BY id"), events_before, "stored_events was modified");
+    assert_eq!(env.schema_objects(), objects_before, "the schema changed");
+    assert_eq!(
+        env.rows("SELECT id, projector, version_id, role, replay_key, error FROM zdr_targets ORDER BY id"),
+        targets_before,
+        "zdr_targets changed beyond checkpoints"
+    );
+    let others_after: Vec<_> = ["zdr_replays", "zdr_versions", "zdr_meta"]
+        .iter()
+        .map(|t| env.rows(&format!("SELECT * FROM {t} ORDER BY 1")))
+        .collect();
+    assert_eq!(others_after, others_before, "zdr tables changed");
+    assert_eq!(env.rows("SELECT id, note FROM probe_notes ORDER BY id"), [["1000", "legit"], ["2000", "legit"]]);
+    assert_same_rows(&env.balances_v1("balances"), &fold_v1(&env.stored_events()), "the other projector's table");
+    assert!(!env.dir().join("evil.db").exists(), "ATTACH created a database file");
+    assert!(!env.dir().join("evil").exists(), "ATTACH or load_extension touched the filesystem");
+
+    // Still serving afterwards.
+    env.import(&generator.money(20));
+    env.wait_live("balance", "1");
+    env.wait_live("sql-probe", "1");
+    daemon.assert_running();
+    daemon.stop();
+}
+
+/// Deploys `balance` and `faulty`, serves, and sends `fault` among ordinary events: the
+/// daemon must stop `faulty` at that event and keep everything else going.
+fn a_guest_fault_stops_only_that_projector(fault: &str) {
+    let g = guests();
+    let env = Env::new();
+    // A short deadline so that `Loop` is cut quickly; small batches so earlier events commit.
+    env.write_config("call_timeout_ms = 300\nmemory_mib = 64\nbatch_size = 10\n");
+    let mut generator = Generator::new(8);
+    env.import(&generator.open_accounts(8));
+    env.import(&generator.money(40));
+    env.deploy("balance", &g.balance_v1);
+    env.deploy("faulty", &g.faulty);
+    let mut daemon = env.serve();
+
+    env.import(&generator.money(25));
+    let fault_id = env.head() + 1;
+    env.import(&[NewEvent::new(fault, None, json!({}))]);
+    env.import(&generator.money(25));
+
+    let mut faulty = Value::Null;
+    wait_until(PATIENCE, &format!("faulty to stop at the {fault} event {fault_id}"), || {
+        faulty = env.projector("faulty");
+        faulty["status"] == "stopped"
+    });
+    assert_eq!(faulty["failure"]["event_id"], fault_id, "{faulty:#}");
+    let checkpoint = faulty["checkpoint"].as_i64().expect("a checkpoint");
+    assert!(checkpoint < fault_id, "faulty went past its failure: {faulty:#}");
+    assert!(faulty["lag"].as_i64().expect("a lag") > 0, "{faulty:#}");
+    // Every event before the checkpoint was applied exactly once; nothing of the failed batch.
+    let seen: Vec<i64> = env
+        .rows("SELECT event_id FROM seen ORDER BY event_id")
+        .iter()
+        .map(|r| r[0].parse().expect("an id"))
+        .collect();
+    assert_eq!(seen, (1..=checkpoint).collect::<Vec<_>>(), "the seen table disagrees with the checkpoint");
+
+    // The other projector is not held back.
+    env.wait_live("balance", "1");
+    assert_same_rows(&env.balances_v1("balances"), &fold_v1(&env.stored_events()), "balance next to a faulty guest");
+    env.import(&generator.money(10));
+    env.wait_live("balance", "1");
+    daemon.assert_running();
+
+    // Resuming retries the same event: nothing is skipped.
+    let out = env.ok(&["projector", "resume", "faulty"]);
+    assert!(out.contains("resumed faulty"), "{out}");
+    wait_until(PATIENCE, "faulty to fail again on the same event after resume", || {
+        env.scalar(&format!("SELECT COUNT(*) FROM zdr_failures WHERE projector = 'faulty' AND event_id = {fault_id}")) >= 2
+    });
+    wait_until(PATIENCE, "faulty to be stopped again", || env.projector("faulty")["status"] == "stopped");
+    let faulty = env.projector("faulty");
+    assert_eq!(faulty["failure"]["event_id"], fault_id, "{faulty:#}");
+    assert!(faulty["checkpoint"].as_i64().expect("a checkpoint") < fault_id, "{faulty:#}");
+    assert_eq!(env.scalar(&format!("SELECT COUNT(*) FROM seen WHERE event_id >= {fault_id}")), 0);
+
+    daemon.assert_running();
+    let log = daemon.stop();
+    assert!(log.contains("faulty"), "the failure is logged with the projector's name:\n{log}");
+}
+
+#[test]
+fn a_guest_returning_an_error_stops_only_itself_at_that_event() {
+    a_guest_fault_stops_only_that_projector("Fail");
+}
+
+#[test]
+fn a_trapping_guest_stops_only_itself_and_the_daemon_survives() {
+    a_guest_fault_stops_only_that_projector("Trap");
+}
+
+#[test]
+fn a_guest_stuck_in_a_loop_is_cut_by_the_deadline_and_stops_only_itself() {
+    a_guest_fault_stops_only_that_projector("Loop");
+}
+
+#[test]
+fn deploying_a_guest_that_fails_on_history_is_refused_with_the_event_and_leaves_nothing_live() {
+    let g = guests();
+    for fault in ["Fail", "Trap", "Panic", "Loop", "Alloc"] {
+        let env = Env::new();
+        env.write_config("call_timeout_ms = 300\nmemory_mib = 32\n");
+        env.import(&[
+            NewEvent::new("Hello", None, json!({})),
+            NewEvent::new(fault, None, json!({})),
+            NewEvent::new("Hello", None, json!({})),
+        ]);
+        let err = env.fail(&["projector", "deploy", "faulty", &g.faulty]);
+        assert!(err.contains("event 2"), "{fault}: the error names the event: {err}");
+        let list = env.json(&["projector", "list", "--json"]);
+        assert_eq!(list, json!([]), "{fault}: a failed deploy leaves nothing live");
+        assert!(!env.table_exists("seen"), "{fault}: a failed deploy leaves no live table");
+        assert_eq!(env.head(), 3, "{fault}: the events are kept");
+    }
+}
