@@ -105,7 +105,7 @@ pub fn target_label(target: &Target) -> String {
 
 struct Loaded {
     component: Arc<LoadedComponent>,
-    description: Description,
+    description: Arc<Description>,
 }
 
 /// The instances of one worker and the database they write through.
@@ -139,7 +139,7 @@ impl<'a> Projection<'a> {
     ///
     /// # Errors
     /// When the version cannot be read or compiled.
-    pub fn description(&mut self, target: &Target) -> Result<Description, ProjectionError> {
+    pub fn description(&mut self, target: &Target) -> Result<Arc<Description>, ProjectionError> {
         Ok(self.loaded(target)?.description.clone())
     }
 
@@ -151,7 +151,13 @@ impl<'a> Projection<'a> {
                 version: target.version.clone(),
                 message: err.to_string(),
             })?;
-            self.versions.insert(target.version_id, Loaded { component, description });
+            self.versions.insert(
+                target.version_id,
+                Loaded {
+                    component,
+                    description: Arc::new(description),
+                },
+            );
         }
         self.versions
             .get(&target.version_id)
@@ -205,14 +211,13 @@ impl<'a> Projection<'a> {
     /// [`ProjectionError::Guest`] naming the event the projector failed on.
     pub fn apply(&mut self, target: &Target, events: &[Event]) -> Result<i64, ProjectionError> {
         let description = self.loaded(target)?.description.clone();
-        let label = target_label(target);
         let instance = self.instance(target)?;
         let mut last = target.checkpoint;
         for event in events {
             if description.handles(&event.event_class) {
                 instance.handle_event(event).map_err(|error| ProjectionError::Guest {
                     projector: target.projector.clone(),
-                    target: label.clone(),
+                    target: target_label(target),
                     event_id: event.id,
                     error,
                 })?;
@@ -324,10 +329,8 @@ impl<'a> Projection<'a> {
             let head = db.head()?;
             let events = db.read_events(live.checkpoint, head, self.batch_size)?;
             let mut clones = db.projecting_clones(projector)?;
-            let mut keep: Vec<&Target> = vec![&live];
-            keep.extend(clones.iter());
-            let keep_owned: Vec<Target> = keep.into_iter().cloned().collect();
-            self.retain_targets(&keep_owned.iter().collect::<Vec<_>>());
+            // Instances of targets that are no longer written here (promoted, removed) go.
+            self.retain_targets(&std::iter::once(&live).chain(&clones).collect::<Vec<_>>());
             if events.is_empty() {
                 return Ok(LiveBatch::Idle);
             }

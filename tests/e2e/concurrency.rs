@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::support::{
-    Appender, Env, Generator, PATIENCE, StoredEvent, assert_same_rows, fold_v1, fold_v2, guests, through, wait_until,
+    Appender, Env, Generator, PATIENCE, StoredEvent, assert_same_rows, fold_v1, fold_v2, guests,
+    through, wait_until,
 };
 
 #[test]
@@ -25,10 +26,13 @@ fn events_appended_during_start_and_while_projecting_land_exactly_once_in_live_a
 
     let appender = Appender::start(&env, 21, generator.accounts().to_vec());
     appender.wait_for(30);
-    env.ok(&["replay", "create", "v2", "--projector", &format!("balance={}", g.balance_v2)]);
+    env.create_balance_replay("v2", &g.balance_v2);
     let before_start = appender.appended();
     env.ok(&["replay", "start", "v2"]);
-    assert!(appender.appended() > before_start, "no event was appended while `replay start` ran");
+    assert!(
+        appender.appended() > before_start,
+        "no event was appended while `replay start` ran"
+    );
     env.ok(&["replay", "start", "v2"]);
     env.ok(&["replay", "project", "v2"]);
     appender.wait_for(300);
@@ -38,9 +42,21 @@ fn events_appended_during_start_and_while_projecting_land_exactly_once_in_live_a
     env.wait_live("balance", "1");
     env.wait_replay_caught_up("v2");
     let events = env.stored_events();
-    assert_eq!(events.len() as u64, 40 + 20_000 + appended, "every appended event is stored");
-    assert_same_rows(&env.balances_v1("balances"), &fold_v1(&events), "live v1 under concurrent appends");
-    assert_same_rows(&env.balances_v2("zdr_r_v2__balances"), &fold_v2(&events), "clone under concurrent appends");
+    assert_eq!(
+        events.len() as u64,
+        40 + 20_000 + appended,
+        "every appended event is stored"
+    );
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&events),
+        "live v1 under concurrent appends",
+    );
+    assert_same_rows(
+        &env.balances_v2("zdr_r_v2__balances"),
+        &fold_v2(&events),
+        "clone under concurrent appends",
+    );
     let money = events.iter().filter(|e| e.is_money()).count() as i64;
     assert_eq!(
         env.scalar("SELECT SUM(transaction_count) FROM zdr_r_v2__balances"),
@@ -52,13 +68,19 @@ fn events_appended_during_start_and_while_projecting_land_exactly_once_in_live_a
     let appender = Appender::start(&env, 22, generator.accounts().to_vec());
     appender.wait_for(100);
     env.ok(&["replay", "promote", "v2"]);
-    let retired_checkpoint = env.show("v2")["projectors"][0]["checkpoint"].as_i64().expect("a checkpoint");
+    let retired_checkpoint = env.show("v2")["projectors"][0]["checkpoint"]
+        .as_i64()
+        .expect("a checkpoint");
     appender.wait_for(100);
     appender.stop();
     env.wait_live("balance", "2");
 
     let events = env.stored_events();
-    assert_same_rows(&env.balances_v2("balances"), &fold_v2(&events), "live v2 after a promote under load");
+    assert_same_rows(
+        &env.balances_v2("balances"),
+        &fold_v2(&events),
+        "live v2 after a promote under load",
+    );
     let money = events.iter().filter(|e| e.is_money()).count() as i64;
     assert_eq!(
         env.scalar("SELECT SUM(transaction_count) FROM balances"),
@@ -89,11 +111,15 @@ struct Sample {
 /// Reads the whole live `balances` table and the live checkpoint in one read transaction.
 fn sample(path: &std::path::Path) -> Result<Sample, String> {
     let started = Instant::now();
-    let mut conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(|e| e.to_string())?;
-    conn.busy_timeout(Duration::from_secs(30)).map_err(|e| e.to_string())?;
+    let mut conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .map_err(|e| e.to_string())?;
+    conn.busy_timeout(Duration::from_secs(30))
+        .map_err(|e| e.to_string())?;
     let tx = conn.transaction().map_err(|e| e.to_string())?;
     let (columns, rows, balance_sum) = {
-        let mut stmt = tx.prepare("SELECT * FROM balances").map_err(|e| e.to_string())?;
+        let mut stmt = tx
+            .prepare("SELECT * FROM balances")
+            .map_err(|e| e.to_string())?;
         let columns = stmt.column_count();
         let balances: Vec<i64> = stmt
             .query_map([], |r| r.get::<_, i64>("balance"))
@@ -129,9 +155,14 @@ fn balance_sums(events: &[StoredEvent]) -> Vec<(i64, i64)> {
         .iter()
         .map(|e| {
             if e.is_money() {
-                let properties: serde_json::Value = serde_json::from_str(&e.properties).expect("JSON properties");
+                let properties: serde_json::Value =
+                    serde_json::from_str(&e.properties).expect("JSON properties");
                 let amount = properties["amount"].as_i64().expect("an integer amount");
-                sum += if e.event_class.ends_with("MoneySubtracted") { -amount } else { amount };
+                sum += if e.event_class.ends_with("MoneySubtracted") {
+                    -amount
+                } else {
+                    amount
+                };
             }
             (e.id, sum)
         })
@@ -155,7 +186,7 @@ fn readers_never_see_a_missing_empty_partial_or_mixed_table_during_promote() {
     env.import(&generator.money(3_000));
     env.deploy("balance", &g.balance_v1);
     let mut daemon = env.serve();
-    env.ok(&["replay", "create", "v2", "--projector", &format!("balance={}", g.balance_v2)]);
+    env.create_balance_replay("v2", &g.balance_v2);
     env.ok(&["replay", "start", "v2"]);
     env.ok(&["replay", "project", "v2"]);
     let appender = Appender::start(&env, 31, generator.accounts().to_vec());
@@ -182,15 +213,20 @@ fn readers_never_see_a_missing_empty_partial_or_mixed_table_during_promote() {
     env.wait_live("balance", "2");
     appender.wait_for(60);
     stop.store(true, Ordering::Relaxed);
-    let per_reader: Vec<Vec<Result<Sample, String>>> =
-        readers.into_iter().map(|r| r.join().expect("a reader thread panicked")).collect();
+    let per_reader: Vec<Vec<Result<Sample, String>>> = readers
+        .into_iter()
+        .map(|r| r.join().expect("a reader thread panicked"))
+        .collect();
     appender.stop();
     env.wait_live("balance", "2");
     let events = env.stored_events();
     let sums = balance_sums(&events);
     assert_eq!(
         balance_sum_at(&sums, i64::MAX),
-        fold_v1(&events).iter().map(|row| row[2].parse::<i64>().expect("an integer")).sum::<i64>(),
+        fold_v1(&events)
+            .iter()
+            .map(|row| row[2].parse::<i64>().expect("an integer"))
+            .sum::<i64>(),
         "test bug: the running sums disagree with the fold"
     );
 
@@ -206,11 +242,20 @@ fn readers_never_see_a_missing_empty_partial_or_mixed_table_during_promote() {
             };
             total += 1;
             max_stall = max_stall.max(s.elapsed);
-            assert_eq!(s.rows, ACCOUNTS, "reader {reader} saw {} of {ACCOUNTS} accounts", s.rows);
+            assert_eq!(
+                s.rows, ACCOUNTS,
+                "reader {reader} saw {} of {ACCOUNTS} accounts",
+                s.rows
+            );
             match (s.columns, s.version.as_str()) {
-                (3, "1") => assert!(!seen_new, "reader {reader} saw the old table again after the new one"),
+                (3, "1") => assert!(
+                    !seen_new,
+                    "reader {reader} saw the old table again after the new one"
+                ),
                 (5, "2") => seen_new = true,
-                (columns, version) => panic!("reader {reader} saw {columns} columns with version {version} live"),
+                (columns, version) => {
+                    panic!("reader {reader} saw {columns} columns with version {version} live")
+                }
             }
             assert_eq!(
                 s.balance_sum,
@@ -220,17 +265,28 @@ fn readers_never_see_a_missing_empty_partial_or_mixed_table_during_promote() {
             );
             if s.started + s.elapsed < promote_started {
                 before += 1;
-                assert_eq!(s.columns, 3, "reader {reader} saw v2 before the promote began");
+                assert_eq!(
+                    s.columns, 3,
+                    "reader {reader} saw v2 before the promote began"
+                );
             }
             if s.started > promote_ended {
                 after += 1;
-                assert_eq!(s.columns, 5, "reader {reader} saw v1 after the promote ended");
+                assert_eq!(
+                    s.columns, 5,
+                    "reader {reader} saw v1 after the promote ended"
+                );
             }
         }
-        assert!(before > 0 && after > 0, "reader {reader} read {before} times before and {after} after the promote");
+        assert!(
+            before > 0 && after > 0,
+            "reader {reader} read {before} times before and {after} after the promote"
+        );
     }
     eprintln!("{total} reads of the live table during the promote; the slowest took {max_stall:?}");
-    wait_until(PATIENCE, "the hot swap in the log", || daemon.log().contains("hot swap"));
+    wait_until(PATIENCE, "the hot swap in the log", || {
+        daemon.log().contains("hot swap")
+    });
     daemon.assert_running();
     daemon.stop();
 }

@@ -5,13 +5,14 @@
 use std::process::Stdio;
 
 use crate::support::{
-    Appender, Env, Generator, PATIENCE, assert_same_rows, fold_v1, fold_v2, guests, signal, through, wait_child,
-    wait_until,
+    Appender, Env, Generator, PATIENCE, assert_same_rows, fold_v1, fold_v2, guests, signal,
+    through, wait_child, wait_until,
 };
 
 #[test]
 fn a_replay_killed_mid_start_resumes_to_the_same_tables_as_an_uninterrupted_run() {
     const HISTORY: usize = 200_000;
+    const KILLS: usize = 4;
     let g = guests();
     let env = Env::new();
     env.write_config("batch_size = 500\n");
@@ -22,36 +23,51 @@ fn a_replay_killed_mid_start_resumes_to_the_same_tables_as_an_uninterrupted_run(
     history.extend(generator.money(HISTORY));
     env.import(&history);
     let head = env.head();
-    env.ok(&["replay", "create", "v2", "--projector", &format!("balance={}", g.balance_v2)]);
+    env.create_balance_replay("v2", &g.balance_v2);
 
-    let mut start = env
-        .command(&["replay", "start", "v2"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("cannot spawn replay start");
-    let mut partial = 0;
-    wait_until(PATIENCE, "replay start to make partial progress", || {
-        let lag = env.json(&["replay", "lag", "v2", "--json"]);
-        partial = lag["projectors"][0]["checkpoint"].as_i64().expect("a checkpoint");
-        assert!(partial < head, "replay start finished before it could be killed; make the history bigger");
-        partial > 0
-    });
-    signal(start.id(), "KILL");
-    let status = wait_child(&mut start, PATIENCE, "the killed replay start");
-    assert!(!status.success(), "replay start was not killed: {status}");
-
-    // What the crash left is consistent: the clone holds exactly the events up to its checkpoint.
-    let show = env.show("v2");
-    let checkpoint = show["projectors"][0]["checkpoint"].as_i64().expect("a checkpoint");
-    assert!(checkpoint >= partial && checkpoint < head, "checkpoint {checkpoint} after the kill, head {head}");
-    assert_eq!(show["state"], "started", "{show:#}");
     let events = env.stored_events();
-    assert_same_rows(
-        &env.balances_v2("zdr_r_v2__balances"),
-        &fold_v2(through(&events, checkpoint)),
-        "the clone after the crash, against its own checkpoint",
-    );
+
+    // Kill it several times, each time after it made some progress of its own.
+    let mut checkpoint = 0;
+    for kill in 1..=KILLS {
+        let mut start = env
+            .command(&["replay", "start", "v2"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("cannot spawn replay start");
+        let previous = checkpoint;
+        wait_until(PATIENCE, "replay start to make partial progress", || {
+            let lag = env.json(&["replay", "lag", "v2", "--json"]);
+            checkpoint = lag["projectors"][0]["checkpoint"]
+                .as_i64()
+                .expect("a checkpoint");
+            assert!(
+                checkpoint < head,
+                "replay start finished before kill {kill}; make the history bigger"
+            );
+            checkpoint > previous
+        });
+        signal(start.id(), "KILL");
+        let status = wait_child(&mut start, PATIENCE, "the killed replay start");
+        assert!(!status.success(), "replay start was not killed: {status}");
+
+        // What the crash left is consistent: the clone holds exactly the events up to its checkpoint.
+        let show = env.show("v2");
+        assert_eq!(show["state"], "started", "{show:#}");
+        checkpoint = show["projectors"][0]["checkpoint"]
+            .as_i64()
+            .expect("a checkpoint");
+        assert!(
+            checkpoint > previous && checkpoint < head,
+            "checkpoint {checkpoint} after kill {kill}, head {head}"
+        );
+        assert_same_rows(
+            &env.balances_v2("zdr_r_v2__balances"),
+            &fold_v2(through(&events, checkpoint)),
+            &format!("the clone after kill {kill}, against its own checkpoint {checkpoint}"),
+        );
+    }
 
     // Starting again resumes at the checkpoint and finishes.
     let out = env.ok(&["replay", "start", "v2"]);
@@ -60,10 +76,14 @@ fn a_replay_killed_mid_start_resumes_to_the_same_tables_as_an_uninterrupted_run(
         "the second start resumes after event {checkpoint}: {out}"
     );
     assert_eq!(env.json(&["replay", "lag", "v2", "--json"])["lag"], 0);
-    assert_same_rows(&env.balances_v2("zdr_r_v2__balances"), &fold_v2(&events), "the resumed clone");
+    assert_same_rows(
+        &env.balances_v2("zdr_r_v2__balances"),
+        &fold_v2(&events),
+        "the resumed clone",
+    );
 
     // An uninterrupted replay of the same history in a second replay gives the same table.
-    env.ok(&["replay", "create", "again", "--projector", &format!("balance={}", g.balance_v2)]);
+    env.create_balance_replay("again", &g.balance_v2);
     env.ok(&["replay", "start", "again"]);
     assert_eq!(
         env.balances_v2("zdr_r_v2__balances"),
@@ -81,7 +101,7 @@ fn a_daemon_killed_while_dual_writing_restarts_without_losing_or_repeating_event
     env.import(&generator.open_accounts(25));
     env.import(&generator.money(1_000));
     env.deploy("balance", &g.balance_v1);
-    env.ok(&["replay", "create", "v2", "--projector", &format!("balance={}", g.balance_v2)]);
+    env.create_balance_replay("v2", &g.balance_v2);
     env.ok(&["replay", "start", "v2"]);
     env.ok(&["replay", "project", "v2"]);
 
@@ -89,12 +109,20 @@ fn a_daemon_killed_while_dual_writing_restarts_without_losing_or_repeating_event
     for round in 0..3 {
         let daemon = env.serve();
         appender.wait_for(150);
-        let checkpoint = env.projector("balance")["checkpoint"].as_i64().expect("a checkpoint");
+        let checkpoint = env.projector("balance")["checkpoint"]
+            .as_i64()
+            .expect("a checkpoint");
         wait_until(PATIENCE, "the daemon to apply some events", || {
-            env.projector("balance")["checkpoint"].as_i64().expect("a checkpoint") > checkpoint
+            env.projector("balance")["checkpoint"]
+                .as_i64()
+                .expect("a checkpoint")
+                > checkpoint
         });
         let log = daemon.crash();
-        assert!(log.contains("zdr serve started"), "round {round}: the daemon never started:\n{log}");
+        assert!(
+            log.contains("zdr serve started"),
+            "round {round}: the daemon never started:\n{log}"
+        );
     }
     appender.stop();
 
@@ -102,11 +130,23 @@ fn a_daemon_killed_while_dual_writing_restarts_without_losing_or_repeating_event
     env.wait_live("balance", "1");
     env.wait_replay_caught_up("v2");
     let events = env.stored_events();
-    assert_same_rows(&env.balances_v1("balances"), &fold_v1(&events), "live after three crashes");
-    assert_same_rows(&env.balances_v2("zdr_r_v2__balances"), &fold_v2(&events), "clone after three crashes");
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&events),
+        "live after three crashes",
+    );
+    assert_same_rows(
+        &env.balances_v2("zdr_r_v2__balances"),
+        &fold_v2(&events),
+        "clone after three crashes",
+    );
     env.ok(&["replay", "promote", "v2"]);
     env.wait_live("balance", "2");
-    assert_same_rows(&env.balances_v2("balances"), &fold_v2(&env.stored_events()), "live v2 after the promote");
+    assert_same_rows(
+        &env.balances_v2("balances"),
+        &fold_v2(&env.stored_events()),
+        "live v2 after the promote",
+    );
     daemon.assert_running();
     daemon.stop();
 }

@@ -4,7 +4,9 @@
 
 use serde_json::{Value, json};
 
-use crate::support::{Env, Generator, NewEvent, PATIENCE, assert_same_rows, fold_v1, guests, wait_until};
+use crate::support::{
+    Env, Generator, NewEvent, PATIENCE, assert_same_rows, fold_v1, guests, wait_until,
+};
 
 /// Refused by the SQL guard's allow-list.
 const DENIED: &[&str] = &["denied"];
@@ -19,21 +21,38 @@ struct Probe {
 }
 
 const fn execute(sql: &'static str, expect: &'static [&'static str]) -> Probe {
-    Probe { sql, mode: "execute", expect }
+    Probe {
+        sql,
+        mode: "execute",
+        expect,
+    }
 }
 
 const fn query(sql: &'static str, expect: &'static [&'static str]) -> Probe {
-    Probe { sql, mode: "query", expect }
+    Probe {
+        sql,
+        mode: "query",
+        expect,
+    }
 }
 
 /// Statements that reach outside the probe's two declared tables, or outside plain DML.
 const HOSTILE: &[Probe] = &[
     // Another projector's table.
-    execute("INSERT INTO balances (account_uuid, name, balance) VALUES ('evil', 'x', 1)", DENIED),
+    execute(
+        "INSERT INTO balances (account_uuid, name, balance) VALUES ('evil', 'x', 1)",
+        DENIED,
+    ),
     execute("UPDATE balances SET balance = 0", DENIED),
-    execute("REPLACE INTO balances (account_uuid, name, balance) VALUES ('evil', 'x', 1)", DENIED),
+    execute(
+        "REPLACE INTO balances (account_uuid, name, balance) VALUES ('evil', 'x', 1)",
+        DENIED,
+    ),
     query("SELECT * FROM balances", DENIED),
-    query("SELECT n.id FROM probe_notes n JOIN balances b ON 1 = 1", DENIED),
+    query(
+        "SELECT n.id FROM probe_notes n JOIN balances b ON 1 = 1",
+        DENIED,
+    ),
     // The event store.
     execute("DELETE FROM stored_events", DENIED),
     execute(
@@ -42,20 +61,32 @@ const HOSTILE: &[Probe] = &[
     ),
     query("SELECT * FROM stored_events", DENIED),
     query("SELECT * FROM main.stored_events", DENIED),
-    query("WITH e AS (SELECT * FROM stored_events) SELECT * FROM e", DENIED),
-    execute("INSERT INTO probe_notes (id, note) SELECT id, event_class FROM stored_events", DENIED),
+    query(
+        "WITH e AS (SELECT * FROM stored_events) SELECT * FROM e",
+        DENIED,
+    ),
+    execute(
+        "INSERT INTO probe_notes (id, note) SELECT id, event_class FROM stored_events",
+        DENIED,
+    ),
     execute("DROP TABLE stored_events", DENIED),
     // zdr's own tables.
     execute("UPDATE zdr_targets SET checkpoint = 0", DENIED),
     execute("DELETE FROM zdr_replays", DENIED),
     query("SELECT * FROM zdr_components", DENIED),
-    execute("INSERT INTO probe_notes (id, note) VALUES ((SELECT COUNT(*) FROM zdr_targets), 'x')", DENIED),
+    execute(
+        "INSERT INTO probe_notes (id, note) VALUES ((SELECT COUNT(*) FROM zdr_targets), 'x')",
+        DENIED,
+    ),
     // The schema.
     query("SELECT name FROM sqlite_master", DENIED),
     query("SELECT name FROM sqlite_schema", DENIED),
     query("SELECT * FROM pragma_table_info('stored_events')", REFUSED),
     // Two statements in one call, even when each alone would be allowed.
-    execute("INSERT INTO probe_notes (id, note) VALUES (1, 'a'); DELETE FROM stored_events", DENIED),
+    execute(
+        "INSERT INTO probe_notes (id, note) VALUES (1, 'a'); DELETE FROM stored_events",
+        DENIED,
+    ),
     execute(
         "INSERT INTO probe_notes (id, note) VALUES (2, 'b'); INSERT INTO probe_notes (id, note) VALUES (3, 'c')",
         DENIED,
@@ -87,22 +118,36 @@ const HOSTILE: &[Probe] = &[
         "INSERT INTO probe_notes (id, note) VALUES (9, 'x') ON CONFLICT (id) DO UPDATE SET note = (SELECT event_class FROM stored_events LIMIT 1)",
         DENIED,
     ),
-    execute("UPDATE probe_notes SET note = (SELECT name FROM sqlite_master LIMIT 1)", DENIED),
+    execute(
+        "UPDATE probe_notes SET note = (SELECT name FROM sqlite_master LIMIT 1)",
+        DENIED,
+    ),
 ];
 
 fn probe_event(sql: &str, mode: &str, params: Value) -> NewEvent {
-    NewEvent::new("Probe", Some("probe"), json!({ "sql": sql, "mode": mode, "params": params }))
+    NewEvent::new(
+        "Probe",
+        Some("probe"),
+        json!({ "sql": sql, "mode": mode, "params": params }),
+    )
 }
 
 /// The hostile probes, then a legitimate insert of note `legit_id` and a query that reads it.
 fn probes(legit_id: i64) -> Vec<NewEvent> {
-    let mut events: Vec<NewEvent> = HOSTILE.iter().map(|p| probe_event(p.sql, p.mode, json!([]))).collect();
+    let mut events: Vec<NewEvent> = HOSTILE
+        .iter()
+        .map(|p| probe_event(p.sql, p.mode, json!([])))
+        .collect();
     events.push(probe_event(
         "INSERT INTO probe_notes (id, note) VALUES ($1, $2)",
         "execute",
         json!([legit_id, "legit"]),
     ));
-    events.push(probe_event("SELECT id, note FROM probe_notes WHERE id = $1", "query", json!([legit_id])));
+    events.push(probe_event(
+        "SELECT id, note FROM probe_notes WHERE id = $1",
+        "query",
+        json!([legit_id]),
+    ));
     events
 }
 
@@ -111,17 +156,36 @@ fn check_outcomes(env: &Env, first_id: i64, round: &str) {
     let results = env.rows(&format!(
         "SELECT event_id, outcome, detail FROM probe_results WHERE event_id >= {first_id} ORDER BY event_id"
     ));
-    assert_eq!(results.len(), HOSTILE.len() + 2, "{round}: one outcome per probe: {results:?}");
+    assert_eq!(
+        results.len(),
+        HOSTILE.len() + 2,
+        "{round}: one outcome per probe: {results:?}"
+    );
     let mut wrong = Vec::new();
     for (probe, row) in HOSTILE.iter().zip(&results) {
         if !probe.expect.contains(&row[1].as_str()) {
-            wrong.push(format!("  {} -> {} ({}), expected {:?}", probe.sql, row[1], row[2], probe.expect));
+            wrong.push(format!(
+                "  {} -> {} ({}), expected {:?}",
+                probe.sql, row[1], row[2], probe.expect
+            ));
         }
     }
-    assert!(wrong.is_empty(), "{round}: hostile SQL was not refused:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "{round}: hostile SQL was not refused:\n{}",
+        wrong.join("\n")
+    );
     let legit = &results[HOSTILE.len()..];
-    assert_eq!(legit[0][1..], ["ok", "1"], "{round}: the legitimate insert changes one row");
-    assert_eq!(legit[1][1..], ["ok", "1"], "{round}: the legitimate query returns one row");
+    assert_eq!(
+        legit[0][1..],
+        ["ok", "1"],
+        "{round}: the legitimate insert changes one row"
+    );
+    assert_eq!(
+        legit[1][1..],
+        ["ok", "1"],
+        "{round}: the legitimate query returns one row"
+    );
 }
 
 #[test]
@@ -140,17 +204,30 @@ fn hostile_sql_is_denied_touches_nothing_and_the_host_keeps_running() {
     let objects_before = env.schema_objects();
     env.deploy("sql-probe", &g.sql_probe);
     check_outcomes(&env, first, "probes replayed by deploy");
-    assert_eq!(env.rows("SELECT * FROM stored_events ORDER BY id"), events_before, "stored_events was modified");
-    let new_objects: Vec<_> = env.schema_objects().into_iter().filter(|o| !objects_before.contains(o)).collect();
+    assert_eq!(
+        env.rows("SELECT * FROM stored_events ORDER BY id"),
+        events_before,
+        "stored_events was modified"
+    );
+    let new_objects: Vec<_> = env
+        .schema_objects()
+        .into_iter()
+        .filter(|o| !objects_before.contains(o))
+        .collect();
     assert!(
         !new_objects.is_empty() && new_objects.iter().all(|o| o.contains("probe_")),
         "deploy created only the probe's tables: {new_objects:?}"
     );
-    assert_eq!(env.rows("SELECT id, note FROM probe_notes"), [["1000", "legit"]]);
+    assert_eq!(
+        env.rows("SELECT id, note FROM probe_notes"),
+        [["1000", "legit"]]
+    );
 
     // Round 2: the same probes against the live tables, sent through the daemon.
     let mut daemon = env.serve();
-    let targets_before = env.rows("SELECT id, projector, version_id, role, replay_key, error FROM zdr_targets ORDER BY id");
+    let targets_before = env.rows(
+        "SELECT id, projector, version_id, role, replay_key, error FROM zdr_targets ORDER BY id",
+    );
     let others_before: Vec<_> = ["zdr_replays", "zdr_versions", "zdr_meta"]
         .iter()
         .map(|t| env.rows(&format!("SELECT * FROM {t} ORDER BY 1")))
@@ -164,10 +241,16 @@ fn hostile_sql_is_denied_touches_nothing_and_the_host_keeps_running() {
     check_outcomes(&env, first, "probes sent to the live projector");
     daemon.assert_running();
 
-    assert_eq!(env.rows("SELECT * FROM stored_events ORDER BY id"), events_before, "stored_events was modified");
+    assert_eq!(
+        env.rows("SELECT * FROM stored_events ORDER BY id"),
+        events_before,
+        "stored_events was modified"
+    );
     assert_eq!(env.schema_objects(), objects_before, "the schema changed");
     assert_eq!(
-        env.rows("SELECT id, projector, version_id, role, replay_key, error FROM zdr_targets ORDER BY id"),
+        env.rows(
+            "SELECT id, projector, version_id, role, replay_key, error FROM zdr_targets ORDER BY id"
+        ),
         targets_before,
         "zdr_targets changed beyond checkpoints"
     );
@@ -176,10 +259,23 @@ fn hostile_sql_is_denied_touches_nothing_and_the_host_keeps_running() {
         .map(|t| env.rows(&format!("SELECT * FROM {t} ORDER BY 1")))
         .collect();
     assert_eq!(others_after, others_before, "zdr tables changed");
-    assert_eq!(env.rows("SELECT id, note FROM probe_notes ORDER BY id"), [["1000", "legit"], ["2000", "legit"]]);
-    assert_same_rows(&env.balances_v1("balances"), &fold_v1(&env.stored_events()), "the other projector's table");
-    assert!(!env.dir().join("evil.db").exists(), "ATTACH created a database file");
-    assert!(!env.dir().join("evil").exists(), "ATTACH or load_extension touched the filesystem");
+    assert_eq!(
+        env.rows("SELECT id, note FROM probe_notes ORDER BY id"),
+        [["1000", "legit"], ["2000", "legit"]]
+    );
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&env.stored_events()),
+        "the other projector's table",
+    );
+    assert!(
+        !env.dir().join("evil.db").exists(),
+        "ATTACH created a database file"
+    );
+    assert!(
+        !env.dir().join("evil").exists(),
+        "ATTACH or load_extension touched the filesystem"
+    );
 
     // Still serving afterwards.
     env.import(&generator.money(20));
@@ -209,13 +305,20 @@ fn a_guest_fault_stops_only_that_projector(fault: &str) {
     env.import(&generator.money(25));
 
     let mut faulty = Value::Null;
-    wait_until(PATIENCE, &format!("faulty to stop at the {fault} event {fault_id}"), || {
-        faulty = env.projector("faulty");
-        faulty["status"] == "stopped"
-    });
+    wait_until(
+        PATIENCE,
+        &format!("faulty to stop at the {fault} event {fault_id}"),
+        || {
+            faulty = env.projector("faulty");
+            faulty["status"] == "stopped"
+        },
+    );
     assert_eq!(faulty["failure"]["event_id"], fault_id, "{faulty:#}");
     let checkpoint = faulty["checkpoint"].as_i64().expect("a checkpoint");
-    assert!(checkpoint < fault_id, "faulty went past its failure: {faulty:#}");
+    assert!(
+        checkpoint < fault_id,
+        "faulty went past its failure: {faulty:#}"
+    );
     assert!(faulty["lag"].as_i64().expect("a lag") > 0, "{faulty:#}");
     // Every event before the checkpoint was applied exactly once; nothing of the failed batch.
     let seen: Vec<i64> = env
@@ -223,11 +326,19 @@ fn a_guest_fault_stops_only_that_projector(fault: &str) {
         .iter()
         .map(|r| r[0].parse().expect("an id"))
         .collect();
-    assert_eq!(seen, (1..=checkpoint).collect::<Vec<_>>(), "the seen table disagrees with the checkpoint");
+    assert_eq!(
+        seen,
+        (1..=checkpoint).collect::<Vec<_>>(),
+        "the seen table disagrees with the checkpoint"
+    );
 
     // The other projector is not held back.
     env.wait_live("balance", "1");
-    assert_same_rows(&env.balances_v1("balances"), &fold_v1(&env.stored_events()), "balance next to a faulty guest");
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&env.stored_events()),
+        "balance next to a faulty guest",
+    );
     env.import(&generator.money(10));
     env.wait_live("balance", "1");
     daemon.assert_running();
@@ -235,18 +346,35 @@ fn a_guest_fault_stops_only_that_projector(fault: &str) {
     // Resuming retries the same event: nothing is skipped.
     let out = env.ok(&["projector", "resume", "faulty"]);
     assert!(out.contains("resumed faulty"), "{out}");
-    wait_until(PATIENCE, "faulty to fail again on the same event after resume", || {
-        env.scalar(&format!("SELECT COUNT(*) FROM zdr_failures WHERE projector = 'faulty' AND event_id = {fault_id}")) >= 2
+    wait_until(
+        PATIENCE,
+        "faulty to fail again on the same event after resume",
+        || {
+            env.scalar(&format!("SELECT COUNT(*) FROM zdr_failures WHERE projector = 'faulty' AND event_id = {fault_id}")) >= 2
+        },
+    );
+    wait_until(PATIENCE, "faulty to be stopped again", || {
+        env.projector("faulty")["status"] == "stopped"
     });
-    wait_until(PATIENCE, "faulty to be stopped again", || env.projector("faulty")["status"] == "stopped");
     let faulty = env.projector("faulty");
     assert_eq!(faulty["failure"]["event_id"], fault_id, "{faulty:#}");
-    assert!(faulty["checkpoint"].as_i64().expect("a checkpoint") < fault_id, "{faulty:#}");
-    assert_eq!(env.scalar(&format!("SELECT COUNT(*) FROM seen WHERE event_id >= {fault_id}")), 0);
+    assert!(
+        faulty["checkpoint"].as_i64().expect("a checkpoint") < fault_id,
+        "{faulty:#}"
+    );
+    assert_eq!(
+        env.scalar(&format!(
+            "SELECT COUNT(*) FROM seen WHERE event_id >= {fault_id}"
+        )),
+        0
+    );
 
     daemon.assert_running();
     let log = daemon.stop();
-    assert!(log.contains("faulty"), "the failure is logged with the projector's name:\n{log}");
+    assert!(
+        log.contains("faulty"),
+        "the failure is logged with the projector's name:\n{log}"
+    );
 }
 
 #[test]
@@ -276,10 +404,20 @@ fn deploying_a_guest_that_fails_on_history_is_refused_with_the_event_and_leaves_
             NewEvent::new("Hello", None, json!({})),
         ]);
         let err = env.fail(&["projector", "deploy", "faulty", &g.faulty]);
-        assert!(err.contains("event 2"), "{fault}: the error names the event: {err}");
+        assert!(
+            err.contains("event 2"),
+            "{fault}: the error names the event: {err}"
+        );
         let list = env.json(&["projector", "list", "--json"]);
-        assert_eq!(list, json!([]), "{fault}: a failed deploy leaves nothing live");
-        assert!(!env.table_exists("seen"), "{fault}: a failed deploy leaves no live table");
+        assert_eq!(
+            list,
+            json!([]),
+            "{fault}: a failed deploy leaves nothing live"
+        );
+        assert!(
+            !env.table_exists("seen"),
+            "{fault}: a failed deploy leaves no live table"
+        );
         assert_eq!(env.head(), 3, "{fault}: the events are kept");
     }
 }

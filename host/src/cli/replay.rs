@@ -205,10 +205,10 @@ fn print_status(status: &ReplayStatus) {
     println!("  event store head: {}", status.head);
     for p in &status.projectors {
         println!(
-            "  {} version {} ({:?}): checkpoint {}, lag {}; live is version {} at {}",
+            "  {} version {} ({}): checkpoint {}, lag {}; live is version {} at {}",
             p.projector,
             p.version,
-            p.role,
+            p.role.as_str(),
             p.checkpoint,
             p.lag,
             p.live_version.as_deref().unwrap_or("-"),

@@ -155,14 +155,16 @@ pub(super) fn function_allowed(name: &str) -> bool {
 }
 
 /// Why a function that is not allowed is refused, when there is more to say than "not listed".
-pub(super) fn function_reason(name: &str) -> &'static str {
-    if CLOCK_FUNCTIONS.contains(&name) {
+pub(super) fn function_reason(dialect: Dialect, name: &str) -> &'static str {
+    if let Some(reason) = session_word(dialect, name) {
+        reason
+    } else if CLOCK_FUNCTIONS.contains(&name) {
         "it reads the clock, and a read model must equal the pure fold of the events: \
          take time from the event's created-at"
     } else if RANDOM_FUNCTIONS.contains(&name) {
         "it is not deterministic, and a read model must equal the pure fold of the events"
     } else {
-        "it is not on the allow-list of deterministic functions"
+        "it is not on the allow-list"
     }
 }
 
@@ -192,7 +194,7 @@ pub(super) fn session_word(dialect: Dialect, word: &str) -> Option<&'static str>
              take time from the event's created-at",
         )
     } else if dialect == Dialect::Postgres && SESSION.contains(&lower.as_str()) {
-        Some("it reads the database session; quote it if it is a column name")
+        Some("it reads the database session (quote it if it is a column name)")
     } else {
         None
     }
@@ -298,9 +300,8 @@ pub(super) fn is_time_type(data_type: &DataType) -> bool {
     use DataType as T;
     match data_type {
         T::Date | T::Time(..) | T::Datetime(_) | T::Timestamp(..) => true,
-        T::Custom(name, _) => names::single_ident(name).is_some_and(|ident| {
-            matches!(names::fold(ident).as_str(), "timestamptz" | "timetz")
-        }),
+        T::Custom(name, _) => names::single_ident(name)
+            .is_some_and(|ident| matches!(names::fold(ident).as_str(), "timestamptz" | "timetz")),
         _ => false,
     }
 }
@@ -331,12 +332,22 @@ mod tests {
         for name in ["abs", "coalesce", "json_extract", "row_number", "upper"] {
             assert!(function_allowed(name), "{name}");
         }
-        for name in ["random", "now", "load_extension", "pg_sleep", "nextval", "readfile"] {
+        for name in [
+            "random",
+            "now",
+            "load_extension",
+            "pg_sleep",
+            "nextval",
+            "readfile",
+        ] {
             assert!(!function_allowed(name), "{name}");
         }
-        assert!(function_reason("datetime").contains("created-at"));
-        assert!(function_reason("random").contains("not deterministic"));
-        assert!(function_reason("readfile").contains("allow-list"));
+        let reason = |name| function_reason(Dialect::Postgres, name);
+        assert!(reason("datetime").contains("created-at"));
+        assert!(reason("current_timestamp").contains("created-at"));
+        assert!(reason("random").contains("not deterministic"));
+        assert!(reason("readfile").contains("allow-list"));
+        assert!(reason("current_user").contains("session"));
     }
 
     #[test]

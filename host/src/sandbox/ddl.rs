@@ -7,17 +7,18 @@
 
 use std::mem;
 
+use sqlparser::ast::helpers::stmt_create_table::CreateTableBuilder;
 use sqlparser::ast::{
     CheckConstraint, ColumnDef, ColumnOption, ColumnOptionDef, CreateIndex, CreateTable,
-    IndexColumn, IndexType, ObjectName, PrimaryKeyConstraint, Statement,
-    TableConstraint, UniqueConstraint,
+    IndexColumn, IndexType, ObjectName, PrimaryKeyConstraint, Statement, TableConstraint,
+    UniqueConstraint,
 };
-use sqlparser::ast::helpers::stmt_create_table::CreateTableBuilder;
 use sqlparser::keywords::Keyword;
 use sqlparser::tokenizer::Token;
 
+use super::expr::check_data_type;
 use super::names::{self, quoted, single_ident, validate_declared_name, written};
-use super::rewrite::{Walker, check_data_type};
+use super::rewrite::{Walker, kind_not_allowed};
 use super::{Dialect, Guard, GuardError, Mode, PhysicalName, StatementKind};
 
 /// What setup mode allows, for messages.
@@ -88,11 +89,7 @@ impl Walker<'_> {
         match statement {
             Statement::CreateTable(table) => self.create_table(table)?,
             Statement::CreateIndex(index) => self.create_index(index)?,
-            _ => {
-                return Err(GuardError::Denied(format!(
-                    "statement kind {kind_name} is not allowed: {SETUP_ALLOWED}"
-                )));
-            }
+            _ => return Err(kind_not_allowed(Mode::Setup, kind_name)),
         }
         Ok(StatementKind::Ddl)
     }
@@ -105,12 +102,13 @@ impl Walker<'_> {
         }
         if table.query.is_some() {
             return Err(GuardError::Denied(
-                "CREATE TABLE … AS SELECT is not allowed: declare the columns".to_owned(),
+                "the form CREATE TABLE … AS SELECT is not allowed: declare the columns".to_owned(),
             ));
         }
         if table.like.is_some() || table.clone.is_some() {
             return Err(GuardError::Denied(
-                "CREATE TABLE … LIKE or CLONE is not allowed: declare the columns".to_owned(),
+                "the form CREATE TABLE … LIKE or CLONE is not allowed: declare the columns"
+                    .to_owned(),
             ));
         }
         if !only_plain_parts(table) {
@@ -274,7 +272,8 @@ impl Walker<'_> {
         } = index;
         if *concurrently {
             return Err(GuardError::Denied(
-                "CREATE INDEX CONCURRENTLY is not allowed: setup runs in a transaction".to_owned(),
+                "the form CREATE INDEX CONCURRENTLY is not allowed: setup runs in a transaction"
+                    .to_owned(),
             ));
         }
         if *r#async || !with.is_empty() || !index_options.is_empty() || !alter_options.is_empty() {

@@ -11,19 +11,23 @@
 //!
 //! Nothing here does I/O: the module is pure functions over `sqlparser`'s AST, tested with tables
 //! of cases. The files split by concern: `parse` (tokens, limits, placeholders, one statement),
-//! `rewrite` (the allow-list walk over queries and writes), `ddl` (setup-mode `CREATE TABLE` and
-//! `CREATE INDEX`, and [`check_declared_ddl`]), `allow` (the lists of functions, operators and types),
-//! `names` (identifier normalisation and quoting), `cache` ([`GuardCache`]).
+//! `rewrite` (the allow-list walk over statements and queries), `writes` (over `INSERT`,
+//! `UPDATE` and `DELETE`), `expr` (over expressions),
+//! `ddl` (setup-mode `CREATE TABLE` and `CREATE INDEX`, and [`check_declared_ddl`]), `verify`
+//! (an independent re-check of the result), `allow` (the lists of functions, operators and
+//! types), `names` (identifier normalisation and quoting), `cache` ([`GuardCache`]).
 
 mod allow;
 mod cache;
 mod ddl;
+mod expr;
 mod names;
 mod parse;
 mod rewrite;
-
 #[cfg(test)]
 mod tests;
+mod verify;
+mod writes;
 
 use std::collections::BTreeMap;
 use std::panic::{self, AssertUnwindSafe};
@@ -54,6 +58,13 @@ pub const MAX_PARAMETERS: usize = 999;
 /// tree tens of thousands of levels deep overflows the stack. Bounding the operators bounds the
 /// depth. Multi-row `VALUES` lists of literals and parameters are not affected.
 pub const MAX_SYNTAX_TOKENS: usize = 4096;
+
+/// The most `GLOB`, `REGEXP` and `MATCH` operators one SQLite statement may contain.
+///
+/// `sqlparser` parses these SQLite operators by cloning everything to their left, so a chain of
+/// them costs quadratic time and a clone as deep as the chain, which overflows the stack long
+/// before [`MAX_SYNTAX_TOKENS`] is reached. Real statements use one or two.
+pub const MAX_PATTERN_OPERATORS: usize = 32;
 
 /// How deeply expressions and subqueries may nest in an accepted statement.
 ///
@@ -253,7 +264,7 @@ impl Guard {
     }
 
     fn analyze_unguarded(&self, sql: &str, mode: Mode) -> Result<(Statement, Checked), GuardError> {
-        let parsed = parse::parse_one(self.dialect, sql)?;
+        let parsed = parse::parse_one(self.dialect, sql, mode)?;
         let mut statement = parsed.statement;
         let mut walker = rewrite::Walker::new(self);
         let kind = match mode {
@@ -261,7 +272,7 @@ impl Guard {
             Mode::Setup => walker.setup_statement(&mut statement, &parsed.kind_name)?,
         };
         let tables = walker.into_tables();
-        rewrite::verify(self, &statement)?;
+        verify::verify(self, &statement)?;
         let checked = Checked {
             sql: statement.to_string(),
             kind,

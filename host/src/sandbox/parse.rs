@@ -13,7 +13,11 @@ use sqlparser::parser::{Parser, ParserError};
 use sqlparser::tokenizer::{Location, Token, TokenWithSpan, Tokenizer};
 
 use super::names::quoted;
-use super::{Dialect, GuardError, MAX_PARAMETERS, MAX_STATEMENT_BYTES, MAX_SYNTAX_TOKENS};
+use super::rewrite::kind_not_allowed;
+use super::{
+    Dialect, GuardError, MAX_PARAMETERS, MAX_PATTERN_OPERATORS, MAX_STATEMENT_BYTES,
+    MAX_SYNTAX_TOKENS, Mode,
+};
 
 /// One statement, parsed, with what the token pass learnt about it.
 pub(super) struct Parsed {
@@ -33,7 +37,9 @@ pub(super) struct Parsed {
 /// and operators, more than [`MAX_PARAMETERS`] placeholders or nesting beyond the parser's
 /// recursion limit; `Denied` for more than one statement; `InvalidSql` for an empty text, a parse
 /// error, named or mixed placeholders, or a `0x` literal (which `sqlparser` prints back as a blob).
-pub(super) fn parse_one(dialect: Dialect, sql: &str) -> Result<Parsed, GuardError> {
+/// A parse error in a statement whose leading keyword `mode` never allows is `Denied` naming the
+/// kind, as if it had parsed.
+pub(super) fn parse_one(dialect: Dialect, sql: &str, mode: Mode) -> Result<Parsed, GuardError> {
     if sql.len() > MAX_STATEMENT_BYTES {
         return Err(GuardError::LimitExceeded(format!(
             "the statement is {} bytes long; at most {MAX_STATEMENT_BYTES} bytes are allowed",
@@ -45,16 +51,28 @@ pub(super) fn parse_one(dialect: Dialect, sql: &str) -> Result<Parsed, GuardErro
         .tokenize_with_location()
         .map_err(|e| GuardError::InvalidSql(e.to_string()))?;
     check_tokens(sql, &tokens)?;
+    if mode == Mode::Setup {
+        check_dropped_keywords(dialect, &tokens)?;
+    }
     let (tokens, param_count) = number_placeholders(dialect, tokens)?;
-    let kind_name = kind_name(&tokens);
+    let (kind_name, leading) = kind_name(&tokens);
 
     let mut parser = Parser::new(parser_dialect).with_tokens_with_locations(tokens);
-    let statement = parser.parse_statement().map_err(parser_error)?;
+    let statement = parser.parse_statement().map_err(|error| {
+        if may_start(mode, leading) {
+            parser_error(error)
+        } else {
+            kind_not_allowed(mode, &kind_name)
+        }
+    })?;
     while parser.consume_token(&Token::SemiColon) {}
     let next = parser.peek_token();
     if next.token != Token::EOF {
+        if !may_start(mode, leading) {
+            return Err(kind_not_allowed(mode, &kind_name));
+        }
         return Err(GuardError::InvalidSql(format!(
-            "unexpected {} after the end of the statement at {}",
+            "unexpected {} after the end of the statement{}",
             quoted(&next.token.to_string()),
             next.span.start
         )));
@@ -76,8 +94,53 @@ pub(super) fn parser_dialect(dialect: Dialect) -> &'static dyn sqlparser::dialec
     }
 }
 
+/// Whether a statement of `mode` may begin with the keyword `leading` (`None`: not a keyword,
+/// such as `(`).
+fn may_start(mode: Mode, leading: Option<Keyword>) -> bool {
+    match mode {
+        Mode::Data => matches!(
+            leading,
+            None | Some(
+                Keyword::SELECT
+                    | Keyword::INSERT
+                    | Keyword::UPDATE
+                    | Keyword::DELETE
+                    | Keyword::WITH
+                    | Keyword::VALUES
+                    | Keyword::REPLACE
+            )
+        ),
+        Mode::Setup => leading == Some(Keyword::CREATE),
+    }
+}
+
+/// Refuses keywords that `sqlparser` 0.63 consumes and then drops from a column definition when
+/// the dialect does not support them (it checks the dialect after taking the keyword), so that
+/// the printed DDL would silently differ from the declared one.
+fn check_dropped_keywords(dialect: Dialect, tokens: &[TokenWithSpan]) -> Result<(), GuardError> {
+    for token in tokens {
+        let Token::Word(word) = &token.token else {
+            continue;
+        };
+        let dropped = word.quote_style.is_none()
+            && match word.keyword {
+                Keyword::AUTO_INCREMENT | Keyword::IDENTITY | Keyword::SRID => true,
+                Keyword::AUTOINCREMENT => dialect == Dialect::Postgres,
+                _ => false,
+            };
+        if dropped {
+            return Err(GuardError::InvalidSql(format!(
+                "the keyword {} is not supported here: use INTEGER PRIMARY KEY [AUTOINCREMENT] on SQLite, \
+                 GENERATED … AS IDENTITY or serial types on PostgreSQL",
+                word.value.to_ascii_uppercase()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Refuses what can be seen in the tokens alone: nothing to parse, a second statement, too many
-/// words and operators, and `0x` literals.
+/// words and operators or pattern operators, and `0x` literals.
 fn check_tokens(sql: &str, tokens: &[TokenWithSpan]) -> Result<(), GuardError> {
     let mut significant = tokens
         .iter()
@@ -96,6 +159,19 @@ fn check_tokens(sql: &str, tokens: &[TokenWithSpan]) -> Result<(), GuardError> {
             "multiple statements are not allowed: send one statement per call".to_owned(),
         ));
     }
+    let patterns = tokens
+        .iter()
+        .filter(|t| {
+            matches!(&t.token, Token::Word(word) if word.quote_style.is_none()
+                && matches!(word.keyword, Keyword::GLOB | Keyword::REGEXP | Keyword::MATCH))
+        })
+        .count();
+    if patterns > MAX_PATTERN_OPERATORS {
+        return Err(GuardError::LimitExceeded(format!(
+            "the statement has {patterns} GLOB, REGEXP or MATCH operators; at most \
+             {MAX_PATTERN_OPERATORS} are allowed"
+        )));
+    }
     let counted = tokens.iter().filter(|t| counts_as_syntax(&t.token)).count();
     if counted > MAX_SYNTAX_TOKENS {
         return Err(GuardError::LimitExceeded(format!(
@@ -110,7 +186,13 @@ fn check_tokens(sql: &str, tokens: &[TokenWithSpan]) -> Result<(), GuardError> {
             return Err(GuardError::InvalidSql(format!(
                 "hexadecimal number {} is not supported: write the number in decimal \
                  (blob literals are written x'…')",
-                quoted(&token.token.to_string().replacen("X'", "0x", 1).replace('\'', ""))
+                quoted(
+                    &token
+                        .token
+                        .to_string()
+                        .replacen("X'", "0x", 1)
+                        .replace('\'', "")
+                )
             )));
         }
     }
@@ -191,11 +273,10 @@ fn number_placeholders(
                     "placeholder $0 is not valid: placeholders are numbered from $1".to_owned(),
                 ));
             }
+            // Only ASCII digits remain, so the parse fails only on overflow.
             number
                 .parse::<usize>()
-                .ok()
-                .filter(|n| *n <= MAX_PARAMETERS)
-                .ok_or_else(|| too_many_parameters(text))?
+                .map_err(|_| too_many_parameters(text))?
         } else {
             return Err(unsupported_placeholder(text));
         };
@@ -246,9 +327,9 @@ pub(super) fn unsupported_placeholder(text: &str) -> GuardError {
     }
 }
 
-/// The statement kind as its leading keywords name it: `ATTACH`, `PRAGMA`, `CREATE TABLE`,
-/// `DROP INDEX`, `ALTER TABLE`.
-fn kind_name(tokens: &[TokenWithSpan]) -> String {
+/// The statement kind as its leading keywords name it (`ATTACH`, `PRAGMA`, `CREATE TABLE`,
+/// `DROP INDEX`, `ALTER TABLE`), and the first keyword.
+fn kind_name(tokens: &[TokenWithSpan]) -> (String, Option<Keyword>) {
     const OBJECT_KINDS: &[Keyword] = &[
         Keyword::DATABASE,
         Keyword::DOMAIN,
@@ -271,16 +352,21 @@ fn kind_name(tokens: &[TokenWithSpan]) -> String {
         .iter()
         .filter(|t| !matches!(t.token, Token::Whitespace(_)))
         .map_while(|t| match &t.token {
-            Token::Word(word) if word.quote_style.is_none() && word.keyword != Keyword::NoKeyword => {
+            Token::Word(word)
+                if word.quote_style.is_none() && word.keyword != Keyword::NoKeyword =>
+            {
                 Some(word)
             }
             _ => None,
         });
     let Some(first) = words.next() else {
-        return "this statement".to_owned();
+        return ("this statement".to_owned(), None);
     };
     let mut name = first.value.to_ascii_uppercase();
-    if matches!(first.keyword, Keyword::CREATE | Keyword::DROP | Keyword::ALTER) {
+    if matches!(
+        first.keyword,
+        Keyword::CREATE | Keyword::DROP | Keyword::ALTER
+    ) {
         for word in words.take(4) {
             if word.keyword == Keyword::IF {
                 break;
@@ -292,7 +378,7 @@ fn kind_name(tokens: &[TokenWithSpan]) -> String {
             }
         }
     }
-    name
+    (name, Some(first.keyword))
 }
 
 /// Maps a parser error to the guard's kinds: running out of recursion is a limit, the rest is
@@ -380,7 +466,7 @@ mod tests {
     use super::*;
 
     fn placeholders(dialect: Dialect, sql: &str) -> Result<(String, usize), GuardError> {
-        let parsed = parse_one(dialect, sql)?;
+        let parsed = parse_one(dialect, sql, Mode::Data)?;
         Ok((parsed.statement.to_string(), parsed.param_count))
     }
 
@@ -422,7 +508,7 @@ mod tests {
                 );
             }
         }
-        for sql in ["SELECT ?1", "SELECT :name", "SELECT $name", "SELECT @name"] {
+        for sql in ["SELECT ?1", "SELECT $name", "SELECT $1$2"] {
             assert!(
                 matches!(
                     placeholders(Dialect::Sqlite, sql),
@@ -435,24 +521,40 @@ mod tests {
 
     #[test]
     fn one_statement_only() {
-        let ok = ["SELECT 1", "SELECT 1;", "SELECT 1;;", "SELECT 1; -- x", "SELECT 1 /* ; x */"];
+        let ok = [
+            "SELECT 1",
+            "SELECT 1;",
+            "SELECT 1;;",
+            "SELECT 1; -- x",
+            "SELECT 1 /* ; x */",
+        ];
         for sql in ok {
-            assert!(parse_one(Dialect::Sqlite, sql).is_ok(), "{sql}");
+            assert!(parse_one(Dialect::Sqlite, sql, Mode::Data).is_ok(), "{sql}");
         }
-        for sql in ["SELECT 1; SELECT 2", "SELECT 1; -- x\nSELECT 2", "SELECT 1;/**/x"] {
+        for sql in [
+            "SELECT 1; SELECT 2",
+            "SELECT 1; -- x\nSELECT 2",
+            "SELECT 1;/**/x",
+        ] {
             assert!(
-                matches!(parse_one(Dialect::Sqlite, sql), Err(GuardError::Denied(_))),
+                matches!(
+                    parse_one(Dialect::Sqlite, sql, Mode::Data),
+                    Err(GuardError::Denied(_))
+                ),
                 "{sql}"
             );
         }
         for sql in ["", "  ", ";", "-- nothing", "/* nothing */ ;"] {
             assert!(
-                matches!(parse_one(Dialect::Sqlite, sql), Err(GuardError::InvalidSql(_))),
+                matches!(
+                    parse_one(Dialect::Sqlite, sql, Mode::Data),
+                    Err(GuardError::InvalidSql(_))
+                ),
                 "{sql:?}"
             );
         }
         assert!(matches!(
-            parse_one(Dialect::Sqlite, "SELECT 1 END garbage"),
+            parse_one(Dialect::Sqlite, "SELECT 1 END garbage", Mode::Data),
             Err(GuardError::InvalidSql(_))
         ));
     }
@@ -472,7 +574,7 @@ mod tests {
             let tokens = Tokenizer::new(parser_dialect(Dialect::Sqlite), sql)
                 .tokenize_with_location()
                 .unwrap();
-            assert_eq!(kind_name(&tokens), name, "{sql}");
+            assert_eq!(kind_name(&tokens).0, name, "{sql}");
         }
     }
 
@@ -483,9 +585,9 @@ mod tests {
         assert_eq!(source_at(sql, Location::new(1, 1)), Some(sql));
         assert_eq!(source_at(sql, Location::new(9, 1)), None);
         assert!(matches!(
-            parse_one(Dialect::Sqlite, sql),
+            parse_one(Dialect::Sqlite, sql, Mode::Data),
             Err(GuardError::InvalidSql(m)) if m.contains("0x10")
         ));
-        assert!(parse_one(Dialect::Sqlite, "SELECT x'10'").is_ok());
+        assert!(parse_one(Dialect::Sqlite, "SELECT x'10'", Mode::Data).is_ok());
     }
 }

@@ -7,8 +7,8 @@ fn explore() {
     for sql in sqls.split("\n---\n") {
         let sql = sql.trim();
         if sql.is_empty() { continue; }
+        let (mode, sql) = match sql.strip_prefix("SETUP:") { Some(s) => (Mode::Setup, s), None => (Mode::Data, sql) };
         for d in [Dialect::Sqlite, Dialect::Postgres] {
-            let (mode, sql) = match sql.strip_prefix("SETUP:") { Some(s) => (Mode::Setup, s), None => (Mode::Data, sql) };
             println!("{d:?} {sql}\n   => {:?}", clone_guard(d).check(sql, mode));
         }
     }

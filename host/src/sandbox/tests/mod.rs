@@ -1,6 +1,12 @@
 //! Tests of the guard as a whole, one file per concern; shared fixtures here.
 
+mod allowed;
 mod explore;
+mod fuzz;
+mod hostile;
+mod limits;
+mod setup;
+mod sqlite_exec;
 
 use super::{Dialect, Guard, PhysicalName};
 

@@ -1,0 +1,315 @@
+//! Wrong-state commands and bad input: each fails with a clear message and changes nothing.
+
+use std::process::Stdio;
+
+use serde_json::json;
+
+use crate::support::{
+    Env, Generator, PATIENCE, assert_same_rows, fold_v1, fold_v2, guests, wait_child, wait_until,
+};
+
+/// An env with `balance` v1 live over a small history and replay `v2` created.
+fn with_replay() -> (Env, Generator) {
+    let g = guests();
+    let env = Env::new();
+    let mut generator = Generator::new(9);
+    env.import(&generator.open_accounts(10));
+    env.import(&generator.money(300));
+    env.deploy("balance", &g.balance_v1);
+    env.create_balance_replay("v2", &g.balance_v2);
+    (env, generator)
+}
+
+/// Everything a failed command must leave as it was.
+fn snapshot(
+    env: &Env,
+) -> (
+    serde_json::Value,
+    serde_json::Value,
+    Vec<String>,
+    Vec<Vec<String>>,
+) {
+    (
+        env.json(&["replay", "list", "--json"]),
+        env.json(&["projector", "list", "--json"]),
+        env.schema_objects(),
+        env.balances_v1("balances"),
+    )
+}
+
+#[test]
+fn promote_before_project_is_refused_in_every_earlier_state_and_changes_nothing() {
+    let (env, _) = with_replay();
+    for (state, prepare) in [("created", None), ("started", Some("start"))] {
+        if let Some(command) = prepare {
+            env.ok(&["replay", command, "v2"]);
+        }
+        assert_eq!(env.show("v2")["state"], state);
+        let before = snapshot(&env);
+        let err = env.fail(&["replay", "promote", "v2"]);
+        assert!(
+            err.contains("not projecting") && err.contains("replay project v2"),
+            "{state}: {err}"
+        );
+        assert_eq!(
+            snapshot(&env),
+            before,
+            "a refused promote in state {state} changed something"
+        );
+    }
+    // And after all, the normal path still works.
+    env.ok(&["replay", "project", "v2"]);
+    env.ok(&["replay", "promote", "v2"]);
+    assert_same_rows(
+        &env.balances_v2("balances"),
+        &fold_v2(&env.stored_events()),
+        "live after the promote",
+    );
+}
+
+#[test]
+fn a_second_start_while_one_runs_is_refused_and_the_first_finishes_correctly() {
+    let g = guests();
+    let env = Env::new();
+    // One event per transaction makes the first start slow enough to race with.
+    env.write_config("batch_size = 1\n");
+    env.deploy("balance", &g.balance_v1);
+    let mut generator = Generator::new(10);
+    let mut history = generator.open_accounts(20);
+    history.extend(generator.money(25_000));
+    env.import(&history);
+    let head = env.head();
+    env.create_balance_replay("v2", &g.balance_v2);
+
+    let mut first = env
+        .command(&["replay", "start", "v2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot spawn replay start");
+    wait_until(PATIENCE, "the first start to make progress", || {
+        let show = env.show("v2");
+        let checkpoint = show["projectors"][0]["checkpoint"]
+            .as_i64()
+            .expect("a checkpoint");
+        assert!(
+            checkpoint < head,
+            "the first start finished before the race; make the history bigger"
+        );
+        show["state"] == "started" && checkpoint > 0
+    });
+
+    for command in ["start", "project", "remove"] {
+        let err = env.fail(&["replay", command, "v2"]);
+        assert!(
+            err.contains("another zdr process"),
+            "a concurrent `replay {command}` names the other process: {err}"
+        );
+    }
+    let show = env.show("v2");
+    assert_eq!(show["state"], "started", "{show:#}");
+    assert_eq!(show["error"], json!(null), "{show:#}");
+    assert!(
+        first.try_wait().expect("try_wait").is_none(),
+        "the first start finished during the race"
+    );
+
+    let status = wait_child(&mut first, PATIENCE, "the first replay start");
+    assert!(status.success(), "the first start failed: {status}");
+    let show = env.show("v2");
+    assert_eq!(show["projectors"][0]["checkpoint"], head, "{show:#}");
+    assert_same_rows(
+        &env.balances_v2("zdr_r_v2__balances"),
+        &fold_v2(&env.stored_events()),
+        "the clone of the start that won",
+    );
+}
+
+#[test]
+fn creating_an_existing_key_is_refused_and_keeps_the_replay() {
+    let g = guests();
+    let (env, _) = with_replay();
+    env.ok(&["replay", "start", "v2"]);
+    let before = snapshot(&env);
+    let show = env.show("v2");
+    for file in [&g.balance_v2, &g.veto] {
+        let err = env.fail(&[
+            "replay",
+            "create",
+            "v2",
+            "--projector",
+            &format!("balance={file}"),
+        ]);
+        assert!(err.contains("already exists"), "{err}");
+        assert_eq!(env.show("v2"), show, "a refused create changed the replay");
+        assert_eq!(snapshot(&env), before, "a refused create changed something");
+    }
+}
+
+#[test]
+fn the_reserved_key_live_and_malformed_keys_are_refused() {
+    let g = guests();
+    let (env, _) = with_replay();
+    let before = snapshot(&env);
+    let show = env.show("v2");
+    let err = env.fail(&["replay", "remove", "live"]);
+    assert!(err.contains("reserved"), "{err}");
+    for args in [
+        vec!["replay", "create", "live", "--projector"],
+        vec!["replay", "create", "Bad Key", "--projector"],
+        vec!["replay", "create", "x;drop table balances", "--projector"],
+        vec!["replay", "create", "2v", "--projector"],
+    ] {
+        let mut args: Vec<String> = args.into_iter().map(String::from).collect();
+        args.push(format!("balance={}", g.balance_v2));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let err = env.fail(&args);
+        assert!(err.contains("invalid replay key"), "{args:?}: {err}");
+    }
+    for command in ["start", "show", "lag", "project", "promote", "remove"] {
+        let err = env.fail(&["replay", command, "Bad Key"]);
+        assert!(
+            err.contains("invalid replay key"),
+            "replay {command}: {err}"
+        );
+    }
+    assert_eq!(env.show("v2"), show, "bad keys changed the replay");
+    assert_eq!(snapshot(&env), before, "bad keys changed something");
+    assert!(env.table_exists("balances"));
+}
+
+#[test]
+fn unknown_keys_and_projectors_get_a_clear_error() {
+    let g = guests();
+    let (env, _) = with_replay();
+    let before = snapshot(&env);
+    for command in ["start", "show", "lag", "project", "promote", "remove"] {
+        let err = env.fail(&["replay", command, "nosuch"]);
+        assert!(
+            err.contains("no replay named \"nosuch\""),
+            "replay {command}: {err}"
+        );
+    }
+    let err = env.fail(&[
+        "replay",
+        "create",
+        "other",
+        "--projector",
+        &format!("nosuch={}", g.balance_v2),
+    ]);
+    assert!(
+        err.contains("describes itself as projector \"balance\""),
+        "{err}"
+    );
+    let err = env.fail(&[
+        "replay",
+        "create",
+        "other",
+        "--projector",
+        &format!("sql-probe={}", g.sql_probe),
+    ]);
+    assert!(err.contains("not deployed"), "{err}");
+    let err = env.fail(&["projector", "resume", "nosuch"]);
+    assert!(err.contains("nosuch"), "{err}");
+    assert_eq!(snapshot(&env), before, "errors changed something");
+}
+
+#[test]
+fn commands_that_do_not_fit_the_state_are_refused_and_change_nothing() {
+    let (env, _) = with_replay();
+    env.ok(&["replay", "start", "v2"]);
+    env.ok(&["replay", "project", "v2"]);
+    let before = snapshot(&env);
+    let show = env.show("v2");
+    for (args, message) in [
+        (vec!["replay", "start", "v2"], "is projecting"),
+        (vec!["replay", "project", "v2"], "already projecting"),
+        (vec!["replay", "remove", "v2"], "--force"),
+        (vec!["projector", "resume", "balance"], "not stopped"),
+    ] {
+        let err = env.fail(&args);
+        assert!(err.contains(message), "{args:?}: {err}");
+        assert_eq!(env.show("v2"), show, "{args:?} changed the replay");
+        assert_eq!(snapshot(&env), before, "{args:?} changed something");
+    }
+    env.ok(&["replay", "promote", "v2"]);
+    let show = env.show("v2");
+    for (args, message) in [
+        (vec!["replay", "start", "v2"], "already promoted"),
+        (vec!["replay", "project", "v2"], "already promoted"),
+        (vec!["replay", "promote", "v2"], "not projecting"),
+    ] {
+        let err = env.fail(&args);
+        assert!(err.contains(message), "{args:?}: {err}");
+        assert_eq!(env.show("v2"), show, "{args:?} changed the promoted replay");
+    }
+}
+
+#[test]
+fn malformed_events_and_invalid_components_are_refused_and_lose_nothing() {
+    let g = guests();
+    let (env, mut generator) = with_replay();
+    let before = snapshot(&env);
+    let head = env.head();
+
+    let good = generator.money(2);
+    let lines = [
+        good[0].jsonl(),
+        good[1].jsonl(),
+        "{\"event_class\": \"MoneyAdded\", \"event_properties\": [1]}".to_string(),
+        "not json".to_string(),
+    ];
+    let path = env.dir().join("bad.jsonl");
+    std::fs::write(&path, lines.join("\n")).expect("write the JSONL file");
+    let err = env.fail(&["events", "import", path.to_str().expect("UTF-8 path")]);
+    assert!(
+        err.contains("line 3") && err.contains("line 4") && err.contains("nothing was imported"),
+        "{err}"
+    );
+    assert_eq!(env.head(), head, "a refused import stored events");
+    let err = env.fail(&[
+        "events",
+        "append",
+        "--class",
+        "MoneyAdded",
+        "--properties",
+        "{not json",
+    ]);
+    assert!(err.contains("not valid JSON"), "{err}");
+    assert_eq!(env.head(), head, "a refused append stored an event");
+
+    let not_wasm = env.dir().join("not.wasm");
+    std::fs::write(&not_wasm, b"\0asm but not really").expect("write the fake component");
+    let not_wasm = not_wasm.to_str().expect("UTF-8 path");
+    let err = env.fail(&["projector", "deploy", "balance", not_wasm]);
+    assert!(err.contains("not.wasm"), "the error names the file: {err}");
+    let err = env.fail(&[
+        "replay",
+        "create",
+        "v3",
+        "--projector",
+        &format!("balance={not_wasm}"),
+    ]);
+    assert!(err.contains("not.wasm"), "the error names the file: {err}");
+    let err = env.fail(&[
+        "replay",
+        "create",
+        "v3",
+        "--projector",
+        "balance=missing.wasm",
+    ]);
+    assert!(err.contains("missing.wasm"), "{err}");
+    let err = env.fail(&["projector", "deploy", "balance", &g.sql_probe]);
+    assert!(
+        err.contains("sql-probe"),
+        "a component with another name is refused: {err}"
+    );
+    env.fail(&["replay", "show", "v3"]);
+
+    assert_eq!(snapshot(&env), before, "bad input changed something");
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&env.stored_events()),
+        "live after bad input",
+    );
+}
