@@ -43,8 +43,16 @@ fn other_deep_nestings_are_refused() {
         format!("SELECT {}1{}", "(SELECT ".repeat(5_000), ")".repeat(5_000)),
         format!("SELECT {}1{}", "abs(".repeat(5_000), ")".repeat(5_000)),
         format!("SELECT {}1", "- ".repeat(20_000)),
-        format!("SELECT {}1{}", "CASE WHEN ".repeat(3_000), " THEN 1 END".repeat(3_000)),
-        format!("SELECT * FROM {}balances{}", "(".repeat(5_000), ")".repeat(5_000)),
+        format!(
+            "SELECT {}1{}",
+            "CASE WHEN ".repeat(3_000),
+            " THEN 1 END".repeat(3_000)
+        ),
+        format!(
+            "SELECT * FROM {}balances{}",
+            "(".repeat(5_000),
+            ")".repeat(5_000)
+        ),
     ];
     for sql in nestings {
         assert!(sql.len() < MAX_STATEMENT_BYTES);
@@ -106,7 +114,10 @@ fn nesting_up_to_the_limit_is_accepted_and_beyond_it_refused() {
 
 #[test]
 fn the_syntax_token_limit_names_itself() {
-    let sql = format!("SELECT {} FROM balances", vec!["balance"; MAX_SYNTAX_TOKENS].join(", "));
+    let sql = format!(
+        "SELECT {} FROM balances",
+        vec!["balance"; MAX_SYNTAX_TOKENS].join(", ")
+    );
     let result = clone_guard(Dialect::Sqlite).check(&sql, Mode::Data);
     assert!(
         matches!(&result, Err(GuardError::LimitExceeded(m)) if m.contains("words and operators")),
@@ -146,9 +157,10 @@ fn a_statement_at_the_byte_limit_is_parsed() {
     assert_eq!(sql.len(), MAX_STATEMENT_BYTES);
     assert!(clone_guard(Dialect::Sqlite).check(&sql, Mode::Data).is_ok());
     let over = format!("{sql} ");
-    assert!(is_limit(&clone_guard(Dialect::Sqlite).check(&over, Mode::Data)));
+    assert!(is_limit(
+        &clone_guard(Dialect::Sqlite).check(&over, Mode::Data)
+    ));
 }
-
 
 #[test]
 fn pattern_operator_chains_are_bounded() {

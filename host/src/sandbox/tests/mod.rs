@@ -1,7 +1,6 @@
 //! Tests of the guard as a whole, one file per concern; shared fixtures here.
 
 mod allowed;
-mod explore;
 mod fuzz;
 mod hostile;
 mod limits;

@@ -77,19 +77,37 @@ fn declared_ddl_is_rewritten_for_each_clone() {
 const REFUSED: &[(&str, &str)] = &[
     ("DROP TABLE balances", "drop table"),
     ("ALTER TABLE balances ADD COLUMN x INTEGER", "alter table"),
-    ("CREATE VIEW balances_view AS SELECT * FROM balances", "create view"),
-    ("CREATE TRIGGER t AFTER INSERT ON balances BEGIN SELECT 1; END", "multiple"),
+    (
+        "CREATE VIEW balances_view AS SELECT * FROM balances",
+        "create view",
+    ),
+    (
+        "CREATE TRIGGER t AFTER INSERT ON balances BEGIN SELECT 1; END",
+        "multiple",
+    ),
     ("CREATE TEMP TABLE balances (x INTEGER)", "temporary"),
     ("CREATE TABLE other (x INTEGER)", "other"),
     ("CREATE TABLE main.balances (x INTEGER)", "main.balances"),
-    ("CREATE TABLE balances AS SELECT * FROM stored_events", "as select"),
-    ("CREATE TABLE balances (x INTEGER REFERENCES accounts (id))", "foreign keys"),
+    (
+        "CREATE TABLE balances AS SELECT * FROM stored_events",
+        "as select",
+    ),
+    (
+        "CREATE TABLE balances (x INTEGER REFERENCES accounts (id))",
+        "foreign keys",
+    ),
     (
         "CREATE TABLE balances (x INTEGER, FOREIGN KEY (x) REFERENCES stored_events (id))",
         "foreign keys",
     ),
-    ("CREATE TABLE balances (x INTEGER DEFAULT CURRENT_TIMESTAMP)", "current_timestamp"),
-    ("CREATE TABLE balances (x INTEGER DEFAULT (random()))", "random"),
+    (
+        "CREATE TABLE balances (x INTEGER DEFAULT CURRENT_TIMESTAMP)",
+        "current_timestamp",
+    ),
+    (
+        "CREATE TABLE balances (x INTEGER DEFAULT (random()))",
+        "random",
+    ),
     (
         "CREATE TABLE balances (x INTEGER CHECK (x IN (SELECT id FROM stored_events)))",
         "stored_events",
@@ -101,7 +119,10 @@ const REFUSED: &[(&str, &str)] = &[
     ("CREATE INDEX main.i ON balances (x)", "main.i"),
     ("CREATE INDEX sqlite_i ON balances (x)", "sqlite_i"),
     ("CREATE INDEX zdr_i ON balances (x)", "zdr_i"),
-    ("CREATE INDEX CONCURRENTLY i ON balances (x)", "concurrently"),
+    (
+        "CREATE INDEX CONCURRENTLY i ON balances (x)",
+        "concurrently",
+    ),
     ("CREATE INDEX i ON balances (random())", "random"),
     ("INSERT INTO balances (id) VALUES (1)", "insert"),
     ("SELECT * FROM balances", "select"),
@@ -130,9 +151,18 @@ fn other_ddl_is_refused_in_setup() {
 #[test]
 fn keywords_sqlparser_would_drop_are_refused() {
     let cases = [
-        (Dialect::Postgres, "CREATE TABLE balances (id INTEGER PRIMARY KEY AUTOINCREMENT)"),
-        (Dialect::Sqlite, "CREATE TABLE balances (id INTEGER PRIMARY KEY AUTO_INCREMENT)"),
-        (Dialect::Postgres, "CREATE TABLE balances (id INTEGER IDENTITY)"),
+        (
+            Dialect::Postgres,
+            "CREATE TABLE balances (id INTEGER PRIMARY KEY AUTOINCREMENT)",
+        ),
+        (
+            Dialect::Sqlite,
+            "CREATE TABLE balances (id INTEGER PRIMARY KEY AUTO_INCREMENT)",
+        ),
+        (
+            Dialect::Postgres,
+            "CREATE TABLE balances (id INTEGER IDENTITY)",
+        ),
     ];
     for (dialect, sql) in cases {
         assert!(
@@ -164,7 +194,10 @@ fn ddl(statements: &[&str]) -> Vec<String> {
 #[test]
 fn declared_ddl_that_is_accepted() {
     let cases: &[(&str, &[&str])] = &[
-        ("balances", &["CREATE TABLE balances (id INTEGER PRIMARY KEY, balance INTEGER)"]),
+        (
+            "balances",
+            &["CREATE TABLE balances (id INTEGER PRIMARY KEY, balance INTEGER)"],
+        ),
         (
             "balances",
             &[
@@ -190,19 +223,59 @@ fn declared_ddl_that_is_accepted() {
 fn declared_ddl_that_is_refused() {
     let long = "a".repeat(64);
     let cases: &[(&str, &[&str], &str)] = &[
-        ("Balances", &["CREATE TABLE balances (x INTEGER)"], "lowercase"),
-        ("1balances", &["CREATE TABLE balances (x INTEGER)"], "1balances"),
+        (
+            "Balances",
+            &["CREATE TABLE balances (x INTEGER)"],
+            "lowercase",
+        ),
+        (
+            "1balances",
+            &["CREATE TABLE balances (x INTEGER)"],
+            "1balances",
+        ),
         (&long, &["CREATE TABLE balances (x INTEGER)"], "aaaa"),
-        ("zdr_balances", &["CREATE TABLE zdr_balances (x INTEGER)"], "reserved"),
-        ("stored_events", &["CREATE TABLE stored_events (x INTEGER)"], "reserved"),
-        ("sqlite_stat9", &["CREATE TABLE sqlite_stat9 (x INTEGER)"], "reserved"),
-        ("pg_balances", &["CREATE TABLE pg_balances (x INTEGER)"], "reserved"),
+        (
+            "zdr_balances",
+            &["CREATE TABLE zdr_balances (x INTEGER)"],
+            "reserved",
+        ),
+        (
+            "stored_events",
+            &["CREATE TABLE stored_events (x INTEGER)"],
+            "reserved",
+        ),
+        (
+            "sqlite_stat9",
+            &["CREATE TABLE sqlite_stat9 (x INTEGER)"],
+            "reserved",
+        ),
+        (
+            "pg_balances",
+            &["CREATE TABLE pg_balances (x INTEGER)"],
+            "reserved",
+        ),
         ("balances", &[], "no ddl"),
         ("balances", &["CREATE INDEX i ON balances (x)"], "first"),
-        ("balances", &["CREATE TABLE accounts (x INTEGER)"], "accounts"),
-        ("balances", &["CREATE TABLE main.balances (x INTEGER)"], "main.balances"),
-        ("balances", &["CREATE TEMP TABLE balances (x INTEGER)"], "temporary"),
-        ("balances", &["CREATE TABLE balances AS SELECT 1 AS x"], "as select"),
+        (
+            "balances",
+            &["CREATE TABLE accounts (x INTEGER)"],
+            "accounts",
+        ),
+        (
+            "balances",
+            &["CREATE TABLE main.balances (x INTEGER)"],
+            "main.balances",
+        ),
+        (
+            "balances",
+            &["CREATE TEMP TABLE balances (x INTEGER)"],
+            "temporary",
+        ),
+        (
+            "balances",
+            &["CREATE TABLE balances AS SELECT 1 AS x"],
+            "as select",
+        ),
         (
             "balances",
             &["CREATE TABLE balances (x INTEGER REFERENCES accounts (id))"],
@@ -210,22 +283,34 @@ fn declared_ddl_that_is_refused() {
         ),
         (
             "balances",
-            &["CREATE TABLE balances (x INTEGER)", "CREATE TABLE balances (y INTEGER)"],
+            &[
+                "CREATE TABLE balances (x INTEGER)",
+                "CREATE TABLE balances (y INTEGER)",
+            ],
             "create [unique] index",
         ),
         (
             "balances",
-            &["CREATE TABLE balances (x INTEGER)", "CREATE INDEX i ON accounts (x)"],
+            &[
+                "CREATE TABLE balances (x INTEGER)",
+                "CREATE INDEX i ON accounts (x)",
+            ],
             "accounts",
         ),
         (
             "balances",
-            &["CREATE TABLE balances (x INTEGER)", "CREATE INDEX ON balances (x)"],
+            &[
+                "CREATE TABLE balances (x INTEGER)",
+                "CREATE INDEX ON balances (x)",
+            ],
             "name",
         ),
         (
             "balances",
-            &["CREATE TABLE balances (x INTEGER)", "CREATE VIEW v AS SELECT * FROM balances"],
+            &[
+                "CREATE TABLE balances (x INTEGER)",
+                "CREATE VIEW v AS SELECT * FROM balances",
+            ],
             "create view",
         ),
         (

@@ -63,18 +63,17 @@ fn database() -> (Connection, Seen) {
         .unwrap();
     let seen = Seen::default();
     let record = seen.clone();
-    connection
-        .authorizer(Some(move |context: AuthContext<'_>| {
-            let table = match context.action {
-                AuthAction::Read { table_name, .. }
-                | AuthAction::Insert { table_name }
-                | AuthAction::Update { table_name, .. }
-                | AuthAction::Delete { table_name } => Some(table_name.to_owned()),
-                _ => None,
-            };
-            record.0.lock().unwrap().extend(table);
-            Authorization::Allow
-        }));
+    connection.authorizer(Some(move |context: AuthContext<'_>| {
+        let table = match context.action {
+            AuthAction::Read { table_name, .. }
+            | AuthAction::Insert { table_name }
+            | AuthAction::Update { table_name, .. }
+            | AuthAction::Delete { table_name } => Some(table_name.to_owned()),
+            _ => None,
+        };
+        record.0.lock().unwrap().extend(table);
+        Authorization::Allow
+    }));
     (connection, seen)
 }
 
@@ -128,7 +127,9 @@ fn live_is_untouched(connection: &Connection) {
         .unwrap();
     assert_eq!(live, (1, 999, "live".to_owned()));
     let accounts: String = connection
-        .query_row("SELECT group_concat(name) FROM accounts", [], |row| row.get(0))
+        .query_row("SELECT group_concat(name) FROM accounts", [], |row| {
+            row.get(0)
+        })
         .unwrap();
     assert_eq!(accounts, "live");
 }
@@ -166,7 +167,12 @@ fn a_projector_fold_runs_on_the_clone() {
     let update = "UPDATE balances SET balance = balances.balance * 2, updated_at = ? \
                   WHERE balances.account_id = ?";
     run(&connection, &guard, update, &[text("2024-01-01"), int(2)]);
-    run(&connection, &guard, "DELETE FROM balances WHERE balance < $1", &[int(0)]);
+    run(
+        &connection,
+        &guard,
+        "DELETE FROM balances WHERE balance < $1",
+        &[int(0)],
+    );
     let report = "WITH totals AS (SELECT account_id, sum(balance) AS total FROM balances \
                   GROUP BY account_id) \
                   SELECT a.name, t.total, (SELECT count(*) FROM balances WHERE account_id = a.id) \
