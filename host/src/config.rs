@@ -77,10 +77,15 @@ impl Settings {
     ///
     /// # Errors
     /// An unreadable or invalid file, or out-of-range values (all problems reported at once).
-    pub fn resolve(explicit_file: Option<&Path>, database_url: Option<String>) -> Result<Self, ConfigError> {
+    pub fn resolve(
+        explicit_file: Option<&Path>,
+        database_url: Option<String>,
+    ) -> Result<Self, ConfigError> {
         let file = match explicit_file {
             Some(path) => Some(read_file(path)?),
-            None if Path::new(DEFAULT_CONFIG_FILE).exists() => Some(read_file(Path::new(DEFAULT_CONFIG_FILE))?),
+            None if Path::new(DEFAULT_CONFIG_FILE).exists() => {
+                Some(read_file(Path::new(DEFAULT_CONFIG_FILE))?)
+            }
             None => None,
         }
         .unwrap_or_default();
@@ -96,12 +101,17 @@ impl Settings {
         if call_timeout < Duration::from_millis(10) {
             problems.push("call_timeout_ms must be at least 10".to_string());
         }
-        let memory_bytes = file.memory_mib.map_or(defaults.memory_bytes, |m| m.saturating_mul(1024 * 1024));
+        let memory_bytes = file
+            .memory_mib
+            .map_or(defaults.memory_bytes, |m| m.saturating_mul(1024 * 1024));
         if memory_bytes < 1024 * 1024 {
             problems.push("memory_mib must be at least 1".to_string());
         }
         if !problems.is_empty() {
-            return Err(ConfigError::Invalid(format!("invalid configuration: {}", problems.join("; "))));
+            return Err(ConfigError::Invalid(format!(
+                "invalid configuration: {}",
+                problems.join("; ")
+            )));
         }
         Ok(Settings {
             database_url: database_url
@@ -149,20 +159,34 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("zdr.toml");
         std::fs::write(&path, "databse_url = \"sqlite://x.db\"\n").unwrap();
-        let err = Settings::resolve(Some(&path), None).unwrap_err().to_string();
-        assert!(err.contains("zdr.toml") && err.contains("databse_url"), "{err}");
+        let err = Settings::resolve(Some(&path), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("zdr.toml") && err.contains("databse_url"),
+            "{err}"
+        );
     }
 
     #[test]
     fn flags_beat_the_file_and_every_problem_is_reported() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("zdr.toml");
-        std::fs::write(&path, "database_url = \"sqlite://file.db\"\nbatch_size = 50\n").unwrap();
+        std::fs::write(
+            &path,
+            "database_url = \"sqlite://file.db\"\nbatch_size = 50\n",
+        )
+        .unwrap();
         let s = Settings::resolve(Some(&path), Some("sqlite://flag.db".into())).unwrap();
         assert_eq!(s.database_url, "sqlite://flag.db");
         assert_eq!(s.batch_size, 50);
         std::fs::write(&path, "batch_size = 0\ncall_timeout_ms = 1\n").unwrap();
-        let err = Settings::resolve(Some(&path), None).unwrap_err().to_string();
-        assert!(err.contains("batch_size") && err.contains("call_timeout_ms"), "{err}");
+        let err = Settings::resolve(Some(&path), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("batch_size") && err.contains("call_timeout_ms"),
+            "{err}"
+        );
     }
 }

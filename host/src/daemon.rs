@@ -38,7 +38,11 @@ struct Worker {
 ///
 /// # Errors
 /// When the database cannot be opened or is not initialised.
-pub async fn run(settings: Settings, runtime: Arc<Runtime>, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(
+    settings: Settings,
+    runtime: Arc<Runtime>,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let db = Db::open(&settings.database_url)?;
     db.ensure_ready()?;
     let db = Arc::new(std::sync::Mutex::new(db));
@@ -57,7 +61,8 @@ pub async fn run(settings: Settings, runtime: Arc<Runtime>, shutdown: impl Futur
             let db = db.clone();
             tokio::task::spawn_blocking(move || {
                 let db = db.lock().unwrap_or_else(|p| p.into_inner());
-                db.live_targets().map(|t| t.into_iter().map(|t| t.projector).collect::<Vec<_>>())
+                db.live_targets()
+                    .map(|t| t.into_iter().map(|t| t.projector).collect::<Vec<_>>())
             })
             .await?
         };
@@ -79,7 +84,10 @@ pub async fn run(settings: Settings, runtime: Arc<Runtime>, shutdown: impl Futur
             _ = tokio::time::sleep(SUPERVISOR_INTERVAL) => {}
         }
     }
-    tracing::info!("shutting down: waiting for {} worker(s) to finish their batch", workers.len());
+    tracing::info!(
+        "shutting down: waiting for {} worker(s) to finish their batch",
+        workers.len()
+    );
     for worker in workers.values() {
         worker.stop.store(true, Ordering::Relaxed);
     }
@@ -93,7 +101,11 @@ pub async fn run(settings: Settings, runtime: Arc<Runtime>, shutdown: impl Futur
 }
 
 /// Starts a worker for `projector` if this daemon can own it.
-fn spawn_worker(settings: &Settings, runtime: &Arc<Runtime>, projector: &str) -> anyhow::Result<Option<Worker>> {
+fn spawn_worker(
+    settings: &Settings,
+    runtime: &Arc<Runtime>,
+    projector: &str,
+) -> anyhow::Result<Option<Worker>> {
     let db = Db::open(&settings.database_url)?;
     let Some(ownership) = db.try_lock(&format!("projector-{projector}"))? else {
         tracing::debug!(projector, "owned by another daemon");
@@ -125,7 +137,14 @@ fn nap(total: Duration, stop: &AtomicBool) {
 }
 
 /// The worker loop of one projector.
-fn work(runtime: &Runtime, db: &Db, projector: &str, batch_size: usize, poll: Duration, stop: &AtomicBool) {
+fn work(
+    runtime: &Runtime,
+    db: &Db,
+    projector: &str,
+    batch_size: usize,
+    poll: Duration,
+    stop: &AtomicBool,
+) {
     let mut projection = Projection::new(runtime, db, batch_size);
     let mut serving: Option<(i64, String)> = None;
     let mut paused_logged = false;
@@ -144,18 +163,31 @@ fn work(runtime: &Runtime, db: &Db, projector: &str, batch_size: usize, poll: Du
         };
         if serving.as_ref().is_none_or(|(id, _)| *id != live.id) {
             match &serving {
-                Some((_, old)) if *old != live.version => tracing::info!(projector, from = %old, to = %live.version, "hot swap: now serving version {}", live.version),
-                _ => tracing::info!(projector, version = %live.version, "serving version {}", live.version),
+                Some((_, old)) if *old != live.version => {
+                    tracing::info!(projector, from = %old, to = %live.version, "hot swap: now serving version {}", live.version)
+                }
+                _ => {
+                    tracing::info!(projector, version = %live.version, "serving version {}", live.version)
+                }
             }
             // Instantiate right away, so a promote is picked up even before the next event.
             if let Err(err) = projection.instance(&live) {
-                tracing::error!(projector, "cannot instantiate version {}: {err}", live.version);
+                tracing::error!(
+                    projector,
+                    "cannot instantiate version {}: {err}",
+                    live.version
+                );
             }
             serving = Some((live.id, live.version.clone()));
         }
         if let Some(failure) = &live.failure {
             if !paused_logged {
-                tracing::warn!(projector, event_id = failure.event_id, "paused at a failure: {}; fix it and run `zdr projector resume {projector}`", failure.message);
+                tracing::warn!(
+                    projector,
+                    event_id = failure.event_id,
+                    "paused at a failure: {}; fix it and run `zdr projector resume {projector}`",
+                    failure.message
+                );
                 paused_logged = true;
             }
             nap(poll.max(Duration::from_millis(500)), stop);
@@ -175,12 +207,19 @@ fn work(runtime: &Runtime, db: &Db, projector: &str, batch_size: usize, poll: Du
             continue;
         }
         match projection.live_batch(projector) {
-            Ok(LiveBatch::Applied { events, checkpoint, clones }) => {
+            Ok(LiveBatch::Applied {
+                events,
+                checkpoint,
+                clones,
+            }) => {
                 tracing::debug!(projector, events, checkpoint, clones, "batch committed");
             }
             Ok(LiveBatch::Idle | LiveBatch::Paused) => nap(poll, stop),
             Err(err @ ProjectionError::Guest { .. }) => {
-                tracing::error!(projector, "{err}; paused until `zdr projector resume {projector}`");
+                tracing::error!(
+                    projector,
+                    "{err}; paused until `zdr projector resume {projector}`"
+                );
             }
             Err(err) => {
                 tracing::error!(projector, "batch failed, retrying: {err}");

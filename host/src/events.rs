@@ -139,7 +139,10 @@ impl NewEvent {
     fn from_line(parsed: EventLine, line: usize) -> Result<Self, EventError> {
         let invalid = |message: String| EventError::Invalid { line, message };
         let class = parsed.event_class.trim();
-        if class.is_empty() || class.len() > MAX_EVENT_CLASS_LEN || class.chars().any(char::is_control) {
+        if class.is_empty()
+            || class.len() > MAX_EVENT_CLASS_LEN
+            || class.chars().any(char::is_control)
+        {
             return Err(invalid(format!(
                 "event_class must be 1 to {MAX_EVENT_CLASS_LEN} printable characters, got {:?}",
                 parsed.event_class
@@ -149,7 +152,9 @@ impl NewEvent {
             match value {
                 None => Ok("{}".to_string()),
                 Some(v @ serde_json::Value::Object(_)) => Ok(v.to_string()),
-                Some(other) => Err(invalid(format!("{what} must be a JSON object, got {other}"))),
+                Some(other) => Err(invalid(format!(
+                    "{what} must be a JSON object, got {other}"
+                ))),
             }
         };
         Ok(Self {
@@ -186,7 +191,10 @@ mod tests {
         for (text, want) in [
             ("{", "line 7: not valid JSON"),
             (r#"{"event_class":""}"#, "line 7: event_class must be"),
-            (r#"{"event_class":"X","event_properties":[1]}"#, "must be a JSON object"),
+            (
+                r#"{"event_class":"X","event_properties":[1]}"#,
+                "must be a JSON object",
+            ),
             (r#"{"event_class":"X","surprise":1}"#, "unknown field"),
             (r#"{"aggregate_uuid":"a"}"#, "missing field `event_class`"),
         ] {

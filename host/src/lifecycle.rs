@@ -75,8 +75,9 @@ fn describe_checked(runtime: &Runtime, db: &Db, spec: &ComponentSpec) -> Result<
                 spec.source, table.name
             )));
         }
-        check_declared_ddl(db.dialect(), &table.name, &table.ddl)
-            .map_err(|err| LifecycleError::Invalid(format!("{}: table {}: {err}", spec.source, table.name)))?;
+        check_declared_ddl(db.dialect(), &table.name, &table.ddl).map_err(|err| {
+            LifecycleError::Invalid(format!("{}: table {}: {err}", spec.source, table.name))
+        })?;
     }
     Ok(description)
 }
@@ -90,7 +91,11 @@ fn check_tables_free(db: &Db, description: &Description) -> Result<()> {
         }
         let other = db.description(live.version_id)?;
         for table in &description.tables {
-            if other.tables.iter().any(|t| t.name.eq_ignore_ascii_case(&table.name)) {
+            if other
+                .tables
+                .iter()
+                .any(|t| t.name.eq_ignore_ascii_case(&table.name))
+            {
                 return Err(LifecycleError::Invalid(format!(
                     "table {:?} already belongs to projector {:?}; each table has one owner",
                     table.name, live.projector
@@ -164,7 +169,9 @@ pub fn deploy(
     if let Some(live) = db.live_target(&spec.name)? {
         let (_, live_hash, _) = db.version(live.version_id)?;
         if live_hash == hash {
-            return Ok(Deployed::Unchanged { version: live.version });
+            return Ok(Deployed::Unchanged {
+                version: live.version,
+            });
         }
         let key = format!("upgrade_{}", &hash[..12]);
         create(runtime, db, &key, std::slice::from_ref(spec))?;
@@ -187,7 +194,11 @@ pub fn deploy(
             )));
         }
     }
-    if db.targets_of_projector(&spec.name)?.iter().any(|t| t.role == Role::Building) {
+    if db
+        .targets_of_projector(&spec.name)?
+        .iter()
+        .any(|t| t.role == Role::Building)
+    {
         return Err(LifecycleError::Busy(format!(
             "projector {} is already being deployed; wait for that deploy, or remove the leftover with `zdr projector remove {}`",
             spec.name, spec.name
@@ -203,9 +214,9 @@ pub fn deploy(
     let events = projection.catch_up(target.id, progress)?;
     // The last gap closes inside the write lock, together with the switch to live.
     db.write(|db| {
-        let building = db
-            .target(target.id)?
-            .ok_or_else(|| LifecycleError::NotFound(format!("the build of {} disappeared", spec.name)))?;
+        let building = db.target(target.id)?.ok_or_else(|| {
+            LifecycleError::NotFound(format!("the build of {} disappeared", spec.name))
+        })?;
         let head = db.head()?;
         let rest = db.read_events(building.checkpoint, head, usize::MAX)?;
         let last = projection.apply(&building, &rest)?;
@@ -225,11 +236,15 @@ pub fn deploy(
 /// # Errors
 /// An unknown projector, or one that is not stopped.
 pub fn resume_projector(db: &Db, name: &str) -> Result<i64> {
-    let live = db
-        .live_target(name)?
-        .ok_or_else(|| LifecycleError::NotFound(format!("no live projector named {name:?}; see `zdr projector list`")))?;
+    let live = db.live_target(name)?.ok_or_else(|| {
+        LifecycleError::NotFound(format!(
+            "no live projector named {name:?}; see `zdr projector list`"
+        ))
+    })?;
     if live.failure.is_none() {
-        return Err(LifecycleError::WrongState(format!("projector {name} is not stopped; nothing to resume")));
+        return Err(LifecycleError::WrongState(format!(
+            "projector {name} is not stopped; nothing to resume"
+        )));
     }
     db.clear_failure(live.id)?;
     Ok(live.checkpoint)
@@ -239,8 +254,9 @@ pub fn resume_projector(db: &Db, name: &str) -> Result<i64> {
 
 fn replay_row(db: &Db, key: &str) -> Result<ReplayRow> {
     model::validate_replay_key(key).map_err(LifecycleError::Invalid)?;
-    db.replay(key)?
-        .ok_or_else(|| LifecycleError::NotFound(format!("no replay named {key:?}; see `zdr replay list`")))
+    db.replay(key)?.ok_or_else(|| {
+        LifecycleError::NotFound(format!("no replay named {key:?}; see `zdr replay list`"))
+    })
 }
 
 fn run_lock(db: &Db, key: &str) -> Result<RunLock> {
@@ -257,7 +273,12 @@ fn run_lock(db: &Db, key: &str) -> Result<RunLock> {
 /// # Errors
 /// A bad key, a key in use, an invalid component, a projector that is not deployed, or a
 /// database failure. Nothing is written unless every check passes.
-pub fn create(runtime: &Runtime, db: &Db, key: &str, specs: &[ComponentSpec]) -> Result<Vec<Target>> {
+pub fn create(
+    runtime: &Runtime,
+    db: &Db,
+    key: &str,
+    specs: &[ComponentSpec],
+) -> Result<Vec<Target>> {
     model::validate_replay_key(key).map_err(LifecycleError::Invalid)?;
     if specs.is_empty() {
         return Err(LifecycleError::Invalid(
@@ -266,8 +287,14 @@ pub fn create(runtime: &Runtime, db: &Db, key: &str, specs: &[ComponentSpec]) ->
     }
     let mut checked = Vec::new();
     for spec in specs {
-        if checked.iter().any(|(s, _): &(&ComponentSpec, Description)| s.name == spec.name) {
-            return Err(LifecycleError::Invalid(format!("projector {} is named twice", spec.name)));
+        if checked
+            .iter()
+            .any(|(s, _): &(&ComponentSpec, Description)| s.name == spec.name)
+        {
+            return Err(LifecycleError::Invalid(format!(
+                "projector {} is named twice",
+                spec.name
+            )));
         }
         let description = describe_checked(runtime, db, spec)?;
         let live = db.live_target(&spec.name)?.ok_or_else(|| {
@@ -340,7 +367,11 @@ pub fn start(
     let moved = db.write(|db| {
         let moved = db.transition(
             key,
-            &[ReplayState::Created, ReplayState::Started, ReplayState::Failed],
+            &[
+                ReplayState::Created,
+                ReplayState::Started,
+                ReplayState::Failed,
+            ],
             ReplayState::Started,
             None,
         )?;
@@ -393,10 +424,14 @@ pub fn project(
             )));
         }
         ReplayState::Projecting => {
-            return Err(LifecycleError::WrongState(format!("replay {key} is already projecting")));
+            return Err(LifecycleError::WrongState(format!(
+                "replay {key} is already projecting"
+            )));
         }
         ReplayState::Promoted => {
-            return Err(LifecycleError::WrongState(format!("replay {key} is already promoted")));
+            return Err(LifecycleError::WrongState(format!(
+                "replay {key} is already promoted"
+            )));
         }
     }
     let _lock = run_lock(db, key)?;
@@ -443,9 +478,15 @@ pub fn promote(runtime: &Runtime, db: &Db, key: &str) -> Result<Vec<Target>> {
     let replay = replay_row(db, key)?;
     if replay.state != ReplayState::Projecting {
         let hint = match replay.state {
-            ReplayState::Created => format!("run `zdr replay start {key}` and `zdr replay project {key}` first"),
-            ReplayState::Started => format!("catch up and turn on dual writes with `zdr replay project {key}` first"),
-            ReplayState::Failed => format!("fix the projector, then `zdr replay start {key}` and `zdr replay project {key}`"),
+            ReplayState::Created => {
+                format!("run `zdr replay start {key}` and `zdr replay project {key}` first")
+            }
+            ReplayState::Started => {
+                format!("catch up and turn on dual writes with `zdr replay project {key}` first")
+            }
+            ReplayState::Failed => format!(
+                "fix the projector, then `zdr replay start {key}` and `zdr replay project {key}`"
+            ),
             _ => "nothing to promote".into(),
         };
         return Err(LifecycleError::WrongState(format!(
@@ -589,7 +630,10 @@ pub fn status(db: &Db, key: &str) -> Result<ReplayStatus> {
 /// # Errors
 /// A database failure.
 pub fn list(db: &Db) -> Result<Vec<ReplayStatus>> {
-    db.replays()?.into_iter().map(|row| status_of(db, row)).collect()
+    db.replays()?
+        .into_iter()
+        .map(|row| status_of(db, row))
+        .collect()
 }
 
 fn status_of(db: &Db, row: ReplayRow) -> Result<ReplayStatus> {
@@ -607,7 +651,12 @@ fn status_of(db: &Db, row: ReplayRow) -> Result<ReplayStatus> {
             live_version: live.as_ref().map(|l| l.version.clone()),
             live_checkpoint: live.as_ref().map(|l| l.checkpoint),
             failure: target.failure.clone(),
-            tables: db.physical_names(&target, &description, target.role, target.replay_key.as_deref()),
+            tables: db.physical_names(
+                &target,
+                &description,
+                target.role,
+                target.replay_key.as_deref(),
+            ),
         });
     }
     let lag = projectors.iter().map(|p| p.lag).max().unwrap_or(0);
@@ -660,7 +709,12 @@ pub fn projectors(db: &Db) -> Result<Vec<ProjectorStatus>> {
             lag: (head - live.checkpoint).max(0),
             tables: description.table_names(),
             handles: description.handles.clone(),
-            status: if live.failure.is_some() { "stopped" } else { "running" }.into(),
+            status: if live.failure.is_some() {
+                "stopped"
+            } else {
+                "running"
+            }
+            .into(),
             failure: live.failure.clone(),
         });
     }

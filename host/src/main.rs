@@ -8,7 +8,10 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = zdr::cli::Cli::parse();
     zdr::cli::init_tracing(cli.verbose, cli.quiet);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");

@@ -169,7 +169,9 @@ pub const MAX_PROJECTOR_NAME_LEN: usize = 64;
 /// # Errors
 /// A message naming the key and the rule it breaks.
 pub fn validate_replay_key(key: &str) -> Result<(), String> {
-    let ok_chars = key.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    let ok_chars = key
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
     let starts = key.chars().next().is_some_and(|c| c.is_ascii_lowercase());
     if key.is_empty() || key.len() > MAX_KEY_LEN || !ok_chars || !starts {
         return Err(format!(
@@ -208,7 +210,17 @@ mod tests {
         for good in ["v2", "balance_v2", "a"] {
             assert!(validate_replay_key(good).is_ok(), "{good}");
         }
-        for bad in ["", "V2", "2v", "a-b", "a b", "a;drop", "live", &"a".repeat(33), "é"] {
+        for bad in [
+            "",
+            "V2",
+            "2v",
+            "a-b",
+            "a b",
+            "a;drop",
+            "live",
+            &"a".repeat(33),
+            "é",
+        ] {
             assert!(validate_replay_key(bad).is_err(), "{bad}");
         }
     }

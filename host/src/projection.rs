@@ -146,11 +146,14 @@ impl<'a> Projection<'a> {
     fn loaded(&mut self, target: &Target) -> Result<&Loaded, ProjectionError> {
         if !self.versions.contains_key(&target.version_id) {
             let (description, _hash, wasm) = self.db.version(target.version_id)?;
-            let component = self.runtime.load(&wasm).map_err(|err| ProjectionError::Load {
-                projector: target.projector.clone(),
-                version: target.version.clone(),
-                message: err.to_string(),
-            })?;
+            let component = self
+                .runtime
+                .load(&wasm)
+                .map_err(|err| ProjectionError::Load {
+                    projector: target.projector.clone(),
+                    version: target.version.clone(),
+                    message: err.to_string(),
+                })?;
             self.versions.insert(
                 target.version_id,
                 Loaded {
@@ -159,9 +162,9 @@ impl<'a> Projection<'a> {
                 },
             );
         }
-        self.versions
-            .get(&target.version_id)
-            .ok_or_else(|| StoreError::Corrupt(format!("version {} not loaded", target.version_id)).into())
+        self.versions.get(&target.version_id).ok_or_else(|| {
+            StoreError::Corrupt(format!("version {} not loaded", target.version_id)).into()
+        })
     }
 
     /// The instance bound to `target`, instantiated and bound on first use or after a trap.
@@ -186,7 +189,9 @@ impl<'a> Projection<'a> {
                 event_id: target.checkpoint + 1,
                 error,
             };
-            let mut instance = runtime.instantiate(&loaded.component, &tag).map_err(guest)?;
+            let mut instance = runtime
+                .instantiate(&loaded.component, &tag)
+                .map_err(guest)?;
             let connection = db.guest_connection(target, &loaded.description);
             let for_replay = matches!(target.role, Role::Clone | Role::Building);
             instance.bind(connection, for_replay).map_err(guest)?;
@@ -215,12 +220,14 @@ impl<'a> Projection<'a> {
         let mut last = target.checkpoint;
         for event in events {
             if description.handles(&event.event_class) {
-                instance.handle_event(event).map_err(|error| ProjectionError::Guest {
-                    projector: target.projector.clone(),
-                    target: target_label(target),
-                    event_id: event.id,
-                    error,
-                })?;
+                instance
+                    .handle_event(event)
+                    .map_err(|error| ProjectionError::Guest {
+                        projector: target.projector.clone(),
+                        target: target_label(target),
+                        event_id: event.id,
+                        error,
+                    })?;
             }
             last = event.id;
         }
@@ -242,9 +249,9 @@ impl<'a> Projection<'a> {
         loop {
             let db = self.db;
             let batch = db.write(|db| {
-                let target = db
-                    .target(target_id)?
-                    .ok_or_else(|| StoreError::Corrupt(format!("target {target_id} disappeared")))?;
+                let target = db.target(target_id)?.ok_or_else(|| {
+                    StoreError::Corrupt(format!("target {target_id} disappeared"))
+                })?;
                 if let Some(failure) = &target.failure {
                     return Err(ProjectionError::Stopped {
                         projector: target.projector.clone(),
@@ -286,7 +293,10 @@ impl<'a> Projection<'a> {
     /// Records a guest failure on its target in a transaction of its own (the batch that
     /// failed was rolled back).
     fn record(&mut self, target_id: i64, err: &ProjectionError) -> Result<(), ProjectionError> {
-        let ProjectionError::Guest { event_id, error, .. } = err else {
+        let ProjectionError::Guest {
+            event_id, error, ..
+        } = err
+        else {
             return Ok(());
         };
         let db = self.db;
@@ -296,7 +306,11 @@ impl<'a> Projection<'a> {
                 if let (Role::Clone, Some(key)) = (target.role, &target.replay_key) {
                     db.transition(
                         key,
-                        &[ReplayState::Created, ReplayState::Started, ReplayState::Projecting],
+                        &[
+                            ReplayState::Created,
+                            ReplayState::Started,
+                            ReplayState::Projecting,
+                        ],
                         ReplayState::Failed,
                         Some(&err.to_string()),
                     )?;

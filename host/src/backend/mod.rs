@@ -50,7 +50,9 @@ pub enum StoreError {
     #[error("database {0} is not initialised for zdr: run `zdr init` first")]
     NotInitialised(String),
     /// zdr's tables were written by a newer zdr.
-    #[error("database schema version {found} is newer than this zdr supports ({supported}); upgrade zdr")]
+    #[error(
+        "database schema version {found} is newer than this zdr supports ({supported}); upgrade zdr"
+    )]
     SchemaTooNew {
         /// The version in `zdr_meta`.
         found: i64,
@@ -58,7 +60,9 @@ pub enum StoreError {
         supported: i64,
     },
     /// An existing `stored_events` table lacks a required column.
-    #[error("the existing stored_events table has no column {0:?}; zdr expects Spatie's stored_events schema")]
+    #[error(
+        "the existing stored_events table has no column {0:?}; zdr expects Spatie's stored_events schema"
+    )]
     EventTable(String),
     /// A driver error during an operation.
     #[error("{context}: {source}")]

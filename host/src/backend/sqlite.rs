@@ -169,8 +169,10 @@ impl Db {
                 "{url}: SQLite refused WAL mode (got {mode}); zdr needs WAL so readers never see a promote half done"
             )));
         }
-        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
-            .map_err(open_err)?;
+        conn.execute_batch(
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536;",
+        )
+        .map_err(open_err)?;
         conn.set_prepared_statement_cache_capacity(256);
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
@@ -196,13 +198,13 @@ impl Db {
     /// A newer schema, an incompatible `stored_events`, or a driver failure.
     pub fn init(&self) -> Result<(), StoreError> {
         let conn = lock(&self.conn);
-        if let Some(found) = schema_version(&conn)? {
-            if found > SCHEMA_VERSION {
-                return Err(StoreError::SchemaTooNew {
-                    found,
-                    supported: SCHEMA_VERSION,
-                });
-            }
+        if let Some(found) = schema_version(&conn)?
+            && found > SCHEMA_VERSION
+        {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
         }
         conn.execute_batch(&format!("BEGIN IMMEDIATE; {EVENT_TABLE} {SCHEMA} COMMIT;"))
             .context("creating zdr tables")?;
@@ -236,7 +238,9 @@ impl Db {
     /// When the lock file cannot be created.
     pub fn try_lock(&self, name: &str) -> Result<Option<RunLock>, StoreError> {
         let dir = lock_dir(&self.path);
-        let io = |e: std::io::Error| StoreError::Corrupt(format!("lock directory {}: {e}", dir.display()));
+        let io = |e: std::io::Error| {
+            StoreError::Corrupt(format!("lock directory {}: {e}", dir.display()))
+        };
         std::fs::create_dir_all(&dir).map_err(io)?;
         let file = File::options()
             .create(true)
@@ -258,7 +262,10 @@ impl Db {
     ///
     /// # Errors
     /// `f`'s error, or a failure to begin or commit.
-    pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Db) -> Result<T, E>) -> Result<T, E> {
+    pub fn write<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Db) -> Result<T, E>,
+    ) -> Result<T, E> {
         self.exec("BEGIN IMMEDIATE").map_err(E::from)?;
         match f(self) {
             Ok(value) => match self.exec("COMMIT") {
@@ -300,7 +307,9 @@ impl Db {
     }
 
     fn exec(&self, sql: &str) -> Result<(), StoreError> {
-        lock(&self.conn).execute_batch(sql).context(format!("running {sql}"))
+        lock(&self.conn)
+            .execute_batch(sql)
+            .context(format!("running {sql}"))
     }
 
     // ----- events ---------------------------------------------------------------------------
@@ -355,7 +364,9 @@ impl Db {
     /// A driver failure.
     pub fn head(&self) -> Result<i64, StoreError> {
         lock(&self.conn)
-            .query_row("SELECT COALESCE(MAX(id), 0) FROM stored_events", [], |r| r.get(0))
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM stored_events", [], |r| {
+                r.get(0)
+            })
             .context("reading the last event id")
     }
 
@@ -364,7 +375,12 @@ impl Db {
     ///
     /// # Errors
     /// A driver failure.
-    pub fn read_events(&self, after: i64, up_to: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
+    pub fn read_events(
+        &self,
+        after: i64,
+        up_to: i64,
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
         let conn = lock(&self.conn);
         let mut stmt = conn
             .prepare_cached(
@@ -387,7 +403,8 @@ impl Db {
                 })
             })
             .context("reading events")?;
-        rows.collect::<Result<Vec<_>, _>>().context("reading events")
+        rows.collect::<Result<Vec<_>, _>>()
+            .context("reading events")
     }
 
     // ----- components and versions ----------------------------------------------------------
@@ -397,14 +414,20 @@ impl Db {
     ///
     /// # Errors
     /// A driver failure.
-    pub fn register_version(&self, hash: &str, wasm: &[u8], description: &Description) -> Result<i64, StoreError> {
+    pub fn register_version(
+        &self,
+        hash: &str,
+        wasm: &[u8],
+        description: &Description,
+    ) -> Result<i64, StoreError> {
         let conn = lock(&self.conn);
         conn.execute(
             "INSERT INTO zdr_components (hash, wasm, size) VALUES (?1, ?2, ?3) ON CONFLICT (hash) DO NOTHING",
             params![hash, wasm, wasm.len() as i64],
         )
         .context("storing the component")?;
-        let json = serde_json::to_string(description).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let json =
+            serde_json::to_string(description).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         conn.execute(
             "INSERT INTO zdr_versions (projector, version, component_hash, description) VALUES (?1, ?2, ?3, ?4) \
              ON CONFLICT (projector, component_hash) DO NOTHING",
@@ -433,8 +456,9 @@ impl Db {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
             )
             .context(format!("loading projector version {version_id}"))?;
-        let description = serde_json::from_str(&json)
-            .map_err(|e| StoreError::Corrupt(format!("description of version {version_id}: {e}")))?;
+        let description = serde_json::from_str(&json).map_err(|e| {
+            StoreError::Corrupt(format!("description of version {version_id}: {e}"))
+        })?;
         Ok((description, hash, wasm))
     }
 
@@ -444,9 +468,14 @@ impl Db {
     /// An unknown version, or a driver failure.
     pub fn description(&self, version_id: i64) -> Result<Description, StoreError> {
         let json: String = lock(&self.conn)
-            .query_row("SELECT description FROM zdr_versions WHERE id = ?1", [version_id], |r| r.get(0))
+            .query_row(
+                "SELECT description FROM zdr_versions WHERE id = ?1",
+                [version_id],
+                |r| r.get(0),
+            )
             .context(format!("loading projector version {version_id}"))?;
-        serde_json::from_str(&json).map_err(|e| StoreError::Corrupt(format!("description of version {version_id}: {e}")))
+        serde_json::from_str(&json)
+            .map_err(|e| StoreError::Corrupt(format!("description of version {version_id}: {e}")))
     }
 
     // ----- targets --------------------------------------------------------------------------
@@ -488,7 +517,9 @@ impl Db {
     /// # Errors
     /// A driver failure.
     pub fn live_target(&self, projector: &str) -> Result<Option<Target>, StoreError> {
-        Ok(self.targets_where("t.projector = ?1 AND t.role = 'live'", params![projector])?.pop())
+        Ok(self
+            .targets_where("t.projector = ?1 AND t.role = 'live'", params![projector])?
+            .pop())
     }
 
     /// Every live target, by projector name.
@@ -528,14 +559,20 @@ impl Db {
         )
     }
 
-    fn targets_where(&self, condition: &str, params: &[&dyn ToSql]) -> Result<Vec<Target>, StoreError> {
+    fn targets_where(
+        &self,
+        condition: &str,
+        params: &[&dyn ToSql],
+    ) -> Result<Vec<Target>, StoreError> {
         let conn = lock(&self.conn);
         let sql = format!(
             "SELECT t.id, t.projector, t.version_id, v.version, t.role, t.replay_key, t.checkpoint, \
              t.error_event_id, t.error FROM zdr_targets t JOIN zdr_versions v ON v.id = t.version_id \
              WHERE {condition} ORDER BY t.projector, t.id"
         );
-        let mut stmt = conn.prepare_cached(&sql).context("preparing a target query")?;
+        let mut stmt = conn
+            .prepare_cached(&sql)
+            .context("preparing a target query")?;
         let rows = stmt
             .query_map(params, |r| {
                 let role: String = r.get(4)?;
@@ -562,8 +599,9 @@ impl Db {
         let mut targets = Vec::new();
         for row in rows {
             let (mut target, role) = row.context("reading targets")?;
-            target.role = Role::parse(&role)
-                .ok_or_else(|| StoreError::Corrupt(format!("target {} has unknown role {role:?}", target.id)))?;
+            target.role = Role::parse(&role).ok_or_else(|| {
+                StoreError::Corrupt(format!("target {} has unknown role {role:?}", target.id))
+            })?;
             targets.push(target);
         }
         Ok(targets)
@@ -585,7 +623,12 @@ impl Db {
     ///
     /// # Errors
     /// A driver failure.
-    pub fn record_failure(&self, target: &Target, event_id: i64, message: &str) -> Result<(), StoreError> {
+    pub fn record_failure(
+        &self,
+        target: &Target,
+        event_id: i64,
+        message: &str,
+    ) -> Result<(), StoreError> {
         let conn = lock(&self.conn);
         conn.execute(
             "UPDATE zdr_targets SET error_event_id = ?2, error = ?3, \
@@ -619,7 +662,12 @@ impl Db {
     ///
     /// # Errors
     /// A driver failure.
-    pub fn set_role(&self, target_id: i64, role: Role, replay_key: Option<&str>) -> Result<(), StoreError> {
+    pub fn set_role(
+        &self,
+        target_id: i64,
+        role: Role,
+        replay_key: Option<&str>,
+    ) -> Result<(), StoreError> {
         lock(&self.conn)
             .execute(
                 "UPDATE zdr_targets SET role = ?2, replay_key = ?3, \
@@ -680,10 +728,19 @@ impl Db {
     /// The guard for a target: its declared tables mapped to their physical names.
     pub fn guard_for(&self, target: &Target, description: &Description) -> Guard {
         let tables = description.tables.iter().map(|t| {
-            let name = Self::physical(target.id, target.role, target.replay_key.as_deref(), &t.name);
+            let name = Self::physical(
+                target.id,
+                target.role,
+                target.replay_key.as_deref(),
+                &t.name,
+            );
             (t.name.clone(), PhysicalName { schema: None, name })
         });
-        Guard::new(Dialect::Sqlite, tables, Some(format!("zdr_i{}_", target.id)))
+        Guard::new(
+            Dialect::Sqlite,
+            tables,
+            Some(format!("zdr_i{}_", target.id)),
+        )
     }
 
     /// Whether a table (or view, index…) with this physical name exists.
@@ -728,7 +785,11 @@ impl Db {
     ///
     /// # Errors
     /// DDL the guard refuses, or that SQLite rejects.
-    pub fn create_tables(&self, target: &Target, description: &Description) -> Result<(), StoreError> {
+    pub fn create_tables(
+        &self,
+        target: &Target,
+        description: &Description,
+    ) -> Result<(), StoreError> {
         let guard = self.guard_for(target, description);
         let conn = lock(&self.conn);
         for table in &description.tables {
@@ -747,10 +808,19 @@ impl Db {
     ///
     /// # Errors
     /// A driver failure.
-    pub fn drop_tables(&self, target: &Target, description: &Description) -> Result<(), StoreError> {
+    pub fn drop_tables(
+        &self,
+        target: &Target,
+        description: &Description,
+    ) -> Result<(), StoreError> {
         let conn = lock(&self.conn);
         for table in &description.tables {
-            let name = Self::physical(target.id, target.role, target.replay_key.as_deref(), &table.name);
+            let name = Self::physical(
+                target.id,
+                target.role,
+                target.replay_key.as_deref(),
+                &table.name,
+            );
             conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(&name)))
                 .context(format!("dropping table {name}"))?;
         }
@@ -774,10 +844,19 @@ impl Db {
         conn.execute_batch("PRAGMA legacy_alter_table = ON")
             .context("enabling legacy_alter_table")?;
         for table in &description.tables {
-            let from = Self::physical(target.id, target.role, target.replay_key.as_deref(), &table.name);
+            let from = Self::physical(
+                target.id,
+                target.role,
+                target.replay_key.as_deref(),
+                &table.name,
+            );
             let to = Self::physical(target.id, new_role, new_key, &table.name);
-            conn.execute_batch(&format!("ALTER TABLE {} RENAME TO {}", quote(&from), quote(&to)))
-                .context(format!("renaming {from} to {to}"))?;
+            conn.execute_batch(&format!(
+                "ALTER TABLE {} RENAME TO {}",
+                quote(&from),
+                quote(&to)
+            ))
+            .context(format!("renaming {from} to {to}"))?;
         }
         conn.execute_batch("PRAGMA legacy_alter_table = OFF")
             .context("disabling legacy_alter_table")?;
@@ -785,7 +864,13 @@ impl Db {
     }
 
     /// The physical names a target's tables would have in `role`.
-    pub fn physical_names(&self, target: &Target, description: &Description, role: Role, key: Option<&str>) -> Vec<String> {
+    pub fn physical_names(
+        &self,
+        target: &Target,
+        description: &Description,
+        role: Role,
+        key: Option<&str>,
+    ) -> Vec<String> {
         description
             .tables
             .iter()
@@ -795,7 +880,11 @@ impl Db {
 
     /// A guest connection bound to `target`, sharing this database's connection (and so its
     /// current transaction).
-    pub fn guest_connection(&self, target: &Target, description: &Description) -> Box<dyn GuestConnection> {
+    pub fn guest_connection(
+        &self,
+        target: &Target,
+        description: &Description,
+    ) -> Box<dyn GuestConnection> {
         Box::new(SqliteGuestConnection {
             conn: self.conn.clone(),
             guard: GuardCache::new(self.guard_for(target, description)),
@@ -813,7 +902,11 @@ impl Db {
         let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
         let width = columns.len();
         let rows = stmt
-            .query_map([], |row| (0..width).map(|i| row.get_ref(i).map(value_of)).collect::<Result<Vec<_>, _>>())
+            .query_map([], |row| {
+                (0..width)
+                    .map(|i| row.get_ref(i).map(value_of))
+                    .collect::<Result<Vec<_>, _>>()
+            })
             .context(format!("running {sql}"))?
             .collect::<Result<Vec<_>, _>>()
             .context(format!("running {sql}"))?;
@@ -852,7 +945,11 @@ impl Db {
         self.replays_where("1 = 1", params![])
     }
 
-    fn replays_where(&self, condition: &str, params: &[&dyn ToSql]) -> Result<Vec<ReplayRow>, StoreError> {
+    fn replays_where(
+        &self,
+        condition: &str,
+        params: &[&dyn ToSql],
+    ) -> Result<Vec<ReplayRow>, StoreError> {
         let conn = lock(&self.conn);
         let mut stmt = conn
             .prepare(&format!(
@@ -873,8 +970,9 @@ impl Db {
         let mut replays = Vec::new();
         for row in rows {
             let (key, state, error, created_at, updated_at) = row.context("reading replays")?;
-            let state = ReplayState::parse(&state)
-                .ok_or_else(|| StoreError::Corrupt(format!("replay {key} has unknown state {state:?}")))?;
+            let state = ReplayState::parse(&state).ok_or_else(|| {
+                StoreError::Corrupt(format!("replay {key} has unknown state {state:?}"))
+            })?;
             replays.push(ReplayRow {
                 key,
                 state,
@@ -891,8 +989,17 @@ impl Db {
     ///
     /// # Errors
     /// A driver failure.
-    pub fn transition(&self, key: &str, from: &[ReplayState], to: ReplayState, error: Option<&str>) -> Result<bool, StoreError> {
-        let placeholders = (0..from.len()).map(|i| format!("?{}", i + 4)).collect::<Vec<_>>().join(", ");
+    pub fn transition(
+        &self,
+        key: &str,
+        from: &[ReplayState],
+        to: ReplayState,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let placeholders = (0..from.len())
+            .map(|i| format!("?{}", i + 4))
+            .collect::<Vec<_>>()
+            .join(", ");
         let sql = format!(
             "UPDATE zdr_replays SET state = ?2, error = ?3, updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') \
              WHERE key = ?1 AND state IN ({placeholders})"
@@ -902,7 +1009,10 @@ impl Db {
             to.as_str().to_string().into(),
             error.map(str::to_string).into(),
         ];
-        values.extend(from.iter().map(|s| rusqlite::types::Value::from(s.as_str().to_string())));
+        values.extend(
+            from.iter()
+                .map(|s| rusqlite::types::Value::from(s.as_str().to_string())),
+        );
         let changed = lock(&self.conn)
             .execute(&sql, rusqlite::params_from_iter(values))
             .context("changing the replay state")?;
@@ -937,7 +1047,10 @@ pub struct ReplayRow {
 }
 
 fn lock_dir(db_path: &Path) -> PathBuf {
-    let mut name = db_path.file_name().map(|n| n.to_os_string()).unwrap_or_default();
+    let mut name = db_path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_default();
     name.push(".zdr-locks");
     db_path.with_file_name(name)
 }
@@ -960,7 +1073,11 @@ fn schema_version(conn: &Connection) -> Result<Option<i64>, StoreError> {
         return Ok(None);
     }
     let version: Option<String> = conn
-        .query_row("SELECT value FROM zdr_meta WHERE key = 'schema_version'", [], |r| r.get(0))
+        .query_row(
+            "SELECT value FROM zdr_meta WHERE key = 'schema_version'",
+            [],
+            |r| r.get(0),
+        )
         .optional()
         .context("reading the schema version")?;
     match version {
@@ -996,12 +1113,18 @@ struct SqliteGuestConnection {
 }
 
 impl SqliteGuestConnection {
-    fn checked(&mut self, sql: &str, params: &[Value], want_rows: bool) -> Result<std::sync::Arc<crate::sandbox::Checked>, DbError> {
+    fn checked(
+        &mut self,
+        sql: &str,
+        params: &[Value],
+        want_rows: bool,
+    ) -> Result<std::sync::Arc<crate::sandbox::Checked>, DbError> {
         let checked = self.guard.check(sql, Mode::Data)?;
         let is_query = matches!(checked.kind, crate::sandbox::StatementKind::Query);
         if want_rows && !is_query {
             return Err(DbError::InvalidSql {
-                message: "query() takes a SELECT; use execute() for INSERT, UPDATE and DELETE".into(),
+                message: "query() takes a SELECT; use execute() for INSERT, UPDATE and DELETE"
+                    .into(),
                 sqlstate: None,
             });
         }
@@ -1096,17 +1219,28 @@ fn db_error(err: rusqlite::Error) -> DbError {
         rusqlite::Error::SqliteFailure(e, message) => {
             let message = message.clone().unwrap_or_else(|| e.to_string());
             match e.code {
-                ErrorCode::ConstraintViolation => DbError::Constraint { message, sqlstate: None },
+                ErrorCode::ConstraintViolation => DbError::Constraint {
+                    message,
+                    sqlstate: None,
+                },
                 _ if message.contains("no such column") || message.contains("syntax error") => {
-                    DbError::InvalidSql { message, sqlstate: None }
+                    DbError::InvalidSql {
+                        message,
+                        sqlstate: None,
+                    }
                 }
-                _ => DbError::Other { message, sqlstate: None },
+                _ => DbError::Other {
+                    message,
+                    sqlstate: None,
+                },
             }
         }
-        rusqlite::Error::InvalidParameterCount(..) | rusqlite::Error::InvalidParameterName(_) => DbError::InvalidSql {
-            message: err.to_string(),
-            sqlstate: None,
-        },
+        rusqlite::Error::InvalidParameterCount(..) | rusqlite::Error::InvalidParameterName(_) => {
+            DbError::InvalidSql {
+                message: err.to_string(),
+                sqlstate: None,
+            }
+        }
         _ => DbError::Other {
             message: err.to_string(),
             sqlstate: None,

@@ -28,10 +28,16 @@ pub struct Demo {
     #[arg(long, default_value = "zdr-demo.db")]
     file: PathBuf,
     /// The balance v1 component (built from plugins/ when absent).
-    #[arg(long, default_value = "plugins/target/wasm32-wasip2/release/balance_v1.wasm")]
+    #[arg(
+        long,
+        default_value = "plugins/target/wasm32-wasip2/release/balance_v1.wasm"
+    )]
     v1: PathBuf,
     /// The balance v2 component (built from plugins/ when absent).
-    #[arg(long, default_value = "plugins/target/wasm32-wasip2/release/balance_v2.wasm")]
+    #[arg(
+        long,
+        default_value = "plugins/target/wasm32-wasip2/release/balance_v2.wasm"
+    )]
     v2: PathBuf,
     /// Events in the history before the story starts.
     #[arg(long, default_value_t = 20_000)]
@@ -43,7 +49,10 @@ struct Lcg(u64);
 
 impl Lcg {
     fn next(&mut self, below: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (self.0 >> 33) % below.max(1)
     }
 }
@@ -52,20 +61,34 @@ const ACCOUNTS: u64 = 50;
 
 fn account_events(rng: &mut Lcg, count: usize, open_accounts: bool) -> Vec<NewEvent> {
     let mut out = Vec::with_capacity(count + ACCOUNTS as usize);
-    let names = ["Ada", "Grace", "Alan", "Barbara", "Edsger", "Frances", "Ken", "Radia", "Tim", "Margaret"];
+    let names = [
+        "Ada", "Grace", "Alan", "Barbara", "Edsger", "Frances", "Ken", "Radia", "Tim", "Margaret",
+    ];
     if open_accounts {
         for a in 0..ACCOUNTS {
             let name = format!("{} #{a}", names[(a % names.len() as u64) as usize]);
-            out.push(event("AccountOpened", a, serde_json::json!({ "name": name })));
+            out.push(event(
+                "AccountOpened",
+                a,
+                serde_json::json!({ "name": name }),
+            ));
         }
     }
     for _ in 0..count {
         let account = rng.next(ACCOUNTS);
         let amount = 1 + rng.next(100);
         if rng.next(3) == 0 {
-            out.push(event("MoneySubtracted", account, serde_json::json!({ "amount": amount })));
+            out.push(event(
+                "MoneySubtracted",
+                account,
+                serde_json::json!({ "amount": amount }),
+            ));
         } else {
-            out.push(event("MoneyAdded", account, serde_json::json!({ "amount": amount })));
+            out.push(event(
+                "MoneyAdded",
+                account,
+                serde_json::json!({ "amount": amount }),
+            ));
         }
     }
     out
@@ -89,7 +112,9 @@ fn step(title: &str) {
 }
 
 fn show_balances(db: &Db, table: &str) -> anyhow::Result<()> {
-    let rows = db.read_rows(&format!("SELECT * FROM {table} ORDER BY account_uuid LIMIT 5"))?;
+    let rows = db.read_rows(&format!(
+        "SELECT * FROM {table} ORDER BY account_uuid LIMIT 5"
+    ))?;
     let header: Vec<&str> = rows.columns.iter().map(String::as_str).collect();
     let cells: Vec<Vec<String>> = rows
         .rows
@@ -105,7 +130,10 @@ fn show_balances(db: &Db, table: &str) -> anyhow::Result<()> {
 fn component(path: &Path) -> anyhow::Result<Vec<u8>> {
     let script = Path::new("plugins/build-all.sh");
     if !path.exists() && script.exists() {
-        eprintln!("building the example projectors with {} ...", script.display());
+        eprintln!(
+            "building the example projectors with {} ...",
+            script.display()
+        );
         let status = std::process::Command::new("bash")
             .arg(script)
             .stdout(std::process::Stdio::null())
@@ -147,7 +175,9 @@ impl Demo {
         let history = self.events;
         println!("zdr demo on {url}");
 
-        step(&format!("1. An event store with {history} events for {ACCOUNTS} bank accounts"));
+        step(&format!(
+            "1. An event store with {history} events for {ACCOUNTS} bank accounts"
+        ));
         let db_url = url.clone();
         blocking(move || {
             let db = Db::open(&db_url)?;
@@ -163,29 +193,56 @@ impl Demo {
         let (rt, s) = (runtime.clone(), settings.clone());
         blocking(move || {
             let db = Db::open(&s.database_url)?;
-            let spec = ComponentSpec { name: "balance".into(), source: "balance v1".into(), wasm: v1 };
+            let spec = ComponentSpec {
+                name: "balance".into(),
+                source: "balance v1".into(),
+                wasm: v1,
+            };
             let outcome = lifecycle::deploy(&rt, &db, &spec, s.batch_size, &mut |_, _| {})?;
             println!("{outcome:?}");
             show_balances(&db, "balances")
         })
         .await?;
 
-        step("3. zdr serve: the daemon projects new events live (in this process); traffic keeps flowing");
+        step(
+            "3. zdr serve: the daemon projects new events live (in this process); traffic keeps flowing",
+        );
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let daemon = tokio::spawn(crate::daemon::run(settings.clone(), runtime.clone(), async {
-            let _ = stop_rx.await;
-        }));
+        let daemon = tokio::spawn(crate::daemon::run(
+            settings.clone(),
+            runtime.clone(),
+            async {
+                let _ = stop_rx.await;
+            },
+        ));
         let traffic_stop = Arc::new(AtomicBool::new(false));
         let traffic = spawn_traffic(url.clone(), traffic_stop.clone());
         tokio::time::sleep(Duration::from_millis(500)).await;
 
-        step("4. replay create v2 --projector balance=balance_v2.wasm: clone tables beside the live ones");
+        step(
+            "4. replay create v2 --projector balance=balance_v2.wasm: clone tables beside the live ones",
+        );
         let (rt, s) = (runtime.clone(), settings.clone());
         blocking(move || {
             let db = Db::open(&s.database_url)?;
-            let spec = ComponentSpec { name: "balance".into(), source: "balance v2".into(), wasm: v2 };
+            let spec = ComponentSpec {
+                name: "balance".into(),
+                source: "balance v2".into(),
+                wasm: v2,
+            };
             for t in lifecycle::create(&rt, &db, "v2", &[spec])? {
-                println!("clone for {} version {} created: {}", t.projector, t.version, db.physical_names(&t, &db.description(t.version_id)?, t.role, t.replay_key.as_deref()).join(", "));
+                println!(
+                    "clone for {} version {} created: {}",
+                    t.projector,
+                    t.version,
+                    db.physical_names(
+                        &t,
+                        &db.description(t.version_id)?,
+                        t.role,
+                        t.replay_key.as_deref()
+                    )
+                    .join(", ")
+                );
             }
             Ok(())
         })
@@ -196,11 +253,17 @@ impl Demo {
         blocking(move || {
             let db = Db::open(&s.database_url)?;
             let mut progress = output::ProgressReporter::new(false);
-            let applied = lifecycle::start(&rt, &db, "v2", s.batch_size, &mut |t, p| progress.update(t, p))?;
+            let applied = lifecycle::start(&rt, &db, "v2", s.batch_size, &mut |t, p| {
+                progress.update(t, p)
+            })?;
             progress.finish();
             println!("replayed {applied} events into the clone");
             let live = db.live_target("balance")?.context("balance is not live")?;
-            println!("meanwhile v1 kept serving: live checkpoint {} of {}", live.checkpoint, db.head()?);
+            println!(
+                "meanwhile v1 kept serving: live checkpoint {} of {}",
+                live.checkpoint,
+                db.head()?
+            );
             Ok(())
         })
         .await?;
@@ -210,14 +273,22 @@ impl Demo {
         blocking(move || {
             let db = Db::open(&s.database_url)?;
             let status = lifecycle::status(&db, "v2")?;
-            println!("lag: {} event(s) behind the head ({})", status.lag, status.head);
+            println!(
+                "lag: {} event(s) behind the head ({})",
+                status.lag, status.head
+            );
             let applied = lifecycle::start(&rt, &db, "v2", s.batch_size, &mut |_, _| {})?;
-            println!("caught up {applied} more event(s); lag now {}", lifecycle::status(&db, "v2")?.lag);
+            println!(
+                "caught up {applied} more event(s); lag now {}",
+                lifecycle::status(&db, "v2")?.lag
+            );
             Ok(())
         })
         .await?;
 
-        step("7. replay project v2: the last gap closes under the lock; new events now go to live and clone");
+        step(
+            "7. replay project v2: the last gap closes under the lock; new events now go to live and clone",
+        );
         let (rt, s) = (runtime.clone(), settings.clone());
         blocking(move || {
             let db = Db::open(&s.database_url)?;
@@ -231,7 +302,11 @@ impl Demo {
             let db = Db::open(&s.database_url)?;
             let status = lifecycle::status(&db, "v2")?;
             for p in &status.projectors {
-                println!("clone at {}, live at {}: in step", p.checkpoint, p.live_checkpoint.unwrap_or(0));
+                println!(
+                    "clone at {}, live at {}: in step",
+                    p.checkpoint,
+                    p.live_checkpoint.unwrap_or(0)
+                );
             }
             Ok(())
         })
@@ -261,7 +336,10 @@ impl Demo {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let live = db.live_target("balance")?.context("balance is not live")?;
-            println!("v{} serving, caught up at event {}: the new columns are filled", live.version, live.checkpoint);
+            println!(
+                "v{} serving, caught up at event {}: the new columns are filled",
+                live.version, live.checkpoint
+            );
             show_balances(&db, "balances")
         })
         .await?;
@@ -282,12 +360,18 @@ impl Demo {
         let v2_again = component(&self.v2)?;
         blocking(move || verify(&rt, &s, v2_again)).await?;
         println!();
-        println!("done. Inspect {} with sqlite3, or run the same steps with the CLI (examples/walkthrough.sh).", self.file.display());
+        println!(
+            "done. Inspect {} with sqlite3, or run the same steps with the CLI (examples/walkthrough.sh).",
+            self.file.display()
+        );
         Ok(())
     }
 }
 
-fn spawn_traffic(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+fn spawn_traffic(
+    url: String,
+    stop: Arc<AtomicBool>,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     tokio::task::spawn_blocking(move || {
         let db = Db::open(&url)?;
         let mut rng = Lcg(7);
@@ -304,7 +388,11 @@ fn spawn_traffic(url: String, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<
 
 fn verify(runtime: &Runtime, settings: &Settings, v2: Vec<u8>) -> anyhow::Result<()> {
     let db = Db::open(&settings.database_url)?;
-    let spec = ComponentSpec { name: "balance".into(), source: "balance v2".into(), wasm: v2 };
+    let spec = ComponentSpec {
+        name: "balance".into(),
+        source: "balance v2".into(),
+        wasm: v2,
+    };
     let _ = lifecycle::create(runtime, &db, "verify", &[spec])?;
     lifecycle::start(runtime, &db, "verify", settings.batch_size, &mut |_, _| {})?;
     let diff = db.read_rows(
@@ -313,9 +401,18 @@ fn verify(runtime: &Runtime, settings: &Settings, v2: Vec<u8>) -> anyhow::Result
     )?;
     let rows = db.read_rows("SELECT COUNT(*) FROM balances")?;
     lifecycle::remove(runtime, &db, "verify", false)?;
-    let cell = |r: &crate::backend::RowSet| r.rows.first().and_then(|row| row.first()).map(|v| v.to_string()).unwrap_or_default();
+    let cell = |r: &crate::backend::RowSet| {
+        r.rows
+            .first()
+            .and_then(|row| row.first())
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    };
     let differing = cell(&diff);
-    println!("{} live rows, {differing} differing from the fresh fold", cell(&rows));
+    println!(
+        "{} live rows, {differing} differing from the fresh fold",
+        cell(&rows)
+    );
     if differing != "0" {
         bail!("the live read model differs from a fresh rebuild");
     }

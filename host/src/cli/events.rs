@@ -52,7 +52,12 @@ pub struct Append {
 
 impl Append {
     async fn run(self, settings: Settings) -> anyhow::Result<()> {
-        let event = NewEvent::new(&self.event_class, self.aggregate_uuid, &self.properties, &self.meta)?;
+        let event = NewEvent::new(
+            &self.event_class,
+            self.aggregate_uuid,
+            &self.properties,
+            &self.meta,
+        )?;
         let range = blocking(move || {
             let db = open_ready(&settings)?;
             Ok(db.append_events(&[event])?)

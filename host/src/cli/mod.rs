@@ -112,14 +112,19 @@ fn open_ready(settings: &Settings) -> anyhow::Result<Db> {
 /// Builds the wasmtime runtime with the configured limits and cache.
 fn runtime(settings: &Settings) -> anyhow::Result<Arc<Runtime>> {
     Ok(Arc::new(
-        Runtime::new(settings.limits, settings.cache_dir.clone()).map_err(|e| anyhow::anyhow!("{e:#}"))
+        Runtime::new(settings.limits, settings.cache_dir.clone())
+            .map_err(|e| anyhow::anyhow!("{e:#}"))
             .context("cannot start the WebAssembly runtime")?,
     ))
 }
 
 /// Runs blocking work (SQLite, wasmtime) on a blocking thread.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> anyhow::Result<T> + Send + 'static) -> anyhow::Result<T> {
-    tokio::task::spawn_blocking(f).await.context("a worker thread panicked")?
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .context("a worker thread panicked")?
 }
 
 /// Reads a component file with a message that names it.

@@ -51,20 +51,30 @@ impl Deploy {
         let outcome = blocking(move || {
             let db = open_ready(&settings)?;
             let mut progress = ProgressReporter::new(false);
-            let outcome = lifecycle::deploy(&runtime, &db, &spec, settings.batch_size, &mut |t, p| {
-                progress.update(t, p)
-            });
+            let outcome =
+                lifecycle::deploy(&runtime, &db, &spec, settings.batch_size, &mut |t, p| {
+                    progress.update(t, p)
+                });
             progress.finish();
             Ok(outcome?)
         })
         .await?;
         match outcome {
             Deployed::New { version, events } => {
-                println!("deployed {} version {version}: built from {events} event(s), now live", self.name)
+                println!(
+                    "deployed {} version {version}: built from {events} event(s), now live",
+                    self.name
+                )
             }
-            Deployed::Unchanged { version } => println!("{} version {version} is already live; nothing to do", self.name),
+            Deployed::Unchanged { version } => println!(
+                "{} version {version} is already live; nothing to do",
+                self.name
+            ),
             Deployed::Upgraded { from, to, key } => {
-                println!("upgraded {} from version {from} to {to} with zero downtime (replay {key})", self.name)
+                println!(
+                    "upgraded {} from version {from} to {to} with zero downtime (replay {key})",
+                    self.name
+                )
             }
         }
         Ok(())
@@ -81,7 +91,8 @@ pub struct List {
 
 impl List {
     async fn run(self, settings: Settings) -> anyhow::Result<()> {
-        let projectors = blocking(move || Ok(lifecycle::projectors(&open_ready(&settings)?)?)).await?;
+        let projectors =
+            blocking(move || Ok(lifecycle::projectors(&open_ready(&settings)?)?)).await?;
         if self.json {
             return output::print_json(&projectors);
         }
@@ -101,7 +112,10 @@ impl List {
                 ]
             })
             .collect();
-        output::print_table(&["NAME", "VERSION", "CHECKPOINT", "LAG", "STATUS", "TABLES"], &rows);
+        output::print_table(
+            &["NAME", "VERSION", "CHECKPOINT", "LAG", "STATUS", "TABLES"],
+            &rows,
+        );
         Ok(())
     }
 }
@@ -116,8 +130,14 @@ pub struct Resume {
 impl Resume {
     async fn run(self, settings: Settings) -> anyhow::Result<()> {
         let name = self.name.clone();
-        let checkpoint = blocking(move || Ok(lifecycle::resume_projector(&open_ready(&settings)?, &name)?)).await?;
-        println!("resumed {}: the daemon retries from event {}", self.name, checkpoint + 1);
+        let checkpoint =
+            blocking(move || Ok(lifecycle::resume_projector(&open_ready(&settings)?, &name)?))
+                .await?;
+        println!(
+            "resumed {}: the daemon retries from event {}",
+            self.name,
+            checkpoint + 1
+        );
         Ok(())
     }
 }

@@ -82,9 +82,9 @@ impl ReplayCommand {
             ReplayCommand::Create(cmd) => {
                 let mut specs = Vec::new();
                 for arg in &cmd.projectors {
-                    let (name, file) = arg
-                        .split_once('=')
-                        .with_context(|| format!("--projector takes NAME=FILE.wasm, got {arg:?}"))?;
+                    let (name, file) = arg.split_once('=').with_context(|| {
+                        format!("--projector takes NAME=FILE.wasm, got {arg:?}")
+                    })?;
                     let file = PathBuf::from(file);
                     specs.push(ComponentSpec {
                         name: name.to_string(),
@@ -94,9 +94,20 @@ impl ReplayCommand {
                 }
                 let runtime = runtime(&settings)?;
                 let key = cmd.key.clone();
-                let targets = blocking(move || Ok(lifecycle::create(&runtime, &open_ready(&settings)?, &key, &specs)?)).await?;
+                let targets = blocking(move || {
+                    Ok(lifecycle::create(
+                        &runtime,
+                        &open_ready(&settings)?,
+                        &key,
+                        &specs,
+                    )?)
+                })
+                .await?;
                 for t in &targets {
-                    println!("created replay {} for {} version {}", cmd.key, t.projector, t.version);
+                    println!(
+                        "created replay {} for {} version {}",
+                        cmd.key, t.projector, t.version
+                    );
                 }
                 println!("next: zdr replay start {}", cmd.key);
                 Ok(())
@@ -107,17 +118,24 @@ impl ReplayCommand {
                 let applied = blocking(move || {
                     let db = open_ready(&settings)?;
                     let mut progress = ProgressReporter::new(false);
-                    let result = lifecycle::start(&runtime, &db, &key, settings.batch_size, &mut |t, p| progress.update(t, p));
+                    let result =
+                        lifecycle::start(&runtime, &db, &key, settings.batch_size, &mut |t, p| {
+                            progress.update(t, p)
+                        });
                     progress.finish();
                     Ok(result?)
                 })
                 .await?;
-                println!("replay {}: applied {applied} event(s); caught up. next: zdr replay project {}", cmd.key, cmd.key);
+                println!(
+                    "replay {}: applied {applied} event(s); caught up. next: zdr replay project {}",
+                    cmd.key, cmd.key
+                );
                 Ok(())
             }
             ReplayCommand::Show(cmd) => {
                 let key = cmd.key.clone();
-                let status = blocking(move || Ok(lifecycle::status(&open_ready(&settings)?, &key)?)).await?;
+                let status =
+                    blocking(move || Ok(lifecycle::status(&open_ready(&settings)?, &key)?)).await?;
                 if cmd.json {
                     return output::print_json(&status);
                 }
@@ -126,7 +144,8 @@ impl ReplayCommand {
             }
             ReplayCommand::Lag(cmd) => {
                 let key = cmd.key.clone();
-                let status = blocking(move || Ok(lifecycle::status(&open_ready(&settings)?, &key)?)).await?;
+                let status =
+                    blocking(move || Ok(lifecycle::status(&open_ready(&settings)?, &key)?)).await?;
                 if cmd.json {
                     let parts: Vec<_> = status
                         .projectors
@@ -138,7 +157,10 @@ impl ReplayCommand {
                     }));
                 }
                 for p in &status.projectors {
-                    println!("{}: checkpoint {} of {}, {} event(s) behind", p.projector, p.checkpoint, status.head, p.lag);
+                    println!(
+                        "{}: checkpoint {} of {}, {} event(s) behind",
+                        p.projector, p.checkpoint, status.head, p.lag
+                    );
                 }
                 Ok(())
             }
@@ -148,20 +170,35 @@ impl ReplayCommand {
                 blocking(move || {
                     let db = open_ready(&settings)?;
                     let mut progress = ProgressReporter::new(false);
-                    let result = lifecycle::project(&runtime, &db, &key, settings.batch_size, &mut |t, p| progress.update(t, p));
+                    let result = lifecycle::project(
+                        &runtime,
+                        &db,
+                        &key,
+                        settings.batch_size,
+                        &mut |t, p| progress.update(t, p),
+                    );
                     progress.finish();
                     Ok(result?)
                 })
                 .await?;
-                println!("replay {} is projecting: new events go to live and clone. next: zdr replay promote {}", cmd.key, cmd.key);
+                println!(
+                    "replay {} is projecting: new events go to live and clone. next: zdr replay promote {}",
+                    cmd.key, cmd.key
+                );
                 Ok(())
             }
             ReplayCommand::Promote(cmd) => {
                 let runtime = runtime(&settings)?;
                 let key = cmd.key.clone();
-                let promoted = blocking(move || Ok(lifecycle::promote(&runtime, &open_ready(&settings)?, &key)?)).await?;
+                let promoted = blocking(move || {
+                    Ok(lifecycle::promote(&runtime, &open_ready(&settings)?, &key)?)
+                })
+                .await?;
                 for t in &promoted {
-                    println!("promoted {} version {}: now live (previous tables kept until `zdr replay remove {}`)", t.projector, t.version, cmd.key);
+                    println!(
+                        "promoted {} version {}: now live (previous tables kept until `zdr replay remove {}`)",
+                        t.projector, t.version, cmd.key
+                    );
                 }
                 Ok(())
             }
@@ -169,12 +206,21 @@ impl ReplayCommand {
                 let runtime = runtime(&settings)?;
                 let key = cmd.key.clone();
                 let force = cmd.force;
-                let dropped = blocking(move || Ok(lifecycle::remove(&runtime, &open_ready(&settings)?, &key, force)?)).await?;
+                let dropped = blocking(move || {
+                    Ok(lifecycle::remove(
+                        &runtime,
+                        &open_ready(&settings)?,
+                        &key,
+                        force,
+                    )?)
+                })
+                .await?;
                 println!("removed replay {} ({dropped} target(s) dropped)", cmd.key);
                 Ok(())
             }
             ReplayCommand::List(cmd) => {
-                let replays = blocking(move || Ok(lifecycle::list(&open_ready(&settings)?)?)).await?;
+                let replays =
+                    blocking(move || Ok(lifecycle::list(&open_ready(&settings)?)?)).await?;
                 if cmd.json {
                     return output::print_json(&replays);
                 }
@@ -184,7 +230,11 @@ impl ReplayCommand {
                         vec![
                             r.key.clone(),
                             r.state.to_string(),
-                            r.projectors.iter().map(|p| format!("{}@{}", p.projector, p.version)).collect::<Vec<_>>().join(","),
+                            r.projectors
+                                .iter()
+                                .map(|p| format!("{}@{}", p.projector, p.version))
+                                .collect::<Vec<_>>()
+                                .join(","),
                             r.lag.to_string(),
                             r.created_at.clone(),
                         ]

@@ -32,7 +32,8 @@ impl ComponentCache {
     }
 
     fn entry_path(&self, content_hash: &str) -> PathBuf {
-        self.dir.join(format!("{content_hash}-{}.cwasm", self.engine_key))
+        self.dir
+            .join(format!("{content_hash}-{}.cwasm", self.engine_key))
     }
 
     /// Loads the compiled form of the component whose content hash is `content_hash`, or

@@ -31,9 +31,16 @@ pub struct HostState {
 impl HostState {
     /// A fresh state for one instance: no WASI capabilities, output to the host log.
     pub fn new(tag: Arc<str>, memory_bytes: usize) -> Self {
+        // Nothing is inherited: no environment, arguments, directories or stdin; sockets are
+        // off. The wall clock is frozen at the Unix epoch, so a projector cannot make its read
+        // model depend on when it ran: time comes from the event's created-at.
         let wasi = WasiCtxBuilder::new()
             .stdout(GuestOutput::new(tag.clone(), "stdout"))
             .stderr(GuestOutput::new(tag.clone(), "stderr"))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .wall_clock(FrozenClock)
             .build();
         let limits = StoreLimitsBuilder::new()
             .memory_size(memory_bytes)
@@ -50,6 +57,19 @@ impl HostState {
             tag,
             memory_bytes,
         }
+    }
+}
+
+/// A wall clock that always reads the Unix epoch.
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+
+    fn now(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
     }
 }
 
@@ -138,7 +158,9 @@ fn truncate(text: &str, max: usize) -> &str {
 }
 
 fn revoked() -> types::Error {
-    types::Error::Denied("this connection is not bound to a target (revoked or not yet bound)".into())
+    types::Error::Denied(
+        "this connection is not bound to a target (revoked or not yet bound)".into(),
+    )
 }
 
 fn value_from_guest(value: types::Value) -> Value {
@@ -179,14 +201,19 @@ fn row_set_to_guest(rows: RowSet) -> types::RowSet {
 /// Converts a backend error into the closed set the guest sees, logging the denial so the
 /// operator learns about it even when the guest swallows it.
 fn error_to_guest(tag: &str, sql: &str, err: DbError) -> types::Error {
-    let failure = |message: String, sqlstate: Option<String>| types::SqlFailure { message, sqlstate };
+    let failure =
+        |message: String, sqlstate: Option<String>| types::SqlFailure { message, sqlstate };
     match err {
         DbError::Denied(reason) => {
             tracing::warn!(projector = %tag, sql = %truncate(sql, 200), "statement denied: {reason}");
             types::Error::Denied(reason)
         }
-        DbError::InvalidSql { message, sqlstate } => types::Error::InvalidSql(failure(message, sqlstate)),
-        DbError::Constraint { message, sqlstate } => types::Error::Constraint(failure(message, sqlstate)),
+        DbError::InvalidSql { message, sqlstate } => {
+            types::Error::InvalidSql(failure(message, sqlstate))
+        }
+        DbError::Constraint { message, sqlstate } => {
+            types::Error::Constraint(failure(message, sqlstate))
+        }
         DbError::LimitExceeded(reason) => {
             tracing::warn!(projector = %tag, "limit exceeded: {reason}");
             types::Error::LimitExceeded(reason)

@@ -23,8 +23,8 @@ use wasmtime::{Config, Engine, Store};
 use crate::backend::GuestConnection;
 use crate::events::Event;
 pub use crate::model::{Description, TableDecl};
-pub use cache::ComponentCache;
 use bindings::{Projector, ProjectorPre};
+pub use cache::ComponentCache;
 use host::HostState;
 
 /// How often the epoch advances: the granularity of call deadlines.
@@ -56,10 +56,14 @@ impl Default for Limits {
 #[non_exhaustive]
 pub enum LoadError {
     /// The bytes are not WebAssembly at all.
-    #[error("not a WebAssembly file (it does not start with the \\0asm magic); pass the .wasm file the build produced")]
+    #[error(
+        "not a WebAssembly file (it does not start with the \\0asm magic); pass the .wasm file the build produced"
+    )]
     NotWasm,
     /// A core module, not a component.
-    #[error("this is a core WebAssembly module, not a component; build for wasm32-wasip2 (or wrap it with `wasm-tools component new`)")]
+    #[error(
+        "this is a core WebAssembly module, not a component; build for wasm32-wasip2 (or wrap it with `wasm-tools component new`)"
+    )]
     CoreModule,
     /// wasmtime could not compile it.
     #[error("the component does not compile: {0:#}")]
@@ -147,7 +151,10 @@ impl Runtime {
             None => Component::new(&self.engine, wasm),
         }
         .map_err(LoadError::Compile)?;
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(LoadError::World)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(LoadError::World)?;
         let pre = ProjectorPre::new(instance_pre).map_err(LoadError::World)?;
         Ok(Arc::new(LoadedComponent { pre, hash }))
     }
@@ -156,9 +163,16 @@ impl Runtime {
     ///
     /// # Errors
     /// When the guest traps during instantiation (its start-up code failed).
-    pub fn instantiate(&self, component: &LoadedComponent, tag: &str) -> Result<Instance, GuestError> {
+    pub fn instantiate(
+        &self,
+        component: &LoadedComponent,
+        tag: &str,
+    ) -> Result<Instance, GuestError> {
         let tag: Arc<str> = Arc::from(tag);
-        let mut store = Store::new(&self.engine, HostState::new(tag.clone(), self.limits.memory_bytes));
+        let mut store = Store::new(
+            &self.engine,
+            HostState::new(tag.clone(), self.limits.memory_bytes),
+        );
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(deadline_ticks(self.limits.call_timeout));
         let bindings = component
@@ -241,7 +255,9 @@ impl Instance {
 
     fn arm(&mut self) -> Result<(), GuestError> {
         if self.poisoned {
-            return Err(GuestError::Trap("instance was poisoned by an earlier trap".into()));
+            return Err(GuestError::Trap(
+                "instance was poisoned by an earlier trap".into(),
+            ));
         }
         self.store.set_epoch_deadline(deadline_ticks(self.timeout));
         Ok(())
@@ -252,7 +268,10 @@ impl Instance {
         let message = if let Some(trap) = err.downcast_ref::<wasmtime::Trap>() {
             match trap {
                 wasmtime::Trap::Interrupt => {
-                    format!("deadline of {:?} exceeded (the call was interrupted)", self.timeout)
+                    format!(
+                        "deadline of {:?} exceeded (the call was interrupted)",
+                        self.timeout
+                    )
                 }
                 other => format!("{other}"),
             }
@@ -260,7 +279,10 @@ impl Instance {
             format!("{err:#}")
         };
         let message = if message.contains("memory") || message.contains("grow") {
-            format!("{message} (memory cap is {} MiB)", self.store.data().limits_mib())
+            format!(
+                "{message} (memory cap is {} MiB)",
+                self.store.data().limits_mib()
+            )
         } else {
             message
         };
@@ -283,15 +305,22 @@ impl Instance {
             tables: d
                 .tables
                 .into_iter()
-                .map(|t| TableDecl { name: t.name, ddl: t.ddl })
+                .map(|t| TableDecl {
+                    name: t.name,
+                    ddl: t.ddl,
+                })
                 .collect(),
             handles: d.handles,
         };
         if description.name.is_empty() || description.version.is_empty() {
-            return Err(GuestError::InvalidDescription("describe() returned an empty name or version".into()));
+            return Err(GuestError::InvalidDescription(
+                "describe() returned an empty name or version".into(),
+            ));
         }
         if description.tables.is_empty() {
-            return Err(GuestError::InvalidDescription("describe() declares no tables".into()));
+            return Err(GuestError::InvalidDescription(
+                "describe() declares no tables".into(),
+            ));
         }
         Ok(description)
     }
@@ -300,7 +329,11 @@ impl Instance {
     ///
     /// # Errors
     /// A trap in `use-connection`.
-    pub fn bind(&mut self, connection: Box<dyn GuestConnection>, for_replay: bool) -> Result<(), GuestError> {
+    pub fn bind(
+        &mut self,
+        connection: Box<dyn GuestConnection>,
+        for_replay: bool,
+    ) -> Result<(), GuestError> {
         self.store.data_mut().connection = Some(connection);
         let handle = self
             .store
@@ -346,7 +379,10 @@ impl Instance {
             meta_data: event.meta_data.clone(),
             created_at: event.created_at.clone(),
         };
-        match self.bindings.call_handle_event(&mut self.store, &guest_event) {
+        match self
+            .bindings
+            .call_handle_event(&mut self.store, &guest_event)
+        {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(GuestError::Returned(message)),
             Err(err) => Err(self.trapped(err)),

@@ -29,7 +29,7 @@ impl Walker<'_> {
             Expr::Identifier(ident) => self.column_word(ident),
             Expr::CompoundIdentifier(parts) => {
                 if let [_, _] = parts.as_slice() {
-                    Ok(())
+                    parts.iter().try_for_each(check_ident)
                 } else {
                     let written = parts
                         .iter()
@@ -288,8 +288,8 @@ impl Walker<'_> {
                 }
             }
             _ => Err(denied(
-                "this kind of literal (write numbers, 'strings', x'blobs', TRUE, FALSE and NULL, or \
-                 pass a parameter)",
+                "this kind of literal (write numbers, 'strings', x'blobs', TRUE, FALSE and NULL, \
+                 or pass a parameter)",
             )),
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! A projector writes SQL against *logical* table names (`balances`). Each target it writes to
 //! (the live tables, or a replay's clone) maps those names to *physical* ones (`zdr_r_k1__balances`
-//! on SQLite, `"zdr_r_k1"."balances"` on PostgreSQL). A [`Guard`] holds one such mapping; its
+//! on SQLite, `zdr_r_k1.balances` on PostgreSQL). A [`Guard`] holds one such mapping; its
 //! [`Guard::check`] parses one statement, refuses anything outside the allow-list with a
 //! [`GuardError`] that names the offending table, function or statement kind, and returns the
 //! statement rewritten to physical names and the backend's native placeholders. [`GuardCache`]
@@ -11,11 +11,11 @@
 //!
 //! Nothing here does I/O: the module is pure functions over `sqlparser`'s AST, tested with tables
 //! of cases. The files split by concern: `parse` (tokens, limits, placeholders, one statement),
-//! `rewrite` (the allow-list walk over statements and queries), `writes` (over `INSERT`,
-//! `UPDATE` and `DELETE`), `expr` (over expressions),
-//! `ddl` (setup-mode `CREATE TABLE` and `CREATE INDEX`, and [`check_declared_ddl`]), `verify`
-//! (an independent re-check of the result), `allow` (the lists of functions, operators and
-//! types), `names` (identifier normalisation and quoting), `cache` ([`GuardCache`]).
+//! `rewrite` (the allow-list walk over statements and queries), `writes` (the walk over
+//! `INSERT`, `UPDATE` and `DELETE`), `expr` (the walk over expressions), `ddl` (setup-mode
+//! `CREATE TABLE` and `CREATE INDEX`, and [`check_declared_ddl`]), `verify` (an independent
+//! re-check of the result), `allow` (the lists of functions, operators and types), `names`
+//! (identifier normalisation and quoting), `cache` ([`GuardCache`]).
 
 mod allow;
 mod cache;

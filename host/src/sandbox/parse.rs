@@ -130,8 +130,8 @@ fn check_dropped_keywords(dialect: Dialect, tokens: &[TokenWithSpan]) -> Result<
             };
         if dropped {
             return Err(GuardError::InvalidSql(format!(
-                "the keyword {} is not supported here: use INTEGER PRIMARY KEY [AUTOINCREMENT] on SQLite, \
-                 GENERATED … AS IDENTITY or serial types on PostgreSQL",
+                "the keyword {} is not supported here: use INTEGER PRIMARY KEY [AUTOINCREMENT] on \
+                 SQLite, GENERATED … AS IDENTITY or serial types on PostgreSQL",
                 word.value.to_ascii_uppercase()
             )));
         }

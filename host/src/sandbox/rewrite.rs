@@ -328,8 +328,8 @@ impl<'g> Walker<'g> {
         } = select;
         if into.is_some() {
             return Err(GuardError::Denied(
-                "the form SELECT … INTO is not allowed: it creates a table; insert into a declared table \
-                 instead"
+                "the form SELECT … INTO is not allowed: it creates a table; insert into a declared \
+                 table instead"
                     .to_owned(),
             ));
         }
@@ -581,10 +581,9 @@ impl<'g> Walker<'g> {
         };
         *name = names::physical_object_name(&declared.physical);
         self.touched.insert(declared.logical.clone());
-        let renamed = !declared
-            .physical
-            .name
-            .eq_ignore_ascii_case(&declared.logical);
+        // An alias keeps `logical.column` working; it is needed whenever the printed name differs
+        // (case included: PostgreSQL tells "Balances" from balances).
+        let renamed = declared.physical.name != declared.logical;
         Ok(renamed.then(|| names::ident(&declared.logical)))
     }
 

@@ -15,8 +15,8 @@ use super::rewrite::{Role, Walker, check_ident, column_name};
 use super::{Dialect, GuardError};
 
 impl Walker<'_> {
-    /// `INSERT INTO t [(columns)] VALUES … | SELECT … | DEFAULT VALUES [ON CONFLICT …] [RETURNING …]`.
-    /// Returns whether it returns rows.
+    /// `INSERT INTO t [(columns)] VALUES … | SELECT … | DEFAULT VALUES`, then optionally
+    /// `ON CONFLICT …` and `RETURNING …`. Returns whether it returns rows.
     pub(super) fn insert(&mut self, insert: &mut Insert) -> Result<bool, GuardError> {
         let Insert {
             insert_token: _,
@@ -72,15 +72,15 @@ impl Walker<'_> {
         }
         if or.is_some() && self.dialect() == Dialect::Postgres {
             return Err(GuardError::Denied(
-                "the form INSERT OR … is SQLite's: write INSERT … ON CONFLICT (columns) DO NOTHING or DO \
-                 UPDATE"
+                "the form INSERT OR … is SQLite's: write INSERT … ON CONFLICT (columns) DO NOTHING \
+                 or DO UPDATE"
                     .to_owned(),
             ));
         }
         let TableObject::TableName(name) = table else {
             return Err(GuardError::Denied(format!(
-                "inserting into a function or subquery is not allowed: insert into a declared table \
-                 (declared: {})",
+                "inserting into a function or subquery is not allowed: insert into a declared \
+                 table (declared: {})",
                 self.declared_list()
             )));
         };
@@ -110,8 +110,8 @@ impl Walker<'_> {
                     None | Some(ConflictTarget::Columns(_)) => {}
                     Some(ConflictTarget::OnConstraint(_)) => {
                         return Err(GuardError::Denied(
-                            "the form ON CONFLICT ON CONSTRAINT is not allowed: name the conflict columns, \
-                             ON CONFLICT (column, …)"
+                            "the form ON CONFLICT ON CONSTRAINT is not allowed: name the conflict \
+                             columns, ON CONFLICT (column, …)"
                                 .to_owned(),
                         ));
                     }
@@ -133,7 +133,8 @@ impl Walker<'_> {
             }
             Some(_) => {
                 return Err(GuardError::Denied(
-                    "the form ON DUPLICATE KEY UPDATE is not allowed: write ON CONFLICT (columns) DO UPDATE"
+                    "the form ON DUPLICATE KEY UPDATE is not allowed: write ON CONFLICT (columns) \
+                     DO UPDATE"
                         .to_owned(),
                 ));
             }
