@@ -194,15 +194,19 @@ pub fn deploy(
             )));
         }
     }
-    if db
-        .targets_of_projector(&spec.name)?
-        .iter()
-        .any(|t| t.role == Role::Building)
-    {
-        return Err(LifecycleError::Busy(format!(
-            "projector {} is already being deployed; wait for that deploy, or remove the leftover with `zdr projector remove {}`",
-            spec.name, spec.name
-        )));
+    let _deploying = db.try_lock(&format!("deploy-{}", spec.name))?.ok_or_else(|| {
+        LifecycleError::Busy(format!(
+            "projector {} is being deployed by another zdr process; wait for it to finish",
+            spec.name
+        ))
+    })?;
+    // A build left by a deploy that was killed: no process holds it (we have the deploy
+    // lock), so discard it and build afresh.
+    for leftover in db.targets_of_projector(&spec.name)? {
+        if leftover.role == Role::Building {
+            tracing::info!(projector = %spec.name, "discarding an unfinished earlier deploy");
+            discard_build(db, &leftover)?;
+        }
     }
     let target = db.write(|db| {
         let version_id = db.register_version(&hash, &spec.wasm, &description)?;
@@ -211,7 +215,14 @@ pub fn deploy(
         Ok::<_, LifecycleError>(target)
     })?;
     let mut projection = Projection::new(runtime, db, batch_size);
-    let events = projection.catch_up(target.id, progress)?;
+    let events = match projection.catch_up(target.id, progress) {
+        Ok(events) => events,
+        Err(err) => {
+            // Nothing half-built is left behind: fix the projector and deploy again.
+            discard_build(db, &target)?;
+            return Err(err.into());
+        }
+    };
     // The last gap closes inside the write lock, together with the switch to live.
     db.write(|db| {
         let building = db.target(target.id)?.ok_or_else(|| {
@@ -229,6 +240,16 @@ pub fn deploy(
         version: description.version,
         events,
     })
+}
+
+/// Drops the tables and the row of a `building` target.
+fn discard_build(db: &Db, target: &Target) -> Result<()> {
+    let description = db.description(target.version_id)?;
+    db.write(|db| {
+        db.drop_tables(target, &description)?;
+        db.delete_target(target.id)
+    })?;
+    Ok(())
 }
 
 /// Clears a live projector's recorded failure so the daemon retries from its checkpoint.

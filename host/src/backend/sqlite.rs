@@ -170,7 +170,7 @@ impl Db {
             )));
         }
         conn.execute_batch(
-            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON; PRAGMA cache_size = -65536;",
+            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         )
         .map_err(open_err)?;
         conn.set_prepared_statement_cache_capacity(256);
