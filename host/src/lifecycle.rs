@@ -194,12 +194,14 @@ pub fn deploy(
             )));
         }
     }
-    let _deploying = db.try_lock(&format!("deploy-{}", spec.name))?.ok_or_else(|| {
-        LifecycleError::Busy(format!(
-            "projector {} is being deployed by another zdr process; wait for it to finish",
-            spec.name
-        ))
-    })?;
+    let _deploying = db
+        .try_lock(&format!("deploy-{}", spec.name))?
+        .ok_or_else(|| {
+            LifecycleError::Busy(format!(
+                "projector {} is being deployed by another zdr process; wait for it to finish",
+                spec.name
+            ))
+        })?;
     // A build left by a deploy that was killed: no process holds it (we have the deploy
     // lock), so discard it and build afresh.
     for leftover in db.targets_of_projector(&spec.name)? {

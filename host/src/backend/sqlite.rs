@@ -169,10 +169,8 @@ impl Db {
                 "{url}: SQLite refused WAL mode (got {mode}); zdr needs WAL so readers never see a promote half done"
             )));
         }
-        conn.execute_batch(
-            "PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
-        )
-        .map_err(open_err)?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
+            .map_err(open_err)?;
         conn.set_prepared_statement_cache_capacity(256);
         Ok(Db {
             conn: Arc::new(Mutex::new(conn)),
