@@ -34,6 +34,26 @@ struct Worker {
     handle: JoinHandle<()>,
 }
 
+/// The running workers. Dropping the set tells every worker to stop, so that an early return
+/// or a panic in the supervisor never leaves blocking threads running (the runtime would wait
+/// for them for ever on exit).
+#[derive(Default)]
+struct Workers(HashMap<String, Worker>);
+
+impl Workers {
+    fn stop_all(&self) {
+        for worker in self.0.values() {
+            worker.stop.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+impl Drop for Workers {
+    fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
 /// Runs the daemon until `shutdown` resolves.
 ///
 /// # Errors
@@ -47,10 +67,10 @@ pub async fn run(
     db.ensure_ready()?;
     let db = Arc::new(std::sync::Mutex::new(db));
     tracing::info!(database = %settings.database_url, "zdr serve started");
-    let mut workers: HashMap<String, Worker> = HashMap::new();
+    let mut workers = Workers::default();
     tokio::pin!(shutdown);
     loop {
-        workers.retain(|name, worker| {
+        workers.0.retain(|name, worker| {
             let running = !worker.handle.is_finished();
             if !running {
                 tracing::info!(projector = %name, "worker ended");
@@ -69,11 +89,17 @@ pub async fn run(
         match names {
             Ok(names) => {
                 for name in names {
-                    if workers.contains_key(&name) {
+                    if workers.0.contains_key(&name) {
                         continue;
                     }
-                    if let Some(worker) = spawn_worker(&settings, &runtime, &name)? {
-                        workers.insert(name, worker);
+                    match spawn_worker(&settings, &runtime, &name) {
+                        Ok(Some(worker)) => {
+                            workers.0.insert(name, worker);
+                        }
+                        Ok(None) => {}
+                        Err(err) => {
+                            tracing::error!(projector = %name, "cannot start a worker: {err:#}")
+                        }
                     }
                 }
             }
@@ -86,12 +112,10 @@ pub async fn run(
     }
     tracing::info!(
         "shutting down: waiting for {} worker(s) to finish their batch",
-        workers.len()
+        workers.0.len()
     );
-    for worker in workers.values() {
-        worker.stop.store(true, Ordering::Relaxed);
-    }
-    for (name, worker) in workers {
+    workers.stop_all();
+    for (name, worker) in std::mem::take(&mut workers.0) {
         if let Err(err) = worker.handle.await {
             tracing::error!(projector = %name, "worker panicked: {err}");
         }

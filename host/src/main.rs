@@ -18,7 +18,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(cli.run()) {
+    let outcome = runtime.block_on(cli.run());
+    // Blocking threads (daemon workers) are told to stop before this point; never wait for
+    // ever on one that does not.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(30));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("error: {err}");

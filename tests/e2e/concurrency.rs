@@ -1,6 +1,7 @@
 //! Concurrency: events appended while `replay start` runs and between `project` and
 //! `promote` land exactly once in live and clone; readers of the live table never see it
-//! missing, empty, partial or half old and half new while `promote` swaps it.
+//! missing, empty, partial or half old and half new while `promote` swaps it; two daemons on
+//! one database never both apply an event, and one takes over when the other dies.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -120,13 +121,20 @@ fn sample(path: &std::path::Path) -> Result<Sample, String> {
         let mut stmt = tx
             .prepare("SELECT * FROM balances")
             .map_err(|e| e.to_string())?;
-        let columns = stmt.column_count();
-        let balances: Vec<i64> = stmt
-            .query_map([], |r| r.get::<_, i64>("balance"))
+        // The column count is taken from the rows, not from the prepared statement: SQLite
+        // re-prepares a statement whose schema changed between prepare and step.
+        let rows: Vec<(i64, usize)> = stmt
+            .query_map([], |r| {
+                Ok((r.get::<_, i64>("balance")?, r.as_ref().column_count()))
+            })
             .map_err(|e| e.to_string())?
             .collect::<Result<_, _>>()
             .map_err(|e| e.to_string())?;
-        (columns, balances.len(), balances.iter().sum())
+        let columns = rows.first().map_or(0, |(_, columns)| *columns);
+        if rows.iter().any(|(_, c)| *c != columns) {
+            return Err("rows with different column counts in one read".into());
+        }
+        (columns, rows.len(), rows.iter().map(|(b, _)| b).sum())
     };
     let (checkpoint, version) = tx
         .query_row(
@@ -289,4 +297,58 @@ fn readers_never_see_a_missing_empty_partial_or_mixed_table_during_promote() {
     });
     daemon.assert_running();
     daemon.stop();
+}
+
+#[test]
+fn two_daemons_never_apply_an_event_twice_and_one_takes_over_when_the_owner_dies() {
+    let g = guests();
+    let env = Env::new();
+    let mut generator = Generator::new(14);
+    env.import(&generator.open_accounts(20));
+    env.import(&generator.money(500));
+    env.deploy("balance", &g.balance_v1);
+    env.create_balance_replay("v2", &g.balance_v2);
+    env.ok(&["replay", "start", "v2"]);
+    env.ok(&["replay", "project", "v2"]);
+
+    let first = env.serve();
+    let second = env.serve_with_log("serve-2.log");
+    let appender = Appender::start(&env, 141, generator.accounts().to_vec());
+    appender.wait_for(200);
+    let owns = |d: &crate::support::Daemon| {
+        d.log()
+            .lines()
+            .any(|l| l.contains("worker started") && l.contains("projector=\"balance\""))
+    };
+    wait_until(PATIENCE, "one daemon to own the balance projector", || {
+        owns(&first) || owns(&second)
+    });
+    assert!(
+        !(owns(&first) && owns(&second)),
+        "both daemons run a worker for balance"
+    );
+    let (owner, mut other) = if owns(&first) {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    owner.crash();
+    wait_until(PATIENCE, "the other daemon to take over", || owns(&other));
+    appender.wait_for(200);
+    appender.stop();
+    env.wait_live("balance", "1");
+    env.wait_replay_caught_up("v2");
+    let events = env.stored_events();
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&events),
+        "live served by two daemons",
+    );
+    assert_same_rows(
+        &env.balances_v2("zdr_r_v2__balances"),
+        &fold_v2(&events),
+        "clone served by two daemons",
+    );
+    other.assert_running();
+    other.stop();
 }

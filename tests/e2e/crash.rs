@@ -1,8 +1,11 @@
-//! Crashes: a `replay start` killed with SIGKILL mid-history resumes from its checkpoint to
+//! Crashes: a `replay start` killed with SIGKILL mid-history (several times) leaves a clone
+//! consistent with its checkpoint each time, and resumes from that checkpoint to
 //! the same tables as an uninterrupted run, and a daemon killed while dual-writing restarts
 //! without losing or repeating an event.
 
+use std::io::{BufRead, BufReader};
 use std::process::Stdio;
+use std::time::Duration;
 
 use crate::support::{
     Appender, Env, Generator, PATIENCE, assert_same_rows, fold_v1, fold_v2, guests, signal,
@@ -149,4 +152,37 @@ fn a_daemon_killed_while_dual_writing_restarts_without_losing_or_repeating_event
     );
     daemon.assert_running();
     daemon.stop();
+}
+
+#[test]
+fn a_daemon_whose_log_reader_went_away_still_stops_on_sigterm() {
+    let g = guests();
+    let env = Env::new();
+    env.deploy("balance", &g.balance_v1);
+    // Like `zdr serve 2>&1 | head`: the log's reader reads a few lines and goes away.
+    let mut child = env
+        .command(&["serve", "--poll-interval-ms", "20"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot spawn zdr serve");
+    let mut log = BufReader::new(child.stderr.take().expect("a piped stderr"));
+    let mut line = String::new();
+    while !line.contains("serving version 1") {
+        line.clear();
+        let read = log.read_line(&mut line).expect("reading the serve log");
+        assert!(read > 0, "zdr serve exited before serving");
+    }
+    drop(log);
+    signal(child.id(), "TERM");
+    // Shutting down takes a batch at most; the bound is generous and only stops a hang.
+    let status = wait_child(
+        &mut child,
+        Duration::from_secs(20),
+        "zdr serve after SIGTERM, its stderr closed",
+    );
+    assert!(
+        status.code().is_some(),
+        "zdr serve died of a signal: {status}"
+    );
 }

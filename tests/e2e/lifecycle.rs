@@ -1,8 +1,16 @@
 //! The replay lifecycle end to end: create → start → lag → start → project → promote → remove
-//! with the daemon serving throughout, and a promote the projector vetoes.
+//! with the daemon serving throughout, a promote the projector vetoes, a replay of two
+//! projectors, and random sequences of commands, crashes and restarts.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::json;
 
 use crate::support::{
-    Env, Generator, PATIENCE, assert_same_rows, fold_v1, fold_v2, guests, through, wait_until,
+    Env, Generator, NewEvent, PATIENCE, V1_COLUMNS, V2_COLUMNS, assert_same_rows, fold_v1, fold_v2,
+    guests, query_rows, through, wait_until,
 };
 
 #[test]
@@ -226,4 +234,469 @@ fn a_vetoed_promote_swaps_nothing_and_live_keeps_serving() {
     assert!(env.table_exists("balances"));
     daemon.assert_running();
     daemon.stop();
+}
+
+#[test]
+fn a_replay_of_two_projectors_promotes_both_in_one_swap() {
+    let g = guests();
+    let env = Env::new();
+    let mut generator = Generator::new(12);
+    let note = |text: &str| NewEvent::new("ProbeNote", None, json!({ "note": text }));
+    env.import(&generator.open_accounts(12));
+    env.import(&generator.money(300));
+    env.import(&[note("before deploy")]);
+    env.deploy("balance", &g.balance_v1);
+    env.deploy("sql-probe", &g.sql_probe);
+    let mut daemon = env.serve();
+
+    env.ok(&[
+        "replay",
+        "create",
+        "both",
+        "--projector",
+        &format!("balance={}", g.balance_v2),
+        "--projector",
+        &format!("sql-probe={}", g.sql_probe),
+    ]);
+    env.ok(&["replay", "start", "both"]);
+    env.import(&[note("before project")]);
+    env.ok(&["replay", "project", "both"]);
+    env.import(&generator.money(50));
+    env.import(&[note("while projecting")]);
+    let out = env.ok(&["replay", "promote", "both"]);
+    assert!(
+        out.contains("promoted balance version 2") && out.contains("promoted sql-probe version 1"),
+        "{out}"
+    );
+    // One transaction swapped both; each projector's former live tables are frozen at the
+    // checkpoint its own worker had reached.
+    let show = env.show("both");
+    assert_eq!(show["state"], "promoted", "{show:#}");
+    let parts = show["projectors"].as_array().expect("parts");
+    assert!(parts.iter().all(|p| p["role"] == "retired"), "{show:#}");
+    let retired = |name: &str| {
+        parts
+            .iter()
+            .find(|p| p["projector"] == name)
+            .and_then(|p| p["checkpoint"].as_i64())
+            .expect("a retired checkpoint")
+    };
+    let (balance_at, probe_at) = (retired("balance"), retired("sql-probe"));
+    env.import(&[note("after promote")]);
+    env.import(&generator.money(50));
+    env.wait_live("balance", "2");
+    env.wait_live("sql-probe", "1");
+
+    let events = env.stored_events();
+    assert_same_rows(
+        &env.balances_v2("balances"),
+        &fold_v2(&events),
+        "balances after the joint promote",
+    );
+    let notes: Vec<Vec<String>> = events
+        .iter()
+        .filter(|e| e.event_class == "ProbeNote")
+        .map(|e| {
+            let properties: serde_json::Value = serde_json::from_str(&e.properties).expect("JSON");
+            vec![
+                e.id.to_string(),
+                properties["note"].as_str().expect("a note").to_string(),
+            ]
+        })
+        .collect();
+    assert_eq!(notes.len(), 4);
+    assert_eq!(
+        env.rows("SELECT id, note FROM probe_notes ORDER BY id"),
+        notes,
+        "probe_notes after the joint promote"
+    );
+    assert_same_rows(
+        &env.balances_v1("zdr_p_both__balances"),
+        &fold_v1(through(&events, balance_at)),
+        "retired balances",
+    );
+    let retired_notes: Vec<_> = notes
+        .iter()
+        .filter(|n| n[0].parse::<i64>().expect("an id") <= probe_at)
+        .cloned()
+        .collect();
+    assert_eq!(
+        env.rows("SELECT id, note FROM zdr_p_both__probe_notes ORDER BY id"),
+        retired_notes,
+        "retired probe_notes"
+    );
+    env.ok(&["replay", "remove", "both"]);
+    assert!(
+        !env.table_exists("zdr_p_both__balances") && !env.table_exists("zdr_p_both__probe_notes")
+    );
+    daemon.assert_running();
+    daemon.stop();
+}
+
+#[test]
+fn removing_a_replay_before_promote_drops_only_its_clone() {
+    let g = guests();
+    let env = Env::new();
+    let mut generator = Generator::new(13);
+    env.import(&generator.open_accounts(5));
+    env.import(&generator.money(100));
+    env.deploy("balance", &g.balance_v1);
+    let live = env.balances_v1("balances");
+    for (key, steps) in [
+        ("fresh", vec![]),
+        ("started", vec!["start"]),
+        ("projecting", vec!["start", "project"]),
+    ] {
+        env.create_balance_replay(key, &g.balance_v2);
+        for step in steps {
+            env.ok(&["replay", step, key]);
+        }
+        let clone = format!("zdr_r_{key}__balances");
+        assert!(env.table_exists(&clone));
+        let force: &[&str] = if key == "projecting" {
+            &["--force"]
+        } else {
+            &[]
+        };
+        env.ok(&[&["replay", "remove", key][..], force].concat());
+        assert!(!env.table_exists(&clone), "remove left {clone}");
+        assert!(
+            env.schema_objects()
+                .iter()
+                .all(|o| !o.contains(&format!("zdr_r_{key}")))
+        );
+        env.fail(&["replay", "show", key]);
+    }
+    assert_eq!(
+        env.balances_v1("balances"),
+        live,
+        "removing replays touched live"
+    );
+    assert_eq!(env.projector("balance")["version"], "1");
+    assert_eq!(env.json(&["replay", "list", "--json"]), json!([]));
+}
+
+/// The balance projector's targets as one read transaction sees them, each checked against
+/// the fold of its own version through its own checkpoint.
+fn check_every_target(env: &Env, context: &str) -> Vec<(String, Option<String>, i64, String)> {
+    let events = env.stored_events();
+    let mut conn = env.read();
+    let tx = conn.transaction().expect("a read transaction");
+    let targets: Vec<(String, Option<String>, i64, String)> = {
+        let mut stmt = tx
+            .prepare(
+                "SELECT t.role, t.replay_key, t.checkpoint, v.version FROM zdr_targets t \
+                 JOIN zdr_versions v ON v.id = t.version_id WHERE t.projector = 'balance' ORDER BY t.id",
+            )
+            .expect("reading zdr_targets");
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .expect("reading zdr_targets")
+            .collect::<Result<_, _>>()
+            .expect("reading zdr_targets")
+    };
+    for (role, key, checkpoint, version) in &targets {
+        let key = key.as_deref().unwrap_or("");
+        let table = match role.as_str() {
+            "live" => "balances".to_string(),
+            "clone" => format!("zdr_r_{key}__balances"),
+            "retired" => format!("zdr_p_{key}__balances"),
+            _ => continue,
+        };
+        let prefix = through(&events, *checkpoint);
+        let (columns, expected) = match version.as_str() {
+            "1" => (V1_COLUMNS, fold_v1(prefix)),
+            "2" => (V2_COLUMNS, fold_v2(prefix)),
+            other => panic!("{context}: unexpected version {other}"),
+        };
+        let rows = query_rows(
+            &tx,
+            &format!("SELECT {columns} FROM {table} ORDER BY account_uuid"),
+        )
+        .unwrap_or_else(|e| panic!("{context}: reading {table}: {e}"));
+        assert_same_rows(
+            &rows,
+            &expected,
+            &format!(
+                "{context}: {role} target {table} (version {version}) against the fold through {checkpoint}"
+            ),
+        );
+    }
+    targets
+}
+
+/// Runs a seeded random sequence of lifecycle commands, appends, daemon restarts and crashes,
+/// and checks after every step that every target holds the fold of its version through its
+/// checkpoint; at the end, that live holds the fold of all events. Returns how many commands
+/// of each kind succeeded.
+fn random_lifecycle_sequence(seed: u64, steps: usize) -> BTreeMap<&'static str, usize> {
+    let g = guests();
+    let env = Env::new();
+    env.write_config("batch_size = 16\n");
+    let mut generator = Generator::new(seed);
+    env.import(&generator.open_accounts(8));
+    env.import(&generator.money(200));
+    env.deploy("balance", &g.balance_v1);
+    let mut rng = Generator::new(seed ^ 0x5eed);
+    let mut daemon = Some(env.serve());
+    let mut succeeded: BTreeMap<&'static str, usize> = BTreeMap::new();
+    let mut history = Vec::new();
+    for step in 0..steps {
+        let key = ["a", "b"][rng.below(2) as usize];
+        let version = if rng.below(2) == 0 {
+            &g.balance_v1
+        } else {
+            &g.balance_v2
+        };
+        // Half of the time, the command that moves this key's lifecycle forward; otherwise
+        // anything, including commands that do not fit the state.
+        let state = env
+            .json(&["replay", "list", "--json"])
+            .as_array()
+            .expect("replay list --json prints an array")
+            .iter()
+            .find(|r| r["key"] == key)
+            .map(|r| r["state"].as_str().expect("a state").to_string());
+        let choice = if rng.below(2) == 0 {
+            match state.as_deref() {
+                None => 6,
+                Some("created" | "failed") => 8,
+                Some("started") => 10,
+                Some("projecting") => 12,
+                _ => 14,
+            }
+        } else {
+            rng.below(20)
+        };
+        let (kind, args): (&'static str, Vec<String>) = match choice {
+            0..=5 => {
+                if rng.below(5) == 0 {
+                    env.import(&generator.open_accounts(1));
+                }
+                let n = 1 + rng.below(40) as usize;
+                env.import(&generator.money(n));
+                history.push(format!("append {n}"));
+                continue;
+            }
+            6 | 7 => (
+                "create",
+                vec![
+                    "replay".into(),
+                    "create".into(),
+                    key.into(),
+                    "--projector".into(),
+                    format!("balance={version}"),
+                ],
+            ),
+            8 | 9 => ("start", vec!["replay".into(), "start".into(), key.into()]),
+            10 | 11 => (
+                "project",
+                vec!["replay".into(), "project".into(), key.into()],
+            ),
+            12 | 13 => (
+                "promote",
+                vec!["replay".into(), "promote".into(), key.into()],
+            ),
+            14 => ("remove", vec!["replay".into(), "remove".into(), key.into()]),
+            15 => (
+                "remove --force",
+                vec![
+                    "replay".into(),
+                    "remove".into(),
+                    key.into(),
+                    "--force".into(),
+                ],
+            ),
+            16 => (
+                "deploy",
+                vec![
+                    "projector".into(),
+                    "deploy".into(),
+                    "balance".into(),
+                    version.clone(),
+                ],
+            ),
+            17 => {
+                // A start killed at a random moment.
+                let mut child = env
+                    .command(&["replay", "start", key])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("cannot spawn replay start");
+                std::thread::sleep(Duration::from_millis(rng.below(150)));
+                let _ = child.kill();
+                let _ = child.wait();
+                history.push(format!("start {key}, killed"));
+                check_every_target(
+                    &env,
+                    &format!("seed {seed} step {step} ({})", history.join("; ")),
+                );
+                continue;
+            }
+            18 => {
+                match daemon.take() {
+                    Some(d) => {
+                        d.stop();
+                        history.push("serve stopped".into());
+                    }
+                    None => {
+                        daemon = Some(env.serve());
+                        history.push("serve started".into());
+                    }
+                }
+                continue;
+            }
+            _ => {
+                if let Some(d) = daemon.take() {
+                    d.crash();
+                }
+                daemon = Some(env.serve());
+                history.push("serve crashed and restarted".into());
+                continue;
+            }
+        };
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = env.zdr(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success()
+                || (output.status.code() == Some(1) && stderr.contains("error:")),
+            "seed {seed} step {step}: `zdr {}` neither succeeded nor failed cleanly:\n{stderr}",
+            args.join(" ")
+        );
+        assert!(
+            !stderr
+                .lines()
+                .any(|l| l.contains("panicked") && !l.contains("stream=")),
+            "{stderr}"
+        );
+        let outcome = if output.status.success() {
+            "ok"
+        } else {
+            "refused"
+        };
+        if output.status.success() {
+            *succeeded.entry(kind).or_default() += 1;
+        }
+        let shown = args
+            .iter()
+            .filter(|a| !a.ends_with(".wasm"))
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" ");
+        let shown = if kind == "create" || kind == "deploy" {
+            format!(
+                "{shown} {}",
+                if *version == g.balance_v1 { "v1" } else { "v2" }
+            )
+        } else {
+            shown
+        };
+        history.push(format!("{shown}: {outcome}"));
+        check_every_target(
+            &env,
+            &format!("seed {seed} step {step} ({})", history.join("; ")),
+        );
+    }
+
+    // Finally: live holds the fold of every event through the version that is live.
+    let mut daemon = daemon.unwrap_or_else(|| env.serve());
+    let live_version = env.projector("balance")["version"]
+        .as_str()
+        .expect("a version")
+        .to_string();
+    env.wait_live("balance", &live_version);
+    let targets = check_every_target(
+        &env,
+        &format!("seed {seed} at the end ({})", history.join("; ")),
+    );
+    assert!(
+        targets
+            .iter()
+            .any(|(role, _, checkpoint, _)| role == "live" && *checkpoint == env.head())
+    );
+    daemon.assert_running();
+    daemon.stop();
+    succeeded
+}
+
+#[test]
+fn random_lifecycle_sequences_keep_every_target_equal_to_the_fold_of_its_version() {
+    let mut total: BTreeMap<&'static str, usize> = BTreeMap::new();
+    for seed in [101, 202, 303, 404] {
+        for (kind, n) in random_lifecycle_sequence(seed, 50) {
+            *total.entry(kind).or_default() += n;
+        }
+    }
+    eprintln!("successful commands: {total:?}");
+    for kind in ["create", "start", "project", "promote", "remove"] {
+        assert!(
+            total.get(kind).copied().unwrap_or(0) > 0,
+            "no `{kind}` ever succeeded: {total:?}"
+        );
+    }
+}
+
+#[test]
+fn an_existing_laravel_event_store_is_used_as_it_is() {
+    let g = guests();
+    let env = Env::uninitialised();
+    // The table as Spatie's migration creates it on SQLite, with events a PHP app recorded.
+    let conn = rusqlite::Connection::open(env.db_path()).expect("create the Laravel database");
+    conn.execute_batch(
+        r#"
+        CREATE TABLE "stored_events" ("id" integer primary key autoincrement not null, "aggregate_uuid" varchar,
+            "aggregate_version" integer, "event_version" integer not null default '1', "event_class" varchar not null,
+            "event_properties" text not null, "meta_data" text not null, "created_at" datetime not null);
+        CREATE INDEX "stored_events_event_class_index" ON "stored_events" ("event_class");
+        CREATE INDEX "stored_events_aggregate_uuid_index" ON "stored_events" ("aggregate_uuid");
+        CREATE UNIQUE INDEX "stored_events_aggregate_uuid_aggregate_version_unique"
+            ON "stored_events" ("aggregate_uuid", "aggregate_version");
+        "#,
+    )
+    .expect("create stored_events");
+    let mut generator = Generator::new(15);
+    let mut history = generator.open_accounts(6);
+    history.extend(generator.money(200));
+    let mut versions: BTreeMap<String, i64> = BTreeMap::new();
+    for (i, e) in history.iter().enumerate() {
+        let account = e.aggregate.clone().expect("an account");
+        let version = versions.entry(account.clone()).or_default();
+        *version += 1;
+        conn.execute(
+            "INSERT INTO stored_events (aggregate_uuid, aggregate_version, event_version, event_class, event_properties, \
+             meta_data, created_at) VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6)",
+            rusqlite::params![
+                account,
+                *version,
+                format!("App\\Events\\{}", e.class.rsplit('\\').next().expect("a class")),
+                e.properties.to_string(),
+                r#"{"aggregate-root-uuid": "x"}"#,
+                format!("2024-01-01 10:{:02}:{:02}", i / 60 % 60, i % 60),
+            ],
+        )
+        .expect("insert a Laravel event");
+    }
+    drop(conn);
+    let before = env.rows("SELECT * FROM stored_events ORDER BY id");
+
+    env.ok(&["init"]);
+    assert_eq!(
+        env.rows("SELECT * FROM stored_events ORDER BY id"),
+        before,
+        "init changed the existing events"
+    );
+    env.deploy("balance", &g.balance_v2);
+    assert_same_rows(
+        &env.balances_v2("balances"),
+        &fold_v2(&env.stored_events()),
+        "balances from a Laravel store",
+    );
+    env.import(&generator.money(20));
+    env.ok(&["projector", "deploy", "balance", &g.balance_v1]);
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&env.stored_events()),
+        "after appending and redeploying",
+    );
 }

@@ -70,6 +70,16 @@ const HOSTILE: &[Probe] = &[
         DENIED,
     ),
     execute("DROP TABLE stored_events", DENIED),
+    // The same, spelled differently.
+    query("SELECT * FROM \"stored_events\"", DENIED),
+    query("SELECT * FROM [stored_events]", REFUSED),
+    query("SELECT * FROM `stored_events`", REFUSED),
+    execute("DELETE FROM STORED_EVENTS", DENIED),
+    execute("DELETE FROM \"main\".\"stored_events\"", DENIED),
+    query(
+        "SELECT * FROM json_each((SELECT group_concat(event_class) FROM stored_events))",
+        DENIED,
+    ),
     // zdr's own tables.
     execute("UPDATE zdr_targets SET checkpoint = 0", DENIED),
     execute("DELETE FROM zdr_replays", DENIED),
@@ -81,6 +91,7 @@ const HOSTILE: &[Probe] = &[
     // The schema.
     query("SELECT name FROM sqlite_master", DENIED),
     query("SELECT name FROM sqlite_schema", DENIED),
+    query("SELECT name FROM sqlite_temp_master", DENIED),
     query("SELECT * FROM pragma_table_info('stored_events')", REFUSED),
     // Two statements in one call, even when each alone would be allowed.
     execute(
@@ -93,6 +104,7 @@ const HOSTILE: &[Probe] = &[
     ),
     // DDL outside the host's setup of a target.
     execute("CREATE TABLE evil (x INTEGER)", DENIED),
+    execute("CREATE TEMP TABLE evil (x INTEGER)", DENIED),
     execute("DROP TABLE probe_notes", DENIED),
     execute("ALTER TABLE probe_notes RENAME TO evil", REFUSED),
     execute("CREATE VIEW evil AS SELECT * FROM stored_events", REFUSED),
@@ -108,6 +120,8 @@ const HOSTILE: &[Probe] = &[
     query("SELECT load_extension('evil')", REFUSED),
     query("SELECT readfile('/etc/passwd')", REFUSED),
     execute("VACUUM", REFUSED),
+    execute("ANALYZE", REFUSED),
+    execute("REINDEX", REFUSED),
     // Transaction control would break the host's batch transaction.
     execute("COMMIT", REFUSED),
     execute("ROLLBACK", REFUSED),

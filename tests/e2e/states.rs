@@ -313,3 +313,24 @@ fn malformed_events_and_invalid_components_are_refused_and_lose_nothing() {
         "live after bad input",
     );
 }
+
+#[test]
+fn commands_on_an_uninitialised_database_say_to_run_init() {
+    let env = Env::uninitialised();
+    for args in [
+        &["events", "count"][..],
+        &["projector", "list"],
+        &["replay", "list"],
+        &["replay", "show", "v2"],
+        &["serve"],
+    ] {
+        let err = env.fail(args);
+        assert!(err.contains("zdr init"), "{args:?}: {err}");
+    }
+    env.ok(&["init"]);
+    env.ok(&["init"]);
+    assert_eq!(
+        env.json(&["events", "count", "--json"]),
+        json!({"count": 0, "last_id": 0})
+    );
+}

@@ -312,7 +312,12 @@ impl Env {
 
     /// Starts `zdr serve --poll-interval-ms 20`, its log in the temporary directory.
     pub fn serve(&self) -> Daemon {
-        let log = self.dir().join("serve.log");
+        self.serve_with_log("serve.log")
+    }
+
+    /// Starts `zdr serve --poll-interval-ms 20`, its log in `log` in the temporary directory.
+    pub fn serve_with_log(&self, log: &str) -> Daemon {
+        let log = self.dir().join(log);
         let file = File::options()
             .create(true)
             .append(true)
@@ -415,29 +420,37 @@ impl Env {
 
     /// Waits until live projector `name` runs `version` and has applied every stored event.
     pub fn wait_live(&self, name: &str, version: &str) {
-        let mut last = Value::Null;
-        wait_until(
+        wait_for(
             PATIENCE,
             &format!("{name} live at version {version} and caught up"),
             || {
                 let head = self.head();
-                last = self.projector(name);
-                last["version"] == version
-                    && last["checkpoint"] == head
-                    && last["status"] == "running"
+                let live = self.projector(name);
+                let done = live["version"] == version
+                    && live["checkpoint"] == head
+                    && live["status"] == "running";
+                if done {
+                    Ok(())
+                } else {
+                    Err(format!("head {head}, projector list: {live}"))
+                }
             },
         );
-        let _ = last;
     }
 
     /// Waits until every target of replay `key` has applied every stored event.
     pub fn wait_replay_caught_up(&self, key: &str) {
-        wait_until(PATIENCE, &format!("replay {key} caught up"), || {
+        wait_for(PATIENCE, &format!("replay {key} caught up"), || {
             let head = self.head();
             let show = self.show(key);
-            show["projectors"]
+            let done = show["projectors"]
                 .as_array()
-                .is_some_and(|parts| parts.iter().all(|p| p["checkpoint"] == head))
+                .is_some_and(|parts| parts.iter().all(|p| p["checkpoint"] == head));
+            if done {
+                Ok(())
+            } else {
+                Err(format!("head {head}, replay show: {show}"))
+            }
         });
     }
 }
@@ -468,14 +481,27 @@ pub fn query_rows(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<Vec<Stri
 
 /// Polls `condition` until it holds; panics with `what` when `timeout` passes first.
 pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
+    wait_for(timeout, what, || {
+        if condition() {
+            Ok(())
+        } else {
+            Err("not yet".to_string())
+        }
+    });
+}
+
+/// Polls `check` until it returns `Ok`; when `timeout` passes first, panics with `what` and
+/// the last `Err`, which says what was seen instead.
+pub fn wait_for(timeout: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
     let started = Instant::now();
     loop {
-        if condition() {
-            return;
-        }
+        let seen = match check() {
+            Ok(()) => return,
+            Err(seen) => seen,
+        };
         assert!(
             started.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for: {what}"
+            "timed out after {timeout:?} waiting for: {what}; last seen: {seen}"
         );
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -649,6 +675,11 @@ impl Generator {
             seed,
             accounts,
         }
+    }
+
+    /// A pseudo-random number below `below`.
+    pub fn below(&mut self, below: u64) -> u64 {
+        self.next(below)
     }
 
     fn next(&mut self, below: u64) -> u64 {

@@ -99,6 +99,9 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        // A daemon whose log reader went away must keep running and still stop on SIGTERM;
+        // reporting a failed log write would itself fail (and panic) on the broken pipe.
+        .log_internal_errors(false)
         .try_init();
 }
 
