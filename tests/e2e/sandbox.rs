@@ -435,3 +435,73 @@ fn deploying_a_guest_that_fails_on_history_is_refused_with_the_event_and_leaves_
         assert_eq!(env.head(), 3, "{fault}: the events are kept");
     }
 }
+
+#[test]
+fn a_clone_failing_while_dual_writing_drops_out_and_live_keeps_projecting() {
+    let g = guests();
+    let env = Env::new();
+    env.write_config("batch_size = 10\n");
+    env.import(&vec![NewEvent::new("Hello", None, json!({})); 20]);
+    env.deploy("faulty", &g.faulty);
+    let daemon = env.serve();
+    // Rebuild faulty into a clone (the same component: a replay need not change the version).
+    env.ok(&[
+        "replay",
+        "create",
+        "again",
+        "--projector",
+        &format!("faulty={}", g.faulty),
+    ]);
+    env.ok(&["replay", "start", "again"]);
+    env.ok(&["replay", "project", "again"]);
+    assert_eq!(env.show("again")["state"], "projecting");
+
+    // An event only the replaying instance fails on: the clone's savepoint is rolled back and
+    // it drops out; live applies it and goes on.
+    env.import(&vec![NewEvent::new("Hello", None, json!({})); 5]);
+    let fault_id = env.head() + 1;
+    env.import(&[NewEvent::new("FailWhenReplaying", None, json!({}))]);
+    env.import(&vec![NewEvent::new("Hello", None, json!({})); 15]);
+    let head = env.head();
+    wait_until(PATIENCE, "live faulty to reach the head", || {
+        env.projector("faulty")["checkpoint"] == head
+    });
+    let live = env.projector("faulty");
+    assert_eq!(live["status"], "running", "{live:#}");
+    let seen: Vec<i64> = env
+        .rows("SELECT event_id FROM seen ORDER BY event_id")
+        .iter()
+        .map(|r| r[0].parse().expect("an id"))
+        .collect();
+    assert_eq!(
+        seen,
+        (1..=head).collect::<Vec<_>>(),
+        "live saw every event once"
+    );
+
+    let replay = env.show("again");
+    assert_eq!(replay["state"], "failed", "{replay:#}");
+    let part = &replay["projectors"][0];
+    assert_eq!(part["failure"]["event_id"], fault_id, "{replay:#}");
+    assert_eq!(
+        part["checkpoint"],
+        fault_id - 1,
+        "the clone stops just before the event: {replay:#}"
+    );
+    let clone_seen: Vec<i64> = env
+        .rows("SELECT event_id FROM zdr_r_again__seen ORDER BY event_id")
+        .iter()
+        .map(|r| r[0].parse().expect("an id"))
+        .collect();
+    assert_eq!(
+        clone_seen,
+        (1..fault_id).collect::<Vec<_>>(),
+        "the clone holds exactly the events before its failure"
+    );
+    // A failed clone cannot be promoted; starting it again fails at the same event.
+    let err = env.fail(&["replay", "promote", "again"]);
+    assert!(err.contains("not projecting"), "{err}");
+    let err = env.fail(&["replay", "start", "again"]);
+    assert!(err.contains(&format!("event {fault_id}")), "{err}");
+    drop(daemon);
+}

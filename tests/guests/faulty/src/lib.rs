@@ -4,7 +4,8 @@
 //! Every event's id is first inserted into `seen`; then the event's class decides:
 //! `Trap` executes `unreachable`, `Panic` panics, `Fail` returns an error, `Loop` spins
 //! forever (the host's deadline must stop it), `Alloc` allocates without bound (the host's
-//! memory cap must stop it). Any other class is applied normally. Because the fault comes
+//! memory cap must stop it), `FailWhenReplaying` returns an error only in an instance that
+//! was told `for-replay` (a clone fails while live goes on). Any other class is applied normally. Because the fault comes
 //! after the insert, a test can also check that the host rolled the batch back: no faulting
 //! event's id may be left in `seen`.
 
@@ -20,7 +21,7 @@ mod bindings {
     });
 }
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
 use bindings::zdr::projector::database::Connection;
 use bindings::zdr::projector::log::{Level, log};
@@ -40,6 +41,8 @@ thread_local! {
     // Wasm guests are single-threaded; a thread-local keeps the handle without a lock.
     /// The handle to this instance's target, set once by `use-connection`.
     static CONNECTION: RefCell<Option<Connection>> = const { RefCell::new(None) };
+    /// Whether `for-replay` was called on this instance.
+    static REPLAYING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// The exported projector.
@@ -63,6 +66,7 @@ impl bindings::Guest for Faulty {
     }
 
     fn for_replay() {
+        REPLAYING.set(true);
         log(Level::Debug, "faulty: replaying");
     }
 
@@ -77,6 +81,7 @@ impl bindings::Guest for Faulty {
             "Trap" => trap(),
             "Panic" => panic!("faulty: asked to panic at event {id}"),
             "Fail" => Err("asked to fail".to_owned()),
+            "FailWhenReplaying" if REPLAYING.get() => Err("asked to fail while replaying".to_owned()),
             "Loop" => spin(),
             "Alloc" => hoard(),
             _ => Ok(()),
