@@ -335,11 +335,7 @@ fn a_guest_fault_stops_only_that_projector(fault: &str) {
     );
     assert!(faulty["lag"].as_i64().expect("a lag") > 0, "{faulty:#}");
     // Every event before the checkpoint was applied exactly once; nothing of the failed batch.
-    let seen: Vec<i64> = env
-        .rows("SELECT event_id FROM seen ORDER BY event_id")
-        .iter()
-        .map(|r| r[0].parse().expect("an id"))
-        .collect();
+    let seen = env.ids("SELECT event_id FROM seen ORDER BY event_id");
     assert_eq!(
         seen,
         (1..=checkpoint).collect::<Vec<_>>(),
@@ -468,11 +464,7 @@ fn a_clone_failing_while_dual_writing_drops_out_and_live_keeps_projecting() {
     });
     let live = env.projector("faulty");
     assert_eq!(live["status"], "running", "{live:#}");
-    let seen: Vec<i64> = env
-        .rows("SELECT event_id FROM seen ORDER BY event_id")
-        .iter()
-        .map(|r| r[0].parse().expect("an id"))
-        .collect();
+    let seen = env.ids("SELECT event_id FROM seen ORDER BY event_id");
     assert_eq!(
         seen,
         (1..=head).collect::<Vec<_>>(),
@@ -488,11 +480,7 @@ fn a_clone_failing_while_dual_writing_drops_out_and_live_keeps_projecting() {
         fault_id - 1,
         "the clone stops just before the event: {replay:#}"
     );
-    let clone_seen: Vec<i64> = env
-        .rows("SELECT event_id FROM zdr_r_again__seen ORDER BY event_id")
-        .iter()
-        .map(|r| r[0].parse().expect("an id"))
-        .collect();
+    let clone_seen = env.ids("SELECT event_id FROM zdr_r_again__seen ORDER BY event_id");
     assert_eq!(
         clone_seen,
         (1..fault_id).collect::<Vec<_>>(),

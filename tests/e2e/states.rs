@@ -334,3 +334,94 @@ fn commands_on_an_uninitialised_database_say_to_run_init() {
         json!({"count": 0, "last_id": 0})
     );
 }
+
+#[test]
+fn bad_invocations_get_an_error_message_never_a_panic() {
+    let g = guests();
+    let env = Env::new();
+    env.ok(&["init"]);
+    let missing = env.dir().join("missing.wasm");
+    let missing = missing.to_str().expect("a UTF-8 path");
+    let not_wasm = env.dir().join("not.wasm");
+    std::fs::write(&not_wasm, b"hello, I am not WebAssembly").expect("write a file");
+    let not_wasm = not_wasm.to_str().expect("a UTF-8 path");
+    let bad: &[&[&str]] = &[
+        &["replay"],
+        &["replay", "create"],
+        &["replay", "create", "v2"],
+        &["replay", "create", "v2", "--projector", "balance"],
+        &[
+            "replay",
+            "create",
+            "v2",
+            "--projector",
+            &format!("balance={missing}"),
+        ],
+        &[
+            "replay",
+            "create",
+            "v2",
+            "--projector",
+            &format!("balance={not_wasm}"),
+        ],
+        &[
+            "replay",
+            "create",
+            "UPPER",
+            "--projector",
+            &format!("balance={}", g.balance_v2),
+        ],
+        &[
+            "replay",
+            "create",
+            &"k".repeat(200),
+            "--projector",
+            &format!("balance={}", g.balance_v2),
+        ],
+        &["replay", "start", ""],
+        &["replay", "start", "nope"],
+        &["replay", "show", "../../etc/passwd"],
+        &["replay", "lag", "x;drop table stored_events"],
+        &["replay", "promote", "tab\there"],
+        &["replay", "remove", "live"],
+        &["projector", "deploy", "balance", missing],
+        &["projector", "deploy", "balance", not_wasm],
+        &["projector", "deploy", "Bad Name", &g.balance_v1],
+        &["projector", "deploy", "other", &g.balance_v1],
+        &["projector", "resume", "nope"],
+        &["events", "append"],
+        &["events", "append", "--class", ""],
+        &[
+            "events",
+            "append",
+            "--class",
+            "X",
+            "--properties",
+            "{not json",
+        ],
+        &["events", "append", "--class", "X", "--properties", "[1, 2]"],
+        &["events", "import", missing],
+        &["events", "count", "--json", "--bogus"],
+        &["serve", "--poll-interval-ms", "-5"],
+        &["demo", "--events", "lots"],
+        &["no-such-command"],
+        &["--database-url", "mysql://nope", "events", "count"],
+        &["--database-url", "sqlite:///no/such/dir/zdr.db", "init"],
+        &["--config", missing, "events", "count"],
+    ];
+    for args in bad {
+        let output = env.zdr(args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded:\n{stderr}");
+        assert!(
+            output.status.code().is_some(),
+            "{args:?} was killed by a signal"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?} panicked:\n{stderr}");
+        assert!(
+            stderr.to_lowercase().contains("error") || stderr.contains("Usage"),
+            "{args:?} gave no message:\n{stderr}"
+        );
+    }
+    assert_eq!(env.head(), 0, "nothing was appended by the bad invocations");
+}

@@ -349,6 +349,14 @@ impl Env {
         query_rows(&self.read(), sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
     }
 
+    /// The first column of a query's rows, as integers (event ids).
+    pub fn ids(&self, sql: &str) -> Vec<i64> {
+        self.rows(sql)
+            .iter()
+            .map(|r| r[0].parse().expect("an integer id"))
+            .collect()
+    }
+
     /// The single integer a query returns.
     pub fn scalar(&self, sql: &str) -> i64 {
         self.read()
