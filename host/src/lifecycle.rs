@@ -468,13 +468,15 @@ pub fn project(
             let live = db.live_target(&clone.projector)?.ok_or_else(|| {
                 LifecycleError::WrongState(format!("projector {} has no live version any more", clone.projector))
             })?;
-            if let Some(failure) = &live.failure {
-                return Err(LifecycleError::WrongState(format!(
-                    "live projector {} is stopped at event {}: {}; fix it and run `zdr projector resume {}` first",
-                    live.projector, failure.event_id, failure.message, live.projector
-                )));
-            }
-            for target in [&live, &clone] {
+            // A live projector stopped at a failure does not move; the clone is what will
+            // replace it, so only the clone is brought to the head (promote does the rest).
+            let targets: Vec<&Target> = if live.failure.is_some() {
+                tracing::warn!(projector = %live.projector, "live is stopped at a failure: projecting into the clone only");
+                vec![&clone]
+            } else {
+                vec![&live, &clone]
+            };
+            for target in targets {
                 let events = db.read_events(target.checkpoint, head, usize::MAX)?;
                 let last = projection.apply(target, &events)?;
                 db.set_checkpoint(target.id, last.max(target.checkpoint))?;
@@ -532,7 +534,13 @@ pub fn promote(runtime: &Runtime, db: &Db, key: &str) -> Result<Vec<Target>> {
                     clone.projector, failure.event_id, failure.message
                 )));
             }
-            if clone.checkpoint != live.checkpoint {
+            if live.failure.is_some() {
+                // Live is stopped, so nothing dual-wrote the clone: it catches up to the head
+                // here, inside the lock, and replaces the stopped version.
+                let events = db.read_events(clone.checkpoint, db.head()?, usize::MAX)?;
+                let last = projection.apply(clone, &events)?;
+                db.set_checkpoint(clone.id, last.max(clone.checkpoint))?;
+            } else if clone.checkpoint != live.checkpoint {
                 return Err(LifecycleError::WrongState(format!(
                     "the clone of {} is at event {} but live is at {}: not caught up; run `zdr replay lag {key}`",
                     clone.projector, clone.checkpoint, live.checkpoint

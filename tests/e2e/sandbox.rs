@@ -493,3 +493,50 @@ fn a_clone_failing_while_dual_writing_drops_out_and_live_keeps_projecting() {
     assert!(err.contains(&format!("event {fault_id}")), "{err}");
     drop(daemon);
 }
+
+#[test]
+fn a_replay_replaces_a_live_projector_stopped_at_a_failure() {
+    let g = guests();
+    let env = Env::new();
+    env.write_config("batch_size = 10\n");
+    env.import(&vec![NewEvent::new("Hello", None, json!({})); 30]);
+    env.deploy("faulty", &g.faulty);
+    let daemon = env.serve();
+    let fault_id = env.head() + 1;
+    env.import(&[NewEvent::new("FailWhenLive", None, json!({}))]);
+    env.import(&vec![NewEvent::new("Hello", None, json!({})); 12]);
+    wait_until(PATIENCE, "live faulty to stop at the failure", || {
+        env.projector("faulty")["status"] == "stopped"
+    });
+    assert_eq!(env.projector("faulty")["failure"]["event_id"], fault_id);
+
+    // The fix is rebuilt beside the stopped live version and promoted over it; the clone
+    // catches up to the head inside the promote, since nothing dual-writes a stopped live.
+    env.ok(&[
+        "replay",
+        "create",
+        "fix",
+        "--projector",
+        &format!("faulty={}", g.faulty),
+    ]);
+    env.ok(&["replay", "start", "fix"]);
+    env.ok(&["replay", "project", "fix"]);
+    env.import(&vec![NewEvent::new("Hello", None, json!({})); 7]);
+    env.ok(&["replay", "promote", "fix"]);
+    let head = env.head();
+    wait_until(
+        PATIENCE,
+        "the promoted version to serve up to the head",
+        || {
+            let live = env.projector("faulty");
+            live["status"] == "running" && live["checkpoint"] == head
+        },
+    );
+    assert_eq!(
+        env.ids("SELECT event_id FROM seen ORDER BY event_id"),
+        (1..=head).collect::<Vec<_>>(),
+        "the new live table holds every event exactly once"
+    );
+    env.ok(&["replay", "remove", "fix"]);
+    drop(daemon);
+}

@@ -5,7 +5,8 @@
 //! `Trap` executes `unreachable`, `Panic` panics, `Fail` returns an error, `Loop` spins
 //! forever (the host's deadline must stop it), `Alloc` allocates without bound (the host's
 //! memory cap must stop it), `FailWhenReplaying` returns an error only in an instance that
-//! was told `for-replay` (a clone fails while live goes on). Any other class is applied normally. Because the fault comes
+//! was told `for-replay` (a clone fails while live goes on), `FailWhenLive` only in one that
+//! was not (live stops while a replay can rebuild past it). Any other class is applied normally. Because the fault comes
 //! after the insert, a test can also check that the host rolled the batch back: no faulting
 //! event's id may be left in `seen`.
 
@@ -82,6 +83,7 @@ impl bindings::Guest for Faulty {
             "Panic" => panic!("faulty: asked to panic at event {id}"),
             "Fail" => Err("asked to fail".to_owned()),
             "FailWhenReplaying" if REPLAYING.get() => Err("asked to fail while replaying".to_owned()),
+            "FailWhenLive" if !REPLAYING.get() => Err("asked to fail while live".to_owned()),
             "Loop" => spin(),
             "Alloc" => hoard(),
             _ => Ok(()),
