@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 
 use crate::backend::{Db, ReplayRow, RunLock, StoreError};
 use crate::model::{self, Description, ReplayState, Role, Target};
-use crate::projection::{Progress, Projection, ProjectionError, target_label};
+use crate::projection::{Progress, Projection, ProjectionError};
 use crate::runtime::{Runtime, content_hash};
 use crate::sandbox::check_declared_ddl;
 
@@ -413,7 +413,24 @@ pub fn start(
     let mut projection = Projection::new(runtime, db, batch_size);
     let mut total = 0;
     for target in db.replay_targets(key)? {
-        total += projection.catch_up(target.id, progress)?;
+        let outcome = projection.catch_up(target.id, progress);
+        let to = db
+            .target(target.id)?
+            .map_or(target.checkpoint, |t| t.checkpoint);
+        let applied = *outcome.as_ref().unwrap_or(&0);
+        let result = match &outcome {
+            Ok(_) => "ok".to_string(),
+            Err(err) => format!("failed: {err}"),
+        };
+        db.record_run(
+            &target,
+            "start",
+            target.checkpoint,
+            to,
+            applied as i64,
+            &result,
+        )?;
+        total += outcome?;
     }
     Ok(total)
 }
@@ -750,9 +767,4 @@ pub fn projectors(db: &Db) -> Result<Vec<ProjectorStatus>> {
         });
     }
     Ok(out)
-}
-
-/// A label for messages: `balance (replay v2)`.
-pub fn describe_target(target: &Target) -> String {
-    format!("{} ({})", target.projector, target_label(target))
 }

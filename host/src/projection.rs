@@ -130,11 +130,6 @@ impl<'a> Projection<'a> {
         }
     }
 
-    /// The database this driver writes to.
-    pub fn db(&self) -> &'a Db {
-        self.db
-    }
-
     /// The description of a target's projector version (loaded once per version).
     ///
     /// # Errors

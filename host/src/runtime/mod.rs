@@ -353,16 +353,6 @@ impl Instance {
         Ok(())
     }
 
-    /// Revokes the binding: every later database call from the guest answers `denied`.
-    pub fn unbind(&mut self) -> Option<Box<dyn GuestConnection>> {
-        self.store.data_mut().connection.take()
-    }
-
-    /// Mutable access to the bound connection (the batch driver re-points it per transaction).
-    pub fn connection_mut(&mut self) -> Option<&mut (dyn GuestConnection + 'static)> {
-        self.store.data_mut().connection.as_deref_mut()
-    }
-
     /// Applies one event.
     ///
     /// # Errors
