@@ -230,10 +230,7 @@ pub fn deploy(
         let building = db.target(target.id)?.ok_or_else(|| {
             LifecycleError::NotFound(format!("the build of {} disappeared", spec.name))
         })?;
-        let head = db.head()?;
-        let rest = db.read_events(building.checkpoint, head, usize::MAX)?;
-        let last = projection.apply(&building, &rest)?;
-        db.set_checkpoint(building.id, last)?;
+        projection.apply_up_to(&building, db.head()?)?;
         db.rename_tables(&building, &description, Role::Live, None)?;
         db.set_role(building.id, Role::Live, None)?;
         Ok::<_, LifecycleError>(())
@@ -494,9 +491,7 @@ pub fn project(
                 vec![&live, &clone]
             };
             for target in targets {
-                let events = db.read_events(target.checkpoint, head, usize::MAX)?;
-                let last = projection.apply(target, &events)?;
-                db.set_checkpoint(target.id, last.max(target.checkpoint))?;
+                projection.apply_up_to(target, head)?;
             }
         }
         if !db.transition(key, &[ReplayState::Started], ReplayState::Projecting, None)? {
@@ -537,7 +532,7 @@ pub fn promote(runtime: &Runtime, db: &Db, key: &str) -> Result<Vec<Target>> {
         )));
     }
     let _lock = run_lock(db, key)?;
-    let mut projection = Projection::new(runtime, db, 1);
+    let mut projection = Projection::new(runtime, db, crate::projection::DEFAULT_BATCH_SIZE);
     db.write(|db| {
         let clones = db.replay_targets(key)?;
         let mut promoted = Vec::new();
@@ -554,9 +549,7 @@ pub fn promote(runtime: &Runtime, db: &Db, key: &str) -> Result<Vec<Target>> {
             if live.failure.is_some() {
                 // Live is stopped, so nothing dual-wrote the clone: it catches up to the head
                 // here, inside the lock, and replaces the stopped version.
-                let events = db.read_events(clone.checkpoint, db.head()?, usize::MAX)?;
-                let last = projection.apply(clone, &events)?;
-                db.set_checkpoint(clone.id, last.max(clone.checkpoint))?;
+                projection.apply_up_to(clone, db.head()?)?;
             } else if clone.checkpoint != live.checkpoint {
                 return Err(LifecycleError::WrongState(format!(
                     "the clone of {} is at event {} but live is at {}: not caught up; run `zdr replay lag {key}`",

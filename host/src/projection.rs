@@ -229,6 +229,31 @@ impl<'a> Projection<'a> {
         Ok(last)
     }
 
+    /// Brings `target` to `head` inside the caller's transaction (the last gap before a switch
+    /// that must happen under the lock), reading in batches so memory stays bounded, and moves
+    /// its checkpoint. Returns the new checkpoint.
+    ///
+    /// # Errors
+    /// [`ProjectionError::Guest`] naming the event, or a database failure.
+    pub fn apply_up_to(&mut self, target: &Target, head: i64) -> Result<i64, ProjectionError> {
+        let mut checkpoint = target.checkpoint;
+        loop {
+            let events = self.db.read_events(checkpoint, head, self.batch_size)?;
+            if events.is_empty() {
+                break;
+            }
+            let at = Target {
+                checkpoint,
+                ..target.clone()
+            };
+            checkpoint = self.apply(&at, &events)?;
+        }
+        if checkpoint != target.checkpoint {
+            self.db.set_checkpoint(target.id, checkpoint)?;
+        }
+        Ok(checkpoint)
+    }
+
     /// Replays history into one target, batch by batch, until it reaches the head of the
     /// store. Each batch commits its rows with the checkpoint; interrupted at any point, the
     /// next call resumes from the checkpoint.
