@@ -5,6 +5,7 @@
 //! file is strict: an unknown key is an error naming the file and the key, so a typo never
 //! silently falls back to a default.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -28,6 +29,8 @@ pub struct Settings {
     pub batch_size: usize,
     /// Guest bounds.
     pub limits: Limits,
+    /// Guest bounds of projectors configured apart (`[projectors.NAME]`), over the defaults.
+    pub projector_limits: HashMap<String, Limits>,
     /// Where compiled components are cached; `None` disables the cache.
     pub cache_dir: Option<PathBuf>,
     /// How often an idle daemon worker looks for new events.
@@ -44,6 +47,16 @@ struct FileConfig {
     memory_mib: Option<usize>,
     cache_dir: Option<PathBuf>,
     poll_interval_ms: Option<u64>,
+    #[serde(default)]
+    projectors: BTreeMap<String, ProjectorConfig>,
+}
+
+/// `[projectors.NAME]`: bounds for one projector, over the global ones.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProjectorConfig {
+    call_timeout_ms: Option<u64>,
+    memory_mib: Option<usize>,
 }
 
 /// Why the configuration could not be read.
@@ -89,23 +102,31 @@ impl Settings {
             None => None,
         }
         .unwrap_or_default();
-        let defaults = Limits::default();
         let mut problems = Vec::new();
         let batch_size = file.batch_size.unwrap_or(DEFAULT_BATCH_SIZE);
         if !(1..=100_000).contains(&batch_size) {
             problems.push(format!("batch_size must be 1 to 100000, got {batch_size}"));
         }
-        let call_timeout = file
-            .call_timeout_ms
-            .map_or(defaults.call_timeout, Duration::from_millis);
-        if call_timeout < Duration::from_millis(10) {
-            problems.push("call_timeout_ms must be at least 10".to_string());
-        }
-        let memory_bytes = file
-            .memory_mib
-            .map_or(defaults.memory_bytes, |m| m.saturating_mul(1024 * 1024));
-        if memory_bytes < 1024 * 1024 {
-            problems.push("memory_mib must be at least 1".to_string());
+        let limits = limits_of(
+            Limits::default(),
+            file.call_timeout_ms,
+            file.memory_mib,
+            "",
+            &mut problems,
+        );
+        let mut projector_limits = HashMap::new();
+        for (name, p) in &file.projectors {
+            let scope = format!("projectors.{name}.");
+            projector_limits.insert(
+                name.clone(),
+                limits_of(
+                    limits,
+                    p.call_timeout_ms,
+                    p.memory_mib,
+                    &scope,
+                    &mut problems,
+                ),
+            );
         }
         if !problems.is_empty() {
             return Err(ConfigError::Invalid(format!(
@@ -118,13 +139,33 @@ impl Settings {
                 .or(file.database_url)
                 .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string()),
             batch_size,
-            limits: Limits {
-                call_timeout,
-                memory_bytes,
-            },
+            limits,
+            projector_limits,
             cache_dir: file.cache_dir.or_else(default_cache_dir),
             poll_interval: Duration::from_millis(file.poll_interval_ms.unwrap_or(100).max(1)),
         })
+    }
+}
+
+/// Applies optional overrides to `base`, reporting out-of-range values under `scope`.
+fn limits_of(
+    base: Limits,
+    call_timeout_ms: Option<u64>,
+    memory_mib: Option<usize>,
+    scope: &str,
+    problems: &mut Vec<String>,
+) -> Limits {
+    let call_timeout = call_timeout_ms.map_or(base.call_timeout, Duration::from_millis);
+    if call_timeout < Duration::from_millis(10) {
+        problems.push(format!("{scope}call_timeout_ms must be at least 10"));
+    }
+    let memory_bytes = memory_mib.map_or(base.memory_bytes, |m| m.saturating_mul(1024 * 1024));
+    if memory_bytes < 1024 * 1024 {
+        problems.push(format!("{scope}memory_mib must be at least 1"));
+    }
+    Limits {
+        call_timeout,
+        memory_bytes,
     }
 }
 
@@ -180,7 +221,11 @@ mod tests {
         let s = Settings::resolve(Some(&path), Some("sqlite://flag.db".into())).unwrap();
         assert_eq!(s.database_url, "sqlite://flag.db");
         assert_eq!(s.batch_size, 50);
-        std::fs::write(&path, "batch_size = 0\ncall_timeout_ms = 1\n").unwrap();
+        std::fs::write(
+            &path,
+            "batch_size = 0\ncall_timeout_ms = 1\n[projectors.x]\nmemory_mib = 0\n",
+        )
+        .unwrap();
         let err = Settings::resolve(Some(&path), None)
             .unwrap_err()
             .to_string();
@@ -188,5 +233,27 @@ mod tests {
             err.contains("batch_size") && err.contains("call_timeout_ms"),
             "{err}"
         );
+        assert!(err.contains("projectors.x.memory_mib"), "{err}");
+    }
+
+    #[test]
+    fn projectors_get_their_own_limits_over_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zdr.toml");
+        std::fs::write(
+            &path,
+            "memory_mib = 100\n[projectors.faulty]\ncall_timeout_ms = 300\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(Some(&path), None).unwrap();
+        let faulty = s.projector_limits["faulty"];
+        assert_eq!(faulty.call_timeout, Duration::from_millis(300));
+        assert_eq!(faulty.memory_bytes, 100 * 1024 * 1024);
+        assert_eq!(s.limits.call_timeout, Limits::default().call_timeout);
+        std::fs::write(&path, "[projectors.faulty]\ntimeout = 3\n").unwrap();
+        let err = Settings::resolve(Some(&path), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("timeout"), "{err}");
     }
 }

@@ -185,7 +185,7 @@ impl<'a> Projection<'a> {
                 error,
             };
             let mut instance = runtime
-                .instantiate(&loaded.component, &tag)
+                .instantiate(&loaded.component, &target.projector, &tag)
                 .map_err(guest)?;
             let connection = db.guest_connection(target, &loaded.description);
             let for_replay = matches!(target.role, Role::Clone | Role::Building);

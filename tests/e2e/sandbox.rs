@@ -304,8 +304,11 @@ fn hostile_sql_is_denied_touches_nothing_and_the_host_keeps_running() {
 fn a_guest_fault_stops_only_that_projector(fault: &str) {
     let g = guests();
     let env = Env::new();
-    // A short deadline so that `Loop` is cut quickly; small batches so earlier events commit.
-    env.write_config("call_timeout_ms = 300\nmemory_mib = 64\nbatch_size = 10\n");
+    // A short deadline for faulty alone (a per-projector limit) so that `Loop` is cut quickly;
+    // small batches so earlier events commit.
+    env.write_config(
+        "batch_size = 10\n[projectors.faulty]\ncall_timeout_ms = 300\nmemory_mib = 64\n",
+    );
     let mut generator = Generator::new(8);
     env.import(&generator.open_accounts(8));
     env.import(&generator.money(40));
@@ -328,6 +331,13 @@ fn a_guest_fault_stops_only_that_projector(fault: &str) {
         },
     );
     assert_eq!(faulty["failure"]["event_id"], fault_id, "{faulty:#}");
+    if fault == "Loop" {
+        let message = faulty["failure"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains("300ms"),
+            "faulty's own deadline applies, not the default: {message}"
+        );
+    }
     let checkpoint = faulty["checkpoint"].as_i64().expect("a checkpoint");
     assert!(
         checkpoint < fault_id,

@@ -115,9 +115,13 @@ fn open_ready(settings: &Settings) -> anyhow::Result<Db> {
 /// Builds the wasmtime runtime with the configured limits and cache.
 fn runtime(settings: &Settings) -> anyhow::Result<Arc<Runtime>> {
     Ok(Arc::new(
-        Runtime::new(settings.limits, settings.cache_dir.clone())
-            .map_err(|e| anyhow::anyhow!("{e:#}"))
-            .context("cannot start the WebAssembly runtime")?,
+        Runtime::new(
+            settings.limits,
+            settings.projector_limits.clone(),
+            settings.cache_dir.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("{e:#}"))
+        .context("cannot start the WebAssembly runtime")?,
     ))
 }
 

@@ -11,6 +11,7 @@ mod cache;
 mod host;
 mod output;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,6 +100,7 @@ pub struct Runtime {
     linker: Linker<HostState>,
     cache: Option<ComponentCache>,
     limits: Limits,
+    overrides: HashMap<String, Limits>,
     ticker_stop: Arc<AtomicBool>,
 }
 
@@ -108,7 +110,11 @@ impl Runtime {
     ///
     /// # Errors
     /// When wasmtime cannot be configured on this machine.
-    pub fn new(limits: Limits, cache_dir: Option<PathBuf>) -> wasmtime::Result<Self> {
+    pub fn new(
+        limits: Limits,
+        overrides: HashMap<String, Limits>,
+        cache_dir: Option<PathBuf>,
+    ) -> wasmtime::Result<Self> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.wasm_component_model(true);
@@ -124,13 +130,18 @@ impl Runtime {
             linker,
             cache,
             limits,
+            overrides,
             ticker_stop,
         })
     }
 
-    /// The limits every instance gets.
-    pub fn limits(&self) -> Limits {
-        self.limits
+    /// The limits instances of `projector` get: its own from the configuration, or the
+    /// defaults.
+    pub fn limits_for(&self, projector: &str) -> Limits {
+        self.overrides
+            .get(projector)
+            .copied()
+            .unwrap_or(self.limits)
     }
 
     /// Compiles (or loads from the cache) and checks a component against the world.
@@ -159,22 +170,25 @@ impl Runtime {
         Ok(Arc::new(LoadedComponent { pre, hash }))
     }
 
-    /// A fresh instance of `component`, tagged `tag` in the log, not yet bound to a target.
+    /// A fresh instance of `component` (a version of `projector`, whose limits it gets), tagged
+    /// `tag` in the log, not yet bound to a target.
     ///
     /// # Errors
     /// When the guest traps during instantiation (its start-up code failed).
     pub fn instantiate(
         &self,
         component: &LoadedComponent,
+        projector: &str,
         tag: &str,
     ) -> Result<Instance, GuestError> {
+        let limits = self.limits_for(projector);
         let tag: Arc<str> = Arc::from(tag);
         let mut store = Store::new(
             &self.engine,
-            HostState::new(tag.clone(), self.limits.memory_bytes),
+            HostState::new(tag.clone(), limits.memory_bytes),
         );
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(deadline_ticks(self.limits.call_timeout));
+        store.set_epoch_deadline(deadline_ticks(limits.call_timeout));
         let bindings = component
             .pre
             .instantiate(&mut store)
@@ -183,7 +197,7 @@ impl Runtime {
             store,
             bindings,
             poisoned: false,
-            timeout: self.limits.call_timeout,
+            timeout: limits.call_timeout,
         })
     }
 
@@ -194,7 +208,7 @@ impl Runtime {
     /// A [`LoadError`] or a [`GuestError`], as text with what to do.
     pub fn describe(&self, wasm: &[u8]) -> anyhow::Result<(Arc<LoadedComponent>, Description)> {
         let component = self.load(wasm)?;
-        let mut instance = self.instantiate(&component, "describe")?;
+        let mut instance = self.instantiate(&component, "", "describe")?;
         let description = instance.describe()?;
         Ok((component, description))
     }
