@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds every Rust guest component of the repository: the bundled projectors (plugins/) and
-# the test-only guests (tests/guests/), each its own cargo workspace, in release mode for
+# the test-only guests (tests/guests/) and the hostile ones (tests/hostile/), each its own cargo workspace, in release mode for
 # wasm32-wasip2. Prints the path of each .wasm produced and checks that it is a component.
 #
 # Usage: plugins/build-all.sh [extra `cargo build` arguments, e.g. --locked or --offline]
@@ -12,7 +12,7 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 target="wasm32-wasip2"
-workspaces=("$root/plugins" "$root/tests/guests")
+workspaces=("$root/plugins" "$root/tests/guests" "$root/tests/hostile")
 
 die() {
     echo "build-all: error: $*" >&2

@@ -106,6 +106,22 @@ fn check_tables_free(db: &Db, description: &Description) -> Result<()> {
     Ok(())
 }
 
+/// Refuses declared tables that already exist in the database without belonging to this
+/// projector (`owned`: the tables its live version has): zdr never takes over a table it does
+/// not manage.
+fn check_unmanaged_free(db: &Db, description: &Description, owned: &[String]) -> Result<()> {
+    for table in &description.tables {
+        let is_owned = owned.iter().any(|o| o.eq_ignore_ascii_case(&table.name));
+        if !is_owned && db.object_exists(&table.name)? {
+            return Err(LifecycleError::Invalid(format!(
+                "a table named {:?} already exists and zdr does not manage it; drop or rename it, or rename the projector's table",
+                table.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn check_no_dependents(db: &Db, tables: &[String]) -> Result<()> {
     for table in tables {
         let dependents = db.dependents_of(table)?;
@@ -175,9 +191,22 @@ pub fn deploy(
         }
         let key = format!("upgrade_{}", &hash[..12]);
         create(runtime, db, &key, std::slice::from_ref(spec))?;
-        start(runtime, db, &key, batch_size, progress)?;
-        project(runtime, db, &key, batch_size, progress)?;
-        promote(runtime, db, &key)?;
+        let rebuilt = start(runtime, db, &key, batch_size, progress)
+            .and_then(|_| project(runtime, db, &key, batch_size, progress))
+            .and_then(|()| promote(runtime, db, &key));
+        if let Err(err) = rebuilt {
+            // All or nothing: the old version keeps serving and the half-built clone goes.
+            if let Err(cleanup) = remove(runtime, db, &key, true) {
+                tracing::error!(
+                    key,
+                    "could not drop the aborted upgrade's replay: {cleanup}"
+                );
+            }
+            return Err(LifecycleError::WrongState(format!(
+                "upgrade of {} to version {} aborted, version {} keeps serving: {err}",
+                spec.name, description.version, live.version
+            )));
+        }
         remove(runtime, db, &key, false)?;
         return Ok(Deployed::Upgraded {
             from: live.version,
@@ -186,14 +215,7 @@ pub fn deploy(
         });
     }
     check_tables_free(db, &description)?;
-    for table in &description.tables {
-        if db.object_exists(&table.name)? {
-            return Err(LifecycleError::Invalid(format!(
-                "a table named {:?} already exists and zdr does not manage it; drop or rename it, or rename the projector's table",
-                table.name
-            )));
-        }
-    }
+    check_unmanaged_free(db, &description, &[])?;
     let _deploying = db
         .try_lock(&format!("deploy-{}", spec.name))?
         .ok_or_else(|| {
@@ -325,6 +347,7 @@ pub fn create(
         })?;
         check_tables_free(db, &description)?;
         let live_description = db.description(live.version_id)?;
+        check_unmanaged_free(db, &description, &live_description.table_names())?;
         check_no_dependents(db, &live_description.table_names())?;
         checked.push((spec, description));
     }

@@ -1,5 +1,5 @@
 //! End-to-end tests: the real `zdr` binary driven through its CLI, with real guest components
-//! built from `plugins/` and `tests/guests/`, one temporary directory per test.
+//! built from `plugins/`, `tests/guests/` and `tests/hostile/`, one temporary directory per test.
 //!
 //! Each module covers one area; each test is one scenario named for what it proves.
 
@@ -8,6 +8,7 @@ mod support;
 mod concurrency;
 mod crash;
 mod demo;
+mod hostile;
 mod lifecycle;
 mod sandbox;
 mod states;

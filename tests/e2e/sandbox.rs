@@ -550,3 +550,46 @@ fn a_replay_replaces_a_live_projector_stopped_at_a_failure() {
     env.ok(&["replay", "remove", "fix"]);
     drop(daemon);
 }
+
+#[test]
+fn queries_past_the_row_cap_and_oversized_statements_answer_limit_exceeded() {
+    let g = guests();
+    let env = Env::new();
+    // 101 notes: their cross join is 10,201 rows, over the 10,000-row cap of one query.
+    let mut events: Vec<NewEvent> = (0..101)
+        .map(|i| NewEvent::new("ProbeNote", None, json!({ "note": format!("n{i}") })))
+        .collect();
+    let cross_join = env.head() + events.len() as i64 + 1;
+    events.push(probe_event(
+        "SELECT a.id, b.id FROM probe_notes a, probe_notes b",
+        "query",
+        json!([]),
+    ));
+    let small_join = cross_join + 1;
+    events.push(probe_event(
+        "SELECT a.id FROM probe_notes a, probe_notes b LIMIT 10000",
+        "query",
+        json!([]),
+    ));
+    let oversized = small_join + 1;
+    let long_sql = format!(
+        "SELECT id FROM probe_notes WHERE note IN ({})",
+        vec!["'x'"; 20_000].join(", ")
+    );
+    events.push(probe_event(&long_sql, "query", json!([])));
+    env.import(&events);
+    env.deploy("sql-probe", &g.sql_probe);
+    let outcome = |id: i64| {
+        env.rows(&format!(
+            "SELECT outcome FROM probe_results WHERE event_id = {id}"
+        ))
+    };
+    assert_eq!(outcome(cross_join), [["limit-exceeded"]], "the row cap");
+    assert_eq!(outcome(small_join), [["ok"]], "a query at the cap is fine");
+    assert_eq!(
+        outcome(oversized),
+        [["limit-exceeded"]],
+        "the statement size cap"
+    );
+    assert_eq!(env.projector("sql-probe")["status"], "running");
+}

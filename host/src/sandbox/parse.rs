@@ -50,6 +50,12 @@ pub(super) fn parse_one(dialect: Dialect, sql: &str, mode: Mode) -> Result<Parse
     let tokens = Tokenizer::new(parser_dialect, sql)
         .tokenize_with_location()
         .map_err(|e| GuardError::InvalidSql(e.to_string()))?;
+    // A statement kind that can never pass is named as such, even when its body holds `;`
+    // (a trigger's does) and would otherwise be reported as several statements.
+    let (leading_kind, leading_word) = kind_name(&tokens);
+    if !may_start(mode, leading_word) || leading_kind.ends_with(" TRIGGER") {
+        return Err(kind_not_allowed(mode, &leading_kind));
+    }
     check_tokens(sql, &tokens)?;
     if mode == Mode::Setup {
         check_dropped_keywords(dialect, &tokens)?;

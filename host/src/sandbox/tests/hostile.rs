@@ -328,7 +328,7 @@ const CASES: &[(&str, Want, Want, &str)] = &[
         "CREATE TRIGGER t AFTER INSERT ON balances BEGIN DELETE FROM accounts; END",
         D,
         D,
-        "multiple statements",
+        "create trigger",
     ),
     // Functions that read the clock, randomness, files, the server or the session.
     ("SELECT load_extension('evil.so')", D, D, "load_extension"),

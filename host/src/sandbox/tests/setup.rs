@@ -83,7 +83,7 @@ const REFUSED: &[(&str, &str)] = &[
     ),
     (
         "CREATE TRIGGER t AFTER INSERT ON balances BEGIN SELECT 1; END",
-        "multiple",
+        "create trigger",
     ),
     ("CREATE TEMP TABLE balances (x INTEGER)", "temporary"),
     ("CREATE TABLE other (x INTEGER)", "other"),
@@ -319,7 +319,7 @@ fn declared_ddl_that_is_refused() {
                 "CREATE TABLE balances (x INTEGER)",
                 "CREATE TRIGGER t AFTER INSERT ON balances BEGIN DELETE FROM balances; END",
             ],
-            "multiple",
+            "create trigger",
         ),
         (
             "balances",
