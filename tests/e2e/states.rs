@@ -425,3 +425,35 @@ fn bad_invocations_get_an_error_message_never_a_panic() {
     }
     assert_eq!(env.head(), 0, "nothing was appended by the bad invocations");
 }
+
+#[test]
+fn a_database_written_by_a_newer_zdr_is_refused_and_left_alone() {
+    let env = Env::new();
+    env.ok(&["events", "append", "--class", "Hello"]);
+    let conn = rusqlite::Connection::open(env.db_path()).expect("open the database");
+    conn.execute(
+        "UPDATE zdr_meta SET value = '99' WHERE key = 'schema_version'",
+        [],
+    )
+    .expect("pretend a newer zdr wrote it");
+    drop(conn);
+    for args in [
+        &["init"][..],
+        &["events", "count"],
+        &["events", "append", "--class", "Hello"],
+        &["projector", "list"],
+        &["replay", "list"],
+        &["serve"],
+    ] {
+        let err = env.fail(args);
+        assert!(
+            err.contains("newer") && err.contains("upgrade zdr"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(env.head(), 1, "nothing was appended");
+    assert_eq!(
+        env.rows("SELECT value FROM zdr_meta WHERE key = 'schema_version'"),
+        [["99"]]
+    );
+}
