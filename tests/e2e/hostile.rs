@@ -7,23 +7,13 @@ use std::process::Output;
 
 use rusqlite::Connection;
 
-use crate::support::{Env, Generator, guests, query_rows, repo_root};
+use crate::support::{Env, Generator, built_component, guests, query_rows, repo_root};
 
 /// The path of a component built from `tests/hostile/` (its crate name with `_`), after
 /// `plugins/build-all.sh` built every workspace.
 fn hostile(name: &str) -> String {
     guests();
-    let path = repo_root()
-        .join("tests/hostile/target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    assert!(
-        path.is_file(),
-        "build-all.sh did not produce {}",
-        path.display()
-    );
-    path.to_str()
-        .expect("the repository path is UTF-8")
-        .to_string()
+    built_component("tests/hostile", &format!("{name}.wasm"))
 }
 
 /// Deterministic bytes that are not WebAssembly (a xorshift stream).

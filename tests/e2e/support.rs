@@ -83,20 +83,7 @@ pub fn guests() -> &'static Guests {
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
-        let path = |dir: &str, file: &str| {
-            let path = root
-                .join(dir)
-                .join("target/wasm32-wasip2/release")
-                .join(file);
-            assert!(
-                path.is_file(),
-                "build-all.sh did not produce {}",
-                path.display()
-            );
-            path.to_str()
-                .expect("the repository path is UTF-8")
-                .to_string()
-        };
+        let path = built_component;
         Guests {
             balance_v1: path("plugins", "balance_v1.wasm"),
             balance_v2: path("plugins", "balance_v2.wasm"),
@@ -105,6 +92,23 @@ pub fn guests() -> &'static Guests {
             veto: path("tests/guests", "veto.wasm"),
         }
     })
+}
+
+/// The path of `file`, a component that `plugins/build-all.sh` built in the guest workspace
+/// `workspace` (relative to the repository root), checked to exist.
+pub fn built_component(workspace: &str, file: &str) -> String {
+    let path = repo_root()
+        .join(workspace)
+        .join("target/wasm32-wasip2/release")
+        .join(file);
+    assert!(
+        path.is_file(),
+        "build-all.sh did not produce {}",
+        path.display()
+    );
+    path.to_str()
+        .expect("the repository path is UTF-8")
+        .to_string()
 }
 
 /// Where the text of a failed process goes in a panic message.
