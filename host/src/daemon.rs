@@ -65,7 +65,7 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let db = Db::open(&settings.database_url)?;
     db.ensure_ready()?;
-    let db = Arc::new(std::sync::Mutex::new(db));
+    let db = Arc::new(db);
     tracing::info!(database = %settings.database_url, "zdr serve started");
     let mut workers = Workers::default();
     tokio::pin!(shutdown);
@@ -80,7 +80,6 @@ pub async fn run(
         let names = {
             let db = db.clone();
             tokio::task::spawn_blocking(move || {
-                let db = db.lock().unwrap_or_else(|p| p.into_inner());
                 db.live_targets()
                     .map(|t| t.into_iter().map(|t| t.projector).collect::<Vec<_>>())
             })

@@ -58,7 +58,7 @@ pub struct ComponentSpec {
 /// Loads, describes and checks a component before anything is written.
 fn describe_checked(runtime: &Runtime, db: &Db, spec: &ComponentSpec) -> Result<Description> {
     model::validate_projector_name(&spec.name).map_err(LifecycleError::Invalid)?;
-    let (_component, description) = runtime
+    let description = runtime
         .describe(&spec.wasm)
         .map_err(|err| LifecycleError::Invalid(format!("{}: {err:#}", spec.source)))?;
     if description.name != spec.name {

@@ -168,11 +168,11 @@ impl<'a> Projection<'a> {
     /// A load failure, or a trap while instantiating or binding (recorded by the caller).
     pub fn instance(&mut self, target: &Target) -> Result<&mut Instance, ProjectionError> {
         let key = (target.id, target.role);
-        if self.instances.get(&key).is_some_and(Instance::is_poisoned) {
-            tracing::info!(projector = %target.projector, target = %target_label(target), "recreating instance after a trap");
-            self.instances.remove(&key);
-        }
-        if !self.instances.contains_key(&key) {
+        let usable = self.instances.get(&key).map(|i| !i.is_poisoned());
+        if usable != Some(true) {
+            if usable == Some(false) {
+                tracing::info!(projector = %target.projector, target = %target_label(target), "recreating instance after a trap");
+            }
             let label = target_label(target);
             let runtime = self.runtime;
             let db = self.db;

@@ -3,11 +3,9 @@
 //! message that says what is wrong, and the database is left exactly as it was. Tables are
 //! owned by one projector, and a table zdr does not manage is never taken over.
 
-use std::process::Output;
-
 use rusqlite::Connection;
 
-use crate::support::{Env, Generator, built_component, guests, query_rows, repo_root};
+use crate::support::{Env, Generator, built_component, describe, guests, query_rows, repo_root};
 
 /// The path of a component built from `tests/hostile/` (its crate name with `_`), after
 /// `plugins/build-all.sh` built every workspace.
@@ -103,17 +101,6 @@ fn changes(
     Some(out.join("\n"))
 }
 
-/// The text of a finished `zdr` run, for reports.
-fn transcript(args: &[&str], output: &Output) -> String {
-    format!(
-        "zdr {}\nexit: {}\n--- stdout\n{}--- stderr\n{}",
-        args.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 /// Runs `zdr ARGS` and checks it was refused cleanly: a non-zero exit code (not a signal), no
 /// panic of the host (a guest's relayed panic is tagged with its stream), an error that
 /// contains every one of `expect`, and not a single change in the database. Returns what went
@@ -152,7 +139,7 @@ fn refused(env: &Env, args: &[&str], expect: &[&str]) -> Result<(), String> {
         Err(format!(
             "{}\n{}",
             problems.join("; "),
-            transcript(args, &output)
+            describe(args, &output)
         ))
     }
 }

@@ -112,7 +112,7 @@ pub fn built_component(workspace: &str, file: &str) -> String {
 }
 
 /// Where the text of a failed process goes in a panic message.
-fn describe(args: &[&str], output: &Output) -> String {
+pub fn describe(args: &[&str], output: &Output) -> String {
     format!(
         "zdr {}\nexit: {}\n--- stdout\n{}\n--- stderr\n{}",
         args.join(" "),

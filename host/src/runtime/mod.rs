@@ -156,9 +156,8 @@ impl Runtime {
         if wasm[4..8] == [1, 0, 0, 0] {
             return Err(LoadError::CoreModule);
         }
-        let hash = content_hash(wasm);
         let component = match &self.cache {
-            Some(cache) => cache.load_or_compile(&self.engine, &hash, wasm),
+            Some(cache) => cache.load_or_compile(&self.engine, &content_hash(wasm), wasm),
             None => Component::new(&self.engine, wasm),
         }
         .map_err(LoadError::Compile)?;
@@ -167,7 +166,7 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(LoadError::World)?;
         let pre = ProjectorPre::new(instance_pre).map_err(LoadError::World)?;
-        Ok(Arc::new(LoadedComponent { pre, hash }))
+        Ok(Arc::new(LoadedComponent { pre }))
     }
 
     /// A fresh instance of `component` (a version of `projector`, whose limits it gets), tagged
@@ -206,11 +205,10 @@ impl Runtime {
     ///
     /// # Errors
     /// A [`LoadError`] or a [`GuestError`], as text with what to do.
-    pub fn describe(&self, wasm: &[u8]) -> anyhow::Result<(Arc<LoadedComponent>, Description)> {
+    pub fn describe(&self, wasm: &[u8]) -> anyhow::Result<Description> {
         let component = self.load(wasm)?;
         let mut instance = self.instantiate(&component, "", "describe")?;
-        let description = instance.describe()?;
-        Ok((component, description))
+        Ok(instance.describe()?)
     }
 }
 
@@ -243,14 +241,6 @@ fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) {
 /// A component compiled, checked against the world and ready to instantiate cheaply.
 pub struct LoadedComponent {
     pre: ProjectorPre<HostState>,
-    hash: String,
-}
-
-impl LoadedComponent {
-    /// The component's content hash.
-    pub fn hash(&self) -> &str {
-        &self.hash
-    }
 }
 
 /// One instance of a projector, bound to at most one target.
