@@ -1,7 +1,8 @@
 //! Concurrency: events appended while `replay start` runs and between `project` and
 //! `promote` land exactly once in live and clone; readers of the live table never see it
-//! missing, empty, partial or half old and half new while `promote` swaps it; two daemons on
-//! one database never both apply an event, and one takes over when the other dies.
+//! missing, empty, partial or half old and half new while `promote` swaps it (SQLite here;
+//! PostgreSQL's readers are in `postgres.rs`); two daemons on one database never both apply
+//! an event, and one takes over when the other dies.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,14 +12,20 @@ use std::time::{Duration, Instant};
 use rusqlite::{Connection, OpenFlags};
 
 use crate::support::{
-    Appender, Env, Generator, PATIENCE, StoredEvent, assert_same_rows, fold_v1, fold_v2, guests,
-    through, wait_until,
+    Appender, Backend, Env, Generator, PATIENCE, StoredEvent, assert_same_rows, both_backends,
+    fold_v1, fold_v2, guests, through, wait_until,
 };
 
-#[test]
-fn events_appended_during_start_and_while_projecting_land_exactly_once_in_live_and_clone() {
+both_backends!(
+    events_appended_during_start_and_while_projecting_land_exactly_once_in_live_and_clone,
+    two_daemons_never_apply_an_event_twice_and_one_takes_over_when_the_owner_dies,
+);
+
+fn events_appended_during_start_and_while_projecting_land_exactly_once_in_live_and_clone(
+    backend: Backend,
+) {
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(backend);
     let mut generator = Generator::new(2);
     env.import(&generator.open_accounts(40));
     env.import(&generator.money(20_000));
@@ -54,13 +61,16 @@ fn events_appended_during_start_and_while_projecting_land_exactly_once_in_live_a
         "live v1 under concurrent appends",
     );
     assert_same_rows(
-        &env.balances_v2("zdr_r_v2__balances"),
+        &env.balances_v2(&env.clone_table("v2", "balances")),
         &fold_v2(&events),
         "clone under concurrent appends",
     );
     let money = events.iter().filter(|e| e.is_money()).count() as i64;
     assert_eq!(
-        env.scalar("SELECT SUM(transaction_count) FROM zdr_r_v2__balances"),
+        env.scalar(&format!(
+            "SELECT SUM(transaction_count) FROM {}",
+            env.clone_table("v2", "balances")
+        )),
         money,
         "the clone counted every money event exactly once"
     );
@@ -89,7 +99,7 @@ fn events_appended_during_start_and_while_projecting_land_exactly_once_in_live_a
         "live counted every money event exactly once"
     );
     assert_same_rows(
-        &env.balances_v1("zdr_p_v2__balances"),
+        &env.balances_v1(&env.retired_table("v2", "balances")),
         &fold_v1(through(&events, retired_checkpoint)),
         "the retired v1 tables hold every event up to the promote exactly once",
     );
@@ -188,7 +198,7 @@ fn readers_never_see_a_missing_empty_partial_or_mixed_table_during_promote() {
     const ACCOUNTS: usize = 60;
     const READERS: usize = 3;
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(Backend::Sqlite);
     let mut generator = Generator::new(3);
     env.import(&generator.open_accounts(ACCOUNTS));
     env.import(&generator.money(3_000));
@@ -299,10 +309,9 @@ fn readers_never_see_a_missing_empty_partial_or_mixed_table_during_promote() {
     daemon.stop();
 }
 
-#[test]
-fn two_daemons_never_apply_an_event_twice_and_one_takes_over_when_the_owner_dies() {
+fn two_daemons_never_apply_an_event_twice_and_one_takes_over_when_the_owner_dies(backend: Backend) {
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(backend);
     let mut generator = Generator::new(14);
     env.import(&generator.open_accounts(20));
     env.import(&generator.money(500));
@@ -345,7 +354,7 @@ fn two_daemons_never_apply_an_event_twice_and_one_takes_over_when_the_owner_dies
         "live served by two daemons",
     );
     assert_same_rows(
-        &env.balances_v2("zdr_r_v2__balances"),
+        &env.balances_v2(&env.clone_table("v2", "balances")),
         &fold_v2(&events),
         "clone served by two daemons",
     );

@@ -8,16 +8,21 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::{
-    Appender, Env, Generator, PATIENCE, assert_same_rows, fold_v1, fold_v2, guests, signal,
-    through, wait_child, wait_until,
+    Appender, Backend, Env, Generator, PATIENCE, assert_same_rows, both_backends, fold_v1, fold_v2,
+    guests, signal, through, wait_child, wait_until,
 };
 
-#[test]
-fn a_replay_killed_mid_start_resumes_to_the_same_tables_as_an_uninterrupted_run() {
+both_backends!(
+    a_replay_killed_mid_start_resumes_to_the_same_tables_as_an_uninterrupted_run,
+    a_daemon_killed_while_dual_writing_restarts_without_losing_or_repeating_events,
+    a_daemon_whose_log_reader_went_away_still_stops_on_sigterm,
+);
+
+fn a_replay_killed_mid_start_resumes_to_the_same_tables_as_an_uninterrupted_run(backend: Backend) {
     const HISTORY: usize = 200_000;
     const KILLS: usize = 4;
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(backend);
     env.write_config("batch_size = 500\n");
     // Deployed on an empty store, so the big history is only replayed into the clone.
     env.deploy("balance", &g.balance_v1);
@@ -66,7 +71,7 @@ fn a_replay_killed_mid_start_resumes_to_the_same_tables_as_an_uninterrupted_run(
             "checkpoint {checkpoint} after kill {kill}, head {head}"
         );
         assert_same_rows(
-            &env.balances_v2("zdr_r_v2__balances"),
+            &env.balances_v2(&env.clone_table("v2", "balances")),
             &fold_v2(through(&events, checkpoint)),
             &format!("the clone after kill {kill}, against its own checkpoint {checkpoint}"),
         );
@@ -80,7 +85,7 @@ fn a_replay_killed_mid_start_resumes_to_the_same_tables_as_an_uninterrupted_run(
     );
     assert_eq!(env.json(&["replay", "lag", "v2", "--json"])["lag"], 0);
     assert_same_rows(
-        &env.balances_v2("zdr_r_v2__balances"),
+        &env.balances_v2(&env.clone_table("v2", "balances")),
         &fold_v2(&events),
         "the resumed clone",
     );
@@ -89,16 +94,17 @@ fn a_replay_killed_mid_start_resumes_to_the_same_tables_as_an_uninterrupted_run(
     env.create_balance_replay("again", &g.balance_v2);
     env.ok(&["replay", "start", "again"]);
     assert_eq!(
-        env.balances_v2("zdr_r_v2__balances"),
-        env.balances_v2("zdr_r_again__balances"),
+        env.balances_v2(&env.clone_table("v2", "balances")),
+        env.balances_v2(&env.clone_table("again", "balances")),
         "killed-and-resumed and uninterrupted replays differ"
     );
 }
 
-#[test]
-fn a_daemon_killed_while_dual_writing_restarts_without_losing_or_repeating_events() {
+fn a_daemon_killed_while_dual_writing_restarts_without_losing_or_repeating_events(
+    backend: Backend,
+) {
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(backend);
     env.write_config("batch_size = 7\n");
     let mut generator = Generator::new(5);
     env.import(&generator.open_accounts(25));
@@ -139,7 +145,7 @@ fn a_daemon_killed_while_dual_writing_restarts_without_losing_or_repeating_event
         "live after three crashes",
     );
     assert_same_rows(
-        &env.balances_v2("zdr_r_v2__balances"),
+        &env.balances_v2(&env.clone_table("v2", "balances")),
         &fold_v2(&events),
         "clone after three crashes",
     );
@@ -154,10 +160,9 @@ fn a_daemon_killed_while_dual_writing_restarts_without_losing_or_repeating_event
     daemon.stop();
 }
 
-#[test]
-fn a_daemon_whose_log_reader_went_away_still_stops_on_sigterm() {
+fn a_daemon_whose_log_reader_went_away_still_stops_on_sigterm(backend: Backend) {
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(backend);
     env.deploy("balance", &g.balance_v1);
     // Like `zdr serve 2>&1 | head`: the log's reader reads a few lines and goes away.
     let mut child = env

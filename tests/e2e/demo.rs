@@ -1,13 +1,18 @@
-//! `zdr demo` tells the whole story on a fresh SQLite file and checks itself.
+//! `zdr demo` tells the whole story on a fresh SQLite file, or an empty PostgreSQL database,
+//! and checks itself.
 
-use crate::support::{Env, guests, repo_root};
+use crate::support::{Backend, Env, both_backends, guests, repo_root};
 
-#[test]
-fn the_demo_runs_on_a_fresh_file_and_ends_with_live_equal_to_a_fresh_rebuild() {
+both_backends!(the_demo_runs_on_a_fresh_database_and_ends_with_live_equal_to_a_fresh_rebuild);
+
+fn the_demo_runs_on_a_fresh_database_and_ends_with_live_equal_to_a_fresh_rebuild(
+    backend: Backend,
+) {
     guests();
-    // An env only for its temporary directory and its command set-up; the demo makes its own
-    // database file, and runs from the repository root where it finds the built projectors.
-    let env = Env::uninitialised();
+    // An env for its temporary directory, its empty database and its command set-up; on
+    // SQLite the demo makes its own database file. It runs from the repository root, where it
+    // finds the built projectors.
+    let env = Env::uninitialised(backend);
     let file = env.dir().join("demo.db");
     let output = env
         .command(&[
@@ -38,6 +43,17 @@ fn the_demo_runs_on_a_fresh_file_and_ends_with_live_equal_to_a_fresh_rebuild() {
         stderr.contains("hot swap"),
         "the demo's daemon did not hot-swap:\n{stderr}"
     );
-    assert!(file.is_file(), "the demo did not write {}", file.display());
+    match backend {
+        Backend::Sqlite => {
+            assert!(file.is_file(), "the demo did not write {}", file.display());
+        }
+        Backend::Postgres => {
+            assert!(!file.exists(), "the demo wrote a file on PostgreSQL");
+            assert!(
+                env.table_exists("balances"),
+                "the demo left no live table in the database"
+            );
+        }
+    }
     assert!(!stderr.contains("panicked"), "{stderr}");
 }

@@ -5,7 +5,9 @@
 
 use rusqlite::Connection;
 
-use crate::support::{Env, Generator, built_component, describe, guests, query_rows, repo_root};
+use crate::support::{
+    Backend, Env, Generator, built_component, describe, guests, query_rows, repo_root,
+};
 
 /// The path of a component built from `tests/hostile/` (its crate name with `_`), after
 /// `plugins/build-all.sh` built every workspace.
@@ -308,10 +310,10 @@ fn every_invalid_component_is_refused_with_its_reason_and_changes_nothing() {
     let g = guests();
     let mut generator = Generator::new(4);
     // Nothing deployed yet: `deploy` would build a new projector.
-    let fresh = Env::new();
+    let fresh = Env::new(Backend::Sqlite);
     fresh.import(&generator.open_accounts(4));
     // Balance version 1 live: `deploy` would upgrade it, `replay create` would clone it.
-    let live = Env::new();
+    let live = Env::new(Backend::Sqlite);
     live.import(&generator.open_accounts(4));
     live.deploy("balance", &g.balance_v1);
 
@@ -338,7 +340,7 @@ fn every_invalid_component_is_refused_with_its_reason_and_changes_nothing() {
 #[test]
 fn a_table_belongs_to_one_projector() {
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(Backend::Sqlite);
     env.deploy("notes", &hostile("notes"));
     let claims = hostile("claims_notes");
     let owned = &[r#"table "notes" already belongs to projector "notes""#][..];
@@ -363,7 +365,7 @@ fn a_table_belongs_to_one_projector() {
 /// A database with balance version 1 live and a table `notes` that zdr does not manage, with
 /// a row in it.
 fn env_with_unmanaged_notes() -> Env {
-    let env = Env::new();
+    let env = Env::new(Backend::Sqlite);
     env.deploy("balance", &guests().balance_v1);
     let conn = Connection::open(env.db_path()).expect("cannot open the database");
     conn.execute_batch(
@@ -427,7 +429,7 @@ fn an_unmanaged_table_is_not_taken_over_by_an_upgrade() {
 /// deploys and builds its table, their refusals are about what they describe, not the scaffold.
 #[test]
 fn a_valid_guest_of_the_hostile_set_deploys() {
-    let env = Env::new();
+    let env = Env::new(Backend::Sqlite);
     env.deploy("notes", &hostile("notes"));
     assert!(env.table_exists("notes"));
     assert_eq!(env.projector("notes")["status"], "running");

@@ -9,14 +9,22 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::support::{
-    Env, Generator, NewEvent, PATIENCE, V1_COLUMNS, V2_COLUMNS, assert_same_rows, fold_v1, fold_v2,
-    guests, query_rows, through, wait_until,
+    Backend, Env, Generator, NewEvent, PATIENCE, Query, V1_COLUMNS, V2_COLUMNS, assert_same_rows,
+    both_backends, fold_v1, fold_v2, guests, through, wait_until,
 };
 
-#[test]
-fn full_lifecycle_ends_with_live_equal_to_the_v2_fold_served_by_the_same_daemon() {
+both_backends!(
+    full_lifecycle_ends_with_live_equal_to_the_v2_fold_served_by_the_same_daemon,
+    a_vetoed_promote_swaps_nothing_and_live_keeps_serving,
+    a_replay_of_two_projectors_promotes_both_in_one_swap,
+    removing_a_replay_before_promote_drops_only_its_clone,
+    random_lifecycle_sequences_keep_every_target_equal_to_the_fold_of_its_version,
+    an_existing_laravel_event_store_is_used_as_it_is,
+);
+
+fn full_lifecycle_ends_with_live_equal_to_the_v2_fold_served_by_the_same_daemon(backend: Backend) {
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(backend);
     let mut generator = Generator::new(1);
     env.import(&generator.open_accounts(30));
     env.import(&generator.money(2_000));
@@ -45,20 +53,18 @@ fn full_lifecycle_ends_with_live_equal_to_the_v2_fold_served_by_the_same_daemon(
     );
     let show = env.show("v2");
     assert_eq!(show["state"], "created", "{show:#}");
-    assert_eq!(
-        show["projectors"][0]["tables"][0], "zdr_r_v2__balances",
-        "{show:#}"
-    );
-    assert!(env.table_exists("zdr_r_v2__balances"));
+    let clone = env.clone_table("v2", "balances");
+    assert_eq!(show["projectors"][0]["tables"][0], *clone, "{show:#}");
+    assert!(env.table_exists(&clone));
     assert!(
-        env.balances_v2("zdr_r_v2__balances").is_empty(),
+        env.balances_v2(&clone).is_empty(),
         "a new clone starts empty"
     );
 
     // start: history into the clone.
     env.ok(&["replay", "start", "v2"]);
     assert_same_rows(
-        &env.balances_v2("zdr_r_v2__balances"),
+        &env.balances_v2(&clone),
         &fold_v2(&env.stored_events()),
         "clone after the first start",
     );
@@ -97,7 +103,7 @@ fn full_lifecycle_ends_with_live_equal_to_the_v2_fold_served_by_the_same_daemon(
         "live v1 while projecting",
     );
     assert_same_rows(
-        &env.balances_v2("zdr_r_v2__balances"),
+        &env.balances_v2(&clone),
         &fold_v2(&events),
         "clone while projecting",
     );
@@ -128,12 +134,12 @@ fn full_lifecycle_ends_with_live_equal_to_the_v2_fold_served_by_the_same_daemon(
         "promote happens caught up"
     );
     assert_same_rows(
-        &env.balances_v1("zdr_p_v2__balances"),
+        &env.balances_v1(&env.retired_table("v2", "balances")),
         &fold_v1(through(&events, retired_checkpoint)),
         "the retired v1 tables",
     );
     assert!(
-        !env.table_exists("zdr_r_v2__balances"),
+        !env.table_exists(&clone),
         "the clone was renamed into place"
     );
 
@@ -141,7 +147,7 @@ fn full_lifecycle_ends_with_live_equal_to_the_v2_fold_served_by_the_same_daemon(
     let out = env.ok(&["replay", "remove", "v2"]);
     assert!(out.contains("removed replay v2"), "{out}");
     assert!(
-        !env.table_exists("zdr_p_v2__balances"),
+        !env.table_exists(&env.retired_table("v2", "balances")),
         "remove drops the retired tables"
     );
     assert!(
@@ -176,10 +182,9 @@ fn full_lifecycle_ends_with_live_equal_to_the_v2_fold_served_by_the_same_daemon(
     );
 }
 
-#[test]
-fn a_vetoed_promote_swaps_nothing_and_live_keeps_serving() {
+fn a_vetoed_promote_swaps_nothing_and_live_keeps_serving(backend: Backend) {
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(backend);
     let mut generator = Generator::new(7);
     env.import(&generator.open_accounts(10));
     env.import(&generator.money(500));
@@ -212,7 +217,7 @@ fn a_vetoed_promote_swaps_nothing_and_live_keeps_serving() {
         "live after the veto",
     );
     assert_same_rows(
-        &env.balances_v1("zdr_r_veto__balances"),
+        &env.balances_v1(&env.clone_table("veto", "balances")),
         &fold_v1(&events),
         "clone after the veto",
     );
@@ -230,16 +235,15 @@ fn a_vetoed_promote_swaps_nothing_and_live_keeps_serving() {
     );
     env.fail(&["replay", "promote", "veto"]);
     env.ok(&["replay", "remove", "veto", "--force"]);
-    assert!(!env.table_exists("zdr_r_veto__balances"));
+    assert!(!env.table_exists(&env.clone_table("veto", "balances")));
     assert!(env.table_exists("balances"));
     daemon.assert_running();
     daemon.stop();
 }
 
-#[test]
-fn a_replay_of_two_projectors_promotes_both_in_one_swap() {
+fn a_replay_of_two_projectors_promotes_both_in_one_swap(backend: Backend) {
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(backend);
     let mut generator = Generator::new(12);
     let note = |text: &str| NewEvent::new("ProbeNote", None, json!({ "note": text }));
     env.import(&generator.open_accounts(12));
@@ -311,7 +315,7 @@ fn a_replay_of_two_projectors_promotes_both_in_one_swap() {
         "probe_notes after the joint promote"
     );
     assert_same_rows(
-        &env.balances_v1("zdr_p_both__balances"),
+        &env.balances_v1(&env.retired_table("both", "balances")),
         &fold_v1(through(&events, balance_at)),
         "retired balances",
     );
@@ -321,22 +325,25 @@ fn a_replay_of_two_projectors_promotes_both_in_one_swap() {
         .cloned()
         .collect();
     assert_eq!(
-        env.rows("SELECT id, note FROM zdr_p_both__probe_notes ORDER BY id"),
+        env.rows(&format!(
+            "SELECT id, note FROM {} ORDER BY id",
+            env.retired_table("both", "probe_notes")
+        )),
         retired_notes,
         "retired probe_notes"
     );
     env.ok(&["replay", "remove", "both"]);
     assert!(
-        !env.table_exists("zdr_p_both__balances") && !env.table_exists("zdr_p_both__probe_notes")
+        !env.table_exists(&env.retired_table("both", "balances"))
+            && !env.table_exists(&env.retired_table("both", "probe_notes"))
     );
     daemon.assert_running();
     daemon.stop();
 }
 
-#[test]
-fn removing_a_replay_before_promote_drops_only_its_clone() {
+fn removing_a_replay_before_promote_drops_only_its_clone(backend: Backend) {
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(backend);
     let mut generator = Generator::new(13);
     env.import(&generator.open_accounts(5));
     env.import(&generator.money(100));
@@ -351,7 +358,7 @@ fn removing_a_replay_before_promote_drops_only_its_clone() {
         for step in steps {
             env.ok(&["replay", step, key]);
         }
-        let clone = format!("zdr_r_{key}__balances");
+        let clone = env.clone_table(key, "balances");
         assert!(env.table_exists(&clone));
         let force: &[&str] = if key == "projecting" {
             &["--force"]
@@ -380,57 +387,61 @@ fn removing_a_replay_before_promote_drops_only_its_clone() {
 /// the fold of its own version through its own checkpoint.
 fn check_every_target(env: &Env, context: &str) -> Vec<(String, Option<String>, i64, String)> {
     let events = env.stored_events();
-    let mut conn = env.read();
-    let tx = conn.transaction().expect("a read transaction");
-    let targets: Vec<(String, Option<String>, i64, String)> = {
-        let mut stmt = tx
-            .prepare(
+    env.read_consistently(|tx: &mut dyn Query| {
+        let targets: Vec<(String, Option<String>, i64, String)> = tx
+            .rows(
                 "SELECT t.role, t.replay_key, t.checkpoint, v.version FROM zdr_targets t \
                  JOIN zdr_versions v ON v.id = t.version_id WHERE t.projector = 'balance' ORDER BY t.id",
             )
-            .expect("reading zdr_targets");
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .expect("reading zdr_targets")
-            .collect::<Result<_, _>>()
-            .expect("reading zdr_targets")
-    };
-    for (role, key, checkpoint, version) in &targets {
-        let key = key.as_deref().unwrap_or("");
-        let table = match role.as_str() {
-            "live" => "balances".to_string(),
-            "clone" => format!("zdr_r_{key}__balances"),
-            "retired" => format!("zdr_p_{key}__balances"),
-            _ => continue,
-        };
-        let prefix = through(&events, *checkpoint);
-        let (columns, expected) = match version.as_str() {
-            "1" => (V1_COLUMNS, fold_v1(prefix)),
-            "2" => (V2_COLUMNS, fold_v2(prefix)),
-            other => panic!("{context}: unexpected version {other}"),
-        };
-        let rows = query_rows(
-            &tx,
-            &format!("SELECT {columns} FROM {table} ORDER BY account_uuid"),
-        )
-        .unwrap_or_else(|e| panic!("{context}: reading {table}: {e}"));
-        assert_same_rows(
-            &rows,
-            &expected,
-            &format!(
-                "{context}: {role} target {table} (version {version}) against the fold through {checkpoint}"
-            ),
-        );
-    }
-    targets
+            .unwrap_or_else(|e| panic!("{context}: reading zdr_targets: {e}"))
+            .into_iter()
+            .map(|r| {
+                let key = (r[1] != "NULL").then(|| r[1].clone());
+                let checkpoint = r[2].parse().expect("an integer checkpoint");
+                (r[0].clone(), key, checkpoint, r[3].clone())
+            })
+            .collect();
+        for (role, key, checkpoint, version) in &targets {
+            let key = key.as_deref().unwrap_or("");
+            let table = match role.as_str() {
+                "live" => "balances".to_string(),
+                "clone" => env.clone_table(key, "balances"),
+                "retired" => env.retired_table(key, "balances"),
+                _ => continue,
+            };
+            let prefix = through(&events, *checkpoint);
+            let (columns, expected) = match version.as_str() {
+                "1" => (V1_COLUMNS, fold_v1(prefix)),
+                "2" => (V2_COLUMNS, fold_v2(prefix)),
+                other => panic!("{context}: unexpected version {other}"),
+            };
+            let mut rows = tx
+                .rows(&format!("SELECT {columns} FROM {table}"))
+                .unwrap_or_else(|e| panic!("{context}: reading {table}: {e}"));
+            rows.sort();
+            assert_same_rows(
+                &rows,
+                &expected,
+                &format!(
+                    "{context}: {role} target {table} (version {version}) against the fold through {checkpoint}"
+                ),
+            );
+        }
+        targets
+    })
 }
 
 /// Runs a seeded random sequence of lifecycle commands, appends, daemon restarts and crashes,
 /// and checks after every step that every target holds the fold of its version through its
 /// checkpoint; at the end, that live holds the fold of all events. Returns how many commands
 /// of each kind succeeded.
-fn random_lifecycle_sequence(seed: u64, steps: usize) -> BTreeMap<&'static str, usize> {
+fn random_lifecycle_sequence(
+    backend: Backend,
+    seed: u64,
+    steps: usize,
+) -> BTreeMap<&'static str, usize> {
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(backend);
     env.write_config("batch_size = 16\n");
     let mut generator = Generator::new(seed);
     env.import(&generator.open_accounts(8));
@@ -620,11 +631,10 @@ fn random_lifecycle_sequence(seed: u64, steps: usize) -> BTreeMap<&'static str, 
     succeeded
 }
 
-#[test]
-fn random_lifecycle_sequences_keep_every_target_equal_to_the_fold_of_its_version() {
+fn random_lifecycle_sequences_keep_every_target_equal_to_the_fold_of_its_version(backend: Backend) {
     let mut total: BTreeMap<&'static str, usize> = BTreeMap::new();
     for seed in [101, 202, 303, 404] {
-        for (kind, n) in random_lifecycle_sequence(seed, 50) {
+        for (kind, n) in random_lifecycle_sequence(backend, seed, 50) {
             *total.entry(kind).or_default() += n;
         }
     }
@@ -637,47 +647,109 @@ fn random_lifecycle_sequences_keep_every_target_equal_to_the_fold_of_its_version
     }
 }
 
-#[test]
-fn an_existing_laravel_event_store_is_used_as_it_is() {
-    let g = guests();
-    let env = Env::uninitialised();
-    // The table as Spatie's migration creates it on SQLite, with events a PHP app recorded.
-    let conn = rusqlite::Connection::open(env.db_path()).expect("create the Laravel database");
-    conn.execute_batch(
-        r#"
-        CREATE TABLE "stored_events" ("id" integer primary key autoincrement not null, "aggregate_uuid" varchar,
-            "aggregate_version" integer, "event_version" integer not null default '1', "event_class" varchar not null,
-            "event_properties" text not null, "meta_data" text not null, "created_at" datetime not null);
-        CREATE INDEX "stored_events_event_class_index" ON "stored_events" ("event_class");
-        CREATE INDEX "stored_events_aggregate_uuid_index" ON "stored_events" ("aggregate_uuid");
-        CREATE UNIQUE INDEX "stored_events_aggregate_uuid_aggregate_version_unique"
-            ON "stored_events" ("aggregate_uuid", "aggregate_version");
-        "#,
-    )
-    .expect("create stored_events");
-    let mut generator = Generator::new(15);
-    let mut history = generator.open_accounts(6);
-    history.extend(generator.money(200));
+/// Spatie's `stored_events` as its Laravel migration creates it on SQLite.
+const LARAVEL_SQLITE: &str = r#"
+    CREATE TABLE "stored_events" ("id" integer primary key autoincrement not null, "aggregate_uuid" varchar,
+        "aggregate_version" integer, "event_version" integer not null default '1', "event_class" varchar not null,
+        "event_properties" text not null, "meta_data" text not null, "created_at" datetime not null);
+    CREATE INDEX "stored_events_event_class_index" ON "stored_events" ("event_class");
+    CREATE INDEX "stored_events_aggregate_uuid_index" ON "stored_events" ("aggregate_uuid");
+    CREATE UNIQUE INDEX "stored_events_aggregate_uuid_aggregate_version_unique"
+        ON "stored_events" ("aggregate_uuid", "aggregate_version");
+"#;
+
+/// Spatie's `stored_events` as its Laravel migration creates it on PostgreSQL: a `uuid`
+/// aggregate, `jsonb` payloads, a `timestamp(0)`.
+const LARAVEL_POSTGRES: &str = r#"
+    CREATE TABLE "stored_events" ("id" bigserial NOT NULL PRIMARY KEY, "aggregate_uuid" uuid NULL,
+        "aggregate_version" bigint NULL, "event_version" smallint NOT NULL DEFAULT '1',
+        "event_class" varchar(255) NOT NULL, "event_properties" jsonb NOT NULL, "meta_data" jsonb NOT NULL,
+        "created_at" timestamp(0) without time zone NOT NULL);
+    CREATE INDEX "stored_events_event_class_index" ON "stored_events" ("event_class");
+    CREATE INDEX "stored_events_aggregate_uuid_index" ON "stored_events" ("aggregate_uuid");
+    ALTER TABLE "stored_events" ADD CONSTRAINT "stored_events_aggregate_uuid_aggregate_version_unique"
+        UNIQUE ("aggregate_uuid", "aggregate_version");
+"#;
+
+/// Creates Spatie's event store in the env's (uninitialised) database and fills it with
+/// `history` the way a PHP app records it: namespaced classes, aggregate versions, meta data.
+fn create_laravel_store(env: &Env, history: &[NewEvent]) {
     let mut versions: BTreeMap<String, i64> = BTreeMap::new();
-    for (i, e) in history.iter().enumerate() {
-        let account = e.aggregate.clone().expect("an account");
-        let version = versions.entry(account.clone()).or_default();
-        *version += 1;
-        conn.execute(
-            "INSERT INTO stored_events (aggregate_uuid, aggregate_version, event_version, event_class, event_properties, \
-             meta_data, created_at) VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6)",
-            rusqlite::params![
+    let rows: Vec<(String, i64, String, String, String)> = history
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let account = e.aggregate.clone().expect("an account");
+            let version = versions.entry(account.clone()).or_default();
+            *version += 1;
+            (
                 account,
                 *version,
-                format!("App\\Events\\{}", e.class.rsplit('\\').next().expect("a class")),
+                format!(
+                    "App\\Events\\{}",
+                    e.class.rsplit('\\').next().expect("a class")
+                ),
                 e.properties.to_string(),
-                r#"{"aggregate-root-uuid": "x"}"#,
                 format!("2024-01-01 10:{:02}:{:02}", i / 60 % 60, i % 60),
-            ],
-        )
-        .expect("insert a Laravel event");
+            )
+        })
+        .collect();
+    let meta = r#"{"aggregate-root-uuid": "x"}"#;
+    match env.backend() {
+        Backend::Sqlite => {
+            let conn =
+                rusqlite::Connection::open(env.db_path()).expect("create the Laravel database");
+            conn.execute_batch(LARAVEL_SQLITE)
+                .expect("create stored_events");
+            for (account, version, class, properties, at) in rows {
+                conn.execute(
+                    "INSERT INTO stored_events (aggregate_uuid, aggregate_version, event_version, event_class, \
+                     event_properties, meta_data, created_at) VALUES (?1, ?2, 1, ?3, ?4, ?5, ?6)",
+                    rusqlite::params![account, version, class, properties, meta, at],
+                )
+                .expect("insert a Laravel event");
+            }
+        }
+        Backend::Postgres => {
+            let mut client = env.postgres();
+            client
+                .batch_execute(LARAVEL_POSTGRES)
+                .expect("create stored_events");
+            for (account, version, class, properties, at) in rows {
+                client
+                    .execute(
+                        "INSERT INTO stored_events (aggregate_uuid, aggregate_version, event_version, event_class, \
+                         event_properties, meta_data, created_at) \
+                         VALUES ($1::text::uuid, $2, 1, $3, $4::text::jsonb, $5::text::jsonb, $6::text::timestamp)",
+                        &[&account, &version, &class, &properties, &meta, &at],
+                    )
+                    .expect("insert a Laravel event");
+            }
+        }
     }
-    drop(conn);
+}
+
+fn an_existing_laravel_event_store_is_used_as_it_is(backend: Backend) {
+    let g = guests();
+    let env = Env::uninitialised(backend);
+    // Real UUIDs: Laravel's PostgreSQL migration makes `aggregate_uuid` a `uuid` column.
+    let accounts: Vec<String> = (0..6)
+        .map(|i| format!("6f1c2a4e-0000-4000-8000-{i:012}"))
+        .collect();
+    let mut history: Vec<NewEvent> = accounts
+        .iter()
+        .enumerate()
+        .map(|(i, account)| {
+            NewEvent::new(
+                "AccountOpened",
+                Some(account),
+                json!({ "name": format!("Holder #{i}") }),
+            )
+        })
+        .collect();
+    let mut generator = Generator::with_accounts(15, accounts);
+    history.extend(generator.money(200));
+    create_laravel_store(&env, &history);
     let before = env.rows("SELECT * FROM stored_events ORDER BY id");
 
     env.ok(&["init"]);

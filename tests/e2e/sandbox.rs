@@ -5,22 +5,34 @@
 use serde_json::{Value, json};
 
 use crate::support::{
-    Env, Generator, NewEvent, PATIENCE, assert_same_rows, fold_v1, guests, wait_until,
+    Backend, Env, Generator, NewEvent, PATIENCE, assert_same_rows, both_backends, fold_v1, guests,
+    wait_until,
 };
 
+both_backends!(
+    hostile_sql_is_denied_touches_nothing_and_the_host_keeps_running,
+    a_guest_returning_an_error_stops_only_itself_at_that_event,
+    a_trapping_guest_stops_only_itself_and_the_daemon_survives,
+    a_guest_stuck_in_a_loop_is_cut_by_the_deadline_and_stops_only_itself,
+    deploying_a_guest_that_fails_on_history_is_refused_with_the_event_and_leaves_nothing_live,
+    a_clone_failing_while_dual_writing_drops_out_and_live_keeps_projecting,
+    a_replay_replaces_a_live_projector_stopped_at_a_failure,
+    queries_past_the_row_cap_and_oversized_statements_answer_limit_exceeded,
+);
+
 /// Refused by the SQL guard's allow-list.
-const DENIED: &[&str] = &["denied"];
+pub const DENIED: &[&str] = &["denied"];
 /// Refused either by the allow-list or because the guard's parser does not accept the syntax.
-const REFUSED: &[&str] = &["denied", "invalid-sql"];
+pub const REFUSED: &[&str] = &["denied", "invalid-sql"];
 
 /// One statement a probe event carries, and the outcomes that are right for it.
-struct Probe {
+pub struct Probe {
     sql: &'static str,
     mode: &'static str,
     expect: &'static [&'static str],
 }
 
-const fn execute(sql: &'static str, expect: &'static [&'static str]) -> Probe {
+pub const fn execute(sql: &'static str, expect: &'static [&'static str]) -> Probe {
     Probe {
         sql,
         mode: "execute",
@@ -28,7 +40,7 @@ const fn execute(sql: &'static str, expect: &'static [&'static str]) -> Probe {
     }
 }
 
-const fn query(sql: &'static str, expect: &'static [&'static str]) -> Probe {
+pub const fn query(sql: &'static str, expect: &'static [&'static str]) -> Probe {
     Probe {
         sql,
         mode: "query",
@@ -36,7 +48,8 @@ const fn query(sql: &'static str, expect: &'static [&'static str]) -> Probe {
     }
 }
 
-/// Statements that reach outside the probe's two declared tables, or outside plain DML.
+/// Statements that reach outside the probe's two declared tables, or outside plain DML, with
+/// the same right answer on both backends.
 const HOSTILE: &[Probe] = &[
     // Another projector's table.
     execute(
@@ -44,10 +57,6 @@ const HOSTILE: &[Probe] = &[
         DENIED,
     ),
     execute("UPDATE balances SET balance = 0", DENIED),
-    execute(
-        "REPLACE INTO balances (account_uuid, name, balance) VALUES ('evil', 'x', 1)",
-        DENIED,
-    ),
     query("SELECT * FROM balances", DENIED),
     query(
         "SELECT n.id FROM probe_notes n JOIN balances b ON 1 = 1",
@@ -138,7 +147,98 @@ const HOSTILE: &[Probe] = &[
     ),
 ];
 
-fn probe_event(sql: &str, mode: &str, params: Value) -> NewEvent {
+/// What a projector could try on PostgreSQL to escape its tables or the host's control: other
+/// schemas, the catalogs, server files, large objects, session settings, locks, sequences,
+/// anonymous code blocks and functions that run SQL of their own. Refused on both backends
+/// (on SQLite they are not even meaningful, which the guard must not mistake for harmless).
+pub const PG_ESCAPES: &[Probe] = &[
+    // Other schemas: the live schema spelled out, a replay's clone, the rollback tables.
+    query("SELECT * FROM public.stored_events", DENIED),
+    query("SELECT * FROM \"public\".\"stored_events\"", DENIED),
+    execute("DELETE FROM public.balances", DENIED),
+    query("SELECT * FROM zdr_r_x.t", DENIED),
+    execute(
+        "INSERT INTO zdr_r_x.balances (account_uuid) VALUES ('evil')",
+        DENIED,
+    ),
+    query("SELECT * FROM zdr_p_x.balances", DENIED),
+    // The catalogs.
+    query("SELECT relname FROM pg_catalog.pg_class", DENIED),
+    query("SELECT relname FROM pg_class", DENIED),
+    query("SELECT table_name FROM information_schema.tables", DENIED),
+    query("SELECT usename, passwd FROM pg_shadow", DENIED),
+    query("SELECT query FROM pg_stat_activity", DENIED),
+    // Files on the server, programs, large objects.
+    execute("COPY probe_notes TO '/tmp/zdr-evil'", REFUSED),
+    execute("COPY probe_notes FROM PROGRAM 'id'", REFUSED),
+    execute("COPY (SELECT * FROM stored_events) TO STDOUT", REFUSED),
+    query("SELECT pg_read_file('/etc/passwd')", DENIED),
+    query("SELECT pg_read_binary_file('/etc/passwd')", DENIED),
+    query("SELECT pg_ls_dir('.')", DENIED),
+    query("SELECT lo_import('/etc/passwd')", DENIED),
+    query("SELECT lo_export(1, '/tmp/zdr-evil')", DENIED),
+    execute(
+        "INSERT INTO probe_notes (id, note) VALUES (7, pg_read_file('/etc/passwd'))",
+        DENIED,
+    ),
+    // Session state: settings, roles, locks, notifications, prepared statements.
+    execute("SET search_path TO zdr_r_x, public", REFUSED),
+    execute("SET LOCAL statement_timeout = 0", REFUSED),
+    execute("SET ROLE postgres", REFUSED),
+    execute("RESET ALL", REFUSED),
+    query(
+        "SELECT set_config('search_path', 'pg_catalog', false)",
+        DENIED,
+    ),
+    query("SELECT current_setting('data_directory')", DENIED),
+    query("SELECT pg_advisory_lock(1)", DENIED),
+    query("SELECT pg_terminate_backend(pg_backend_pid())", DENIED),
+    execute("LISTEN zdr_events", REFUSED),
+    execute("NOTIFY zdr_events", REFUSED),
+    execute("PREPARE evil AS SELECT 1", REFUSED),
+    execute("LOCK TABLE probe_notes IN ACCESS EXCLUSIVE MODE", REFUSED),
+    // Code of its own, other databases, stalls, the event store's sequence.
+    execute("DO $$BEGIN DELETE FROM stored_events; END$$", REFUSED),
+    query(
+        "SELECT * FROM dblink('dbname=test', 'SELECT 1') AS t(x integer)",
+        REFUSED,
+    ),
+    query(
+        "SELECT query_to_xml('SELECT * FROM stored_events', true, true, '')",
+        DENIED,
+    ),
+    query("SELECT pg_sleep(10)", DENIED),
+    query("SELECT nextval('stored_events_id_seq')", DENIED),
+    execute("TRUNCATE stored_events", REFUSED),
+    execute("CREATE EXTENSION dblink", REFUSED),
+    execute("GRANT ALL ON probe_notes TO PUBLIC", REFUSED),
+    execute("CALL evil()", REFUSED),
+];
+
+/// Statements whose right answer depends on the backend's SQL dialect: on SQLite.
+const ON_SQLITE: &[Probe] = &[execute(
+    "REPLACE INTO balances (account_uuid, name, balance) VALUES ('evil', 'x', 1)",
+    DENIED,
+)];
+
+/// Statements whose right answer depends on the backend's SQL dialect: on PostgreSQL (where
+/// `REPLACE INTO` is not SQL at all).
+const ON_POSTGRES: &[Probe] = &[execute(
+    "REPLACE INTO balances (account_uuid, name, balance) VALUES ('evil', 'x', 1)",
+    REFUSED,
+)];
+
+/// Every hostile statement of the table-driven test on `backend`.
+fn hostile(backend: Backend) -> Vec<&'static Probe> {
+    let specific = match backend {
+        Backend::Sqlite => ON_SQLITE,
+        Backend::Postgres => ON_POSTGRES,
+    };
+    HOSTILE.iter().chain(PG_ESCAPES).chain(specific).collect()
+}
+
+/// A `Probe` event carrying `sql` for the `sql-probe` guest.
+pub fn probe_event(sql: &str, mode: &str, params: Value) -> NewEvent {
     NewEvent::new(
         "Probe",
         Some("probe"),
@@ -146,9 +246,10 @@ fn probe_event(sql: &str, mode: &str, params: Value) -> NewEvent {
     )
 }
 
-/// The hostile probes, then a legitimate insert of note `legit_id` and a query that reads it.
-fn probes(legit_id: i64) -> Vec<NewEvent> {
-    let mut events: Vec<NewEvent> = HOSTILE
+/// The probes of `hostile`, then a legitimate insert of note `legit_id` and a query that
+/// reads it.
+pub fn probes(hostile: &[&Probe], legit_id: i64) -> Vec<NewEvent> {
+    let mut events: Vec<NewEvent> = hostile
         .iter()
         .map(|p| probe_event(p.sql, p.mode, json!([])))
         .collect();
@@ -165,18 +266,19 @@ fn probes(legit_id: i64) -> Vec<NewEvent> {
     events
 }
 
-/// Checks the outcome recorded for each probe, the first of which is event `first_id`.
-fn check_outcomes(env: &Env, first_id: i64, round: &str) {
+/// Checks the outcome recorded for each probe of `hostile` (then the legitimate pair of
+/// [`probes`]), the first of which is event `first_id`.
+pub fn check_outcomes(env: &Env, hostile: &[&Probe], first_id: i64, round: &str) {
     let results = env.rows(&format!(
         "SELECT event_id, outcome, detail FROM probe_results WHERE event_id >= {first_id} ORDER BY event_id"
     ));
     assert_eq!(
         results.len(),
-        HOSTILE.len() + 2,
+        hostile.len() + 2,
         "{round}: one outcome per probe: {results:?}"
     );
     let mut wrong = Vec::new();
-    for (probe, row) in HOSTILE.iter().zip(&results) {
+    for (probe, row) in hostile.iter().zip(&results) {
         if !probe.expect.contains(&row[1].as_str()) {
             wrong.push(format!(
                 "  {} -> {} ({}), expected {:?}",
@@ -189,7 +291,7 @@ fn check_outcomes(env: &Env, first_id: i64, round: &str) {
         "{round}: hostile SQL was not refused:\n{}",
         wrong.join("\n")
     );
-    let legit = &results[HOSTILE.len()..];
+    let legit = &results[hostile.len()..];
     assert_eq!(
         legit[0][1..],
         ["ok", "1"],
@@ -202,10 +304,15 @@ fn check_outcomes(env: &Env, first_id: i64, round: &str) {
     );
 }
 
-#[test]
-fn hostile_sql_is_denied_touches_nothing_and_the_host_keeps_running() {
+fn hostile_sql_is_denied_touches_nothing_and_the_host_keeps_running(backend: Backend) {
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(backend);
+    let hostile = hostile(backend);
+    assert!(
+        hostile.len() >= 60,
+        "the table holds {} hostile statements, fewer than the 60 promised",
+        hostile.len()
+    );
     let mut generator = Generator::new(6);
     env.import(&generator.open_accounts(5));
     env.import(&generator.money(50));
@@ -213,11 +320,11 @@ fn hostile_sql_is_denied_touches_nothing_and_the_host_keeps_running() {
 
     // Round 1: probes in the history a new projector is built from (the build target's tables).
     let first = env.head() + 1;
-    env.import(&probes(1000));
+    env.import(&probes(&hostile, 1000));
     let events_before = env.rows("SELECT * FROM stored_events ORDER BY id");
     let objects_before = env.schema_objects();
     env.deploy("sql-probe", &g.sql_probe);
-    check_outcomes(&env, first, "probes replayed by deploy");
+    check_outcomes(&env, &hostile, first, "probes replayed by deploy");
     assert_eq!(
         env.rows("SELECT * FROM stored_events ORDER BY id"),
         events_before,
@@ -248,11 +355,11 @@ fn hostile_sql_is_denied_touches_nothing_and_the_host_keeps_running() {
         .collect();
     let objects_before = env.schema_objects();
     let first = env.head() + 1;
-    env.import(&probes(2000));
+    env.import(&probes(&hostile, 2000));
     let events_before = env.rows("SELECT * FROM stored_events ORDER BY id");
     env.wait_live("sql-probe", "1");
     env.wait_live("balance", "1");
-    check_outcomes(&env, first, "probes sent to the live projector");
+    check_outcomes(&env, &hostile, first, "probes sent to the live projector");
     daemon.assert_running();
 
     assert_eq!(
@@ -301,9 +408,9 @@ fn hostile_sql_is_denied_touches_nothing_and_the_host_keeps_running() {
 
 /// Deploys `balance` and `faulty`, serves, and sends `fault` among ordinary events: the
 /// daemon must stop `faulty` at that event and keep everything else going.
-fn a_guest_fault_stops_only_that_projector(fault: &str) {
+fn a_guest_fault_stops_only_that_projector(backend: Backend, fault: &str) {
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(backend);
     // A short deadline for faulty alone (a per-projector limit) so that `Loop` is cut quickly;
     // small batches so earlier events commit.
     env.write_config(
@@ -397,26 +504,24 @@ fn a_guest_fault_stops_only_that_projector(fault: &str) {
     );
 }
 
-#[test]
-fn a_guest_returning_an_error_stops_only_itself_at_that_event() {
-    a_guest_fault_stops_only_that_projector("Fail");
+fn a_guest_returning_an_error_stops_only_itself_at_that_event(backend: Backend) {
+    a_guest_fault_stops_only_that_projector(backend, "Fail");
 }
 
-#[test]
-fn a_trapping_guest_stops_only_itself_and_the_daemon_survives() {
-    a_guest_fault_stops_only_that_projector("Trap");
+fn a_trapping_guest_stops_only_itself_and_the_daemon_survives(backend: Backend) {
+    a_guest_fault_stops_only_that_projector(backend, "Trap");
 }
 
-#[test]
-fn a_guest_stuck_in_a_loop_is_cut_by_the_deadline_and_stops_only_itself() {
-    a_guest_fault_stops_only_that_projector("Loop");
+fn a_guest_stuck_in_a_loop_is_cut_by_the_deadline_and_stops_only_itself(backend: Backend) {
+    a_guest_fault_stops_only_that_projector(backend, "Loop");
 }
 
-#[test]
-fn deploying_a_guest_that_fails_on_history_is_refused_with_the_event_and_leaves_nothing_live() {
+fn deploying_a_guest_that_fails_on_history_is_refused_with_the_event_and_leaves_nothing_live(
+    backend: Backend,
+) {
     let g = guests();
     for fault in ["Fail", "Trap", "Panic", "Loop", "Alloc"] {
-        let env = Env::new();
+        let env = Env::new(backend);
         env.write_config("call_timeout_ms = 300\nmemory_mib = 32\n");
         env.import(&[
             NewEvent::new("Hello", None, json!({})),
@@ -442,10 +547,9 @@ fn deploying_a_guest_that_fails_on_history_is_refused_with_the_event_and_leaves_
     }
 }
 
-#[test]
-fn a_clone_failing_while_dual_writing_drops_out_and_live_keeps_projecting() {
+fn a_clone_failing_while_dual_writing_drops_out_and_live_keeps_projecting(backend: Backend) {
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(backend);
     env.write_config("batch_size = 10\n");
     env.import(&vec![NewEvent::new("Hello", None, json!({})); 20]);
     env.deploy("faulty", &g.faulty);
@@ -490,7 +594,10 @@ fn a_clone_failing_while_dual_writing_drops_out_and_live_keeps_projecting() {
         fault_id - 1,
         "the clone stops just before the event: {replay:#}"
     );
-    let clone_seen = env.ids("SELECT event_id FROM zdr_r_again__seen ORDER BY event_id");
+    let clone_seen = env.ids(&format!(
+        "SELECT event_id FROM {} ORDER BY event_id",
+        env.clone_table("again", "seen")
+    ));
     assert_eq!(
         clone_seen,
         (1..fault_id).collect::<Vec<_>>(),
@@ -504,10 +611,9 @@ fn a_clone_failing_while_dual_writing_drops_out_and_live_keeps_projecting() {
     drop(daemon);
 }
 
-#[test]
-fn a_replay_replaces_a_live_projector_stopped_at_a_failure() {
+fn a_replay_replaces_a_live_projector_stopped_at_a_failure(backend: Backend) {
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(backend);
     env.write_config("batch_size = 10\n");
     env.import(&vec![NewEvent::new("Hello", None, json!({})); 30]);
     env.deploy("faulty", &g.faulty);
@@ -551,10 +657,9 @@ fn a_replay_replaces_a_live_projector_stopped_at_a_failure() {
     drop(daemon);
 }
 
-#[test]
-fn queries_past_the_row_cap_and_oversized_statements_answer_limit_exceeded() {
+fn queries_past_the_row_cap_and_oversized_statements_answer_limit_exceeded(backend: Backend) {
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(backend);
     // 101 notes: their cross join is 10,201 rows, over the 10,000-row cap of one query.
     let mut events: Vec<NewEvent> = (0..101)
         .map(|i| NewEvent::new("ProbeNote", None, json!({ "note": format!("n{i}") })))

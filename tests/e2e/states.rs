@@ -5,13 +5,27 @@ use std::process::Stdio;
 use serde_json::json;
 
 use crate::support::{
-    Env, Generator, PATIENCE, assert_same_rows, fold_v1, fold_v2, guests, wait_child, wait_until,
+    Backend, Env, Generator, PATIENCE, assert_same_rows, both_backends, fold_v1, fold_v2, guests,
+    wait_child, wait_until,
 };
 
+both_backends!(
+    promote_before_project_is_refused_in_every_earlier_state_and_changes_nothing,
+    a_second_start_while_one_runs_is_refused_and_the_first_finishes_correctly,
+    creating_an_existing_key_is_refused_and_keeps_the_replay,
+    the_reserved_key_live_and_malformed_keys_are_refused,
+    unknown_keys_and_projectors_get_a_clear_error,
+    commands_that_do_not_fit_the_state_are_refused_and_change_nothing,
+    malformed_events_and_invalid_components_are_refused_and_lose_nothing,
+    commands_on_an_uninitialised_database_say_to_run_init,
+    bad_invocations_get_an_error_message_never_a_panic,
+    a_database_written_by_a_newer_zdr_is_refused_and_left_alone,
+);
+
 /// An env with `balance` v1 live over a small history and replay `v2` created.
-fn with_replay() -> (Env, Generator) {
+fn with_replay(backend: Backend) -> (Env, Generator) {
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(backend);
     let mut generator = Generator::new(9);
     env.import(&generator.open_accounts(10));
     env.import(&generator.money(300));
@@ -37,9 +51,8 @@ fn snapshot(
     )
 }
 
-#[test]
-fn promote_before_project_is_refused_in_every_earlier_state_and_changes_nothing() {
-    let (env, _) = with_replay();
+fn promote_before_project_is_refused_in_every_earlier_state_and_changes_nothing(backend: Backend) {
+    let (env, _) = with_replay(backend);
     for (state, prepare) in [("created", None), ("started", Some("start"))] {
         if let Some(command) = prepare {
             env.ok(&["replay", command, "v2"]);
@@ -67,10 +80,9 @@ fn promote_before_project_is_refused_in_every_earlier_state_and_changes_nothing(
     );
 }
 
-#[test]
-fn a_second_start_while_one_runs_is_refused_and_the_first_finishes_correctly() {
+fn a_second_start_while_one_runs_is_refused_and_the_first_finishes_correctly(backend: Backend) {
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(backend);
     // One event per transaction makes the first start slow enough to race with.
     env.write_config("batch_size = 1\n");
     env.deploy("balance", &g.balance_v1);
@@ -119,16 +131,15 @@ fn a_second_start_while_one_runs_is_refused_and_the_first_finishes_correctly() {
     let show = env.show("v2");
     assert_eq!(show["projectors"][0]["checkpoint"], head, "{show:#}");
     assert_same_rows(
-        &env.balances_v2("zdr_r_v2__balances"),
+        &env.balances_v2(&env.clone_table("v2", "balances")),
         &fold_v2(&env.stored_events()),
         "the clone of the start that won",
     );
 }
 
-#[test]
-fn creating_an_existing_key_is_refused_and_keeps_the_replay() {
+fn creating_an_existing_key_is_refused_and_keeps_the_replay(backend: Backend) {
     let g = guests();
-    let (env, _) = with_replay();
+    let (env, _) = with_replay(backend);
     env.ok(&["replay", "start", "v2"]);
     let before = snapshot(&env);
     let show = env.show("v2");
@@ -146,10 +157,9 @@ fn creating_an_existing_key_is_refused_and_keeps_the_replay() {
     }
 }
 
-#[test]
-fn the_reserved_key_live_and_malformed_keys_are_refused() {
+fn the_reserved_key_live_and_malformed_keys_are_refused(backend: Backend) {
     let g = guests();
-    let (env, _) = with_replay();
+    let (env, _) = with_replay(backend);
     let before = snapshot(&env);
     let show = env.show("v2");
     let err = env.fail(&["replay", "remove", "live"]);
@@ -178,10 +188,9 @@ fn the_reserved_key_live_and_malformed_keys_are_refused() {
     assert!(env.table_exists("balances"));
 }
 
-#[test]
-fn unknown_keys_and_projectors_get_a_clear_error() {
+fn unknown_keys_and_projectors_get_a_clear_error(backend: Backend) {
     let g = guests();
-    let (env, _) = with_replay();
+    let (env, _) = with_replay(backend);
     let before = snapshot(&env);
     for command in ["start", "show", "lag", "project", "promote", "remove"] {
         let err = env.fail(&["replay", command, "nosuch"]);
@@ -214,9 +223,8 @@ fn unknown_keys_and_projectors_get_a_clear_error() {
     assert_eq!(snapshot(&env), before, "errors changed something");
 }
 
-#[test]
-fn commands_that_do_not_fit_the_state_are_refused_and_change_nothing() {
-    let (env, _) = with_replay();
+fn commands_that_do_not_fit_the_state_are_refused_and_change_nothing(backend: Backend) {
+    let (env, _) = with_replay(backend);
     env.ok(&["replay", "start", "v2"]);
     env.ok(&["replay", "project", "v2"]);
     let before = snapshot(&env);
@@ -245,10 +253,9 @@ fn commands_that_do_not_fit_the_state_are_refused_and_change_nothing() {
     }
 }
 
-#[test]
-fn malformed_events_and_invalid_components_are_refused_and_lose_nothing() {
+fn malformed_events_and_invalid_components_are_refused_and_lose_nothing(backend: Backend) {
     let g = guests();
-    let (env, mut generator) = with_replay();
+    let (env, mut generator) = with_replay(backend);
     let before = snapshot(&env);
     let head = env.head();
 
@@ -314,9 +321,8 @@ fn malformed_events_and_invalid_components_are_refused_and_lose_nothing() {
     );
 }
 
-#[test]
-fn commands_on_an_uninitialised_database_say_to_run_init() {
-    let env = Env::uninitialised();
+fn commands_on_an_uninitialised_database_say_to_run_init(backend: Backend) {
+    let env = Env::uninitialised(backend);
     for args in [
         &["events", "count"][..],
         &["projector", "list"],
@@ -335,10 +341,9 @@ fn commands_on_an_uninitialised_database_say_to_run_init() {
     );
 }
 
-#[test]
-fn bad_invocations_get_an_error_message_never_a_panic() {
+fn bad_invocations_get_an_error_message_never_a_panic(backend: Backend) {
     let g = guests();
-    let env = Env::new();
+    let env = Env::new(backend);
     env.ok(&["init"]);
     let missing = env.dir().join("missing.wasm");
     let missing = missing.to_str().expect("a UTF-8 path");
@@ -426,17 +431,11 @@ fn bad_invocations_get_an_error_message_never_a_panic() {
     assert_eq!(env.head(), 0, "nothing was appended by the bad invocations");
 }
 
-#[test]
-fn a_database_written_by_a_newer_zdr_is_refused_and_left_alone() {
-    let env = Env::new();
+fn a_database_written_by_a_newer_zdr_is_refused_and_left_alone(backend: Backend) {
+    let env = Env::new(backend);
     env.ok(&["events", "append", "--class", "Hello"]);
-    let conn = rusqlite::Connection::open(env.db_path()).expect("open the database");
-    conn.execute(
-        "UPDATE zdr_meta SET value = '99' WHERE key = 'schema_version'",
-        [],
-    )
-    .expect("pretend a newer zdr wrote it");
-    drop(conn);
+    // Pretend a newer zdr wrote it.
+    env.execute("UPDATE zdr_meta SET value = '99' WHERE key = 'schema_version'");
     for args in [
         &["init"][..],
         &["events", "count"],

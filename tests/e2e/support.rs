@@ -3,13 +3,21 @@
 //! read models with.
 //!
 //! - [`guests`] builds every guest component once per test process (`plugins/build-all.sh`).
-//! - [`Env`] is one test's world: a temporary directory holding the SQLite database, the
-//!   working directory of every `zdr` it runs (so a `zdr.toml` written there applies).
+//! - [`Backend`] says which database an [`Env`] runs on; [`both_backends!`] turns one scenario
+//!   into a `sqlite` and a `postgres` test, so the same body proves the same thing on both.
+//! - [`Env`] is one test's world: a temporary directory, the working directory of every `zdr`
+//!   it runs (so a `zdr.toml` written there applies), and its own database: a SQLite file in
+//!   that directory, or a PostgreSQL database of its own, created on the server named by
+//!   `ZDR_TEST_POSTGRES_URL` and dropped with the env, so tests run in parallel. An unreachable
+//!   server fails the test, never skips it.
 //! - [`Daemon`] is a running `zdr serve`, stopped with SIGTERM when dropped.
 //! - [`Generator`] makes deterministic bank events; [`fold_v1`] and [`fold_v2`] compute what
 //!   the `balances` table of each projector version must hold after a list of events.
 //! - [`Appender`] appends events from a thread, straight into `stored_events`, the way the
 //!   application that owns the event store would.
+//!
+//! Values read back with [`Env::rows`] are rendered as text the same way on both backends
+//! (NULL as `NULL`), so the folds compare with either.
 //!
 //! Tests never assert on durations: they wait for conditions with [`wait_until`].
 
@@ -122,18 +130,178 @@ pub fn describe(args: &[&str], output: &Output) -> String {
     )
 }
 
-/// One test's world: a temporary directory with the database, the working directory of
-/// every `zdr` the test runs.
+/// Which database a test's [`Env`] runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A SQLite file in the test's temporary directory.
+    Sqlite,
+    /// A database of its own on the PostgreSQL server named by `ZDR_TEST_POSTGRES_URL`.
+    Postgres,
+}
+
+/// Turns scenarios into tests on both backends: for each `fn NAME(backend: Backend)` named,
+/// a module `NAME` with the tests `NAME::sqlite` and `NAME::postgres`, so the same body
+/// proves the same thing on both (and `cargo test postgres` runs one side).
+///
+/// ```ignore
+/// both_backends!(the_scenario);
+///
+/// /// What the scenario proves.
+/// fn the_scenario(backend: Backend) {
+///     let env = Env::new(backend);
+///     // …
+/// }
+/// ```
+macro_rules! both_backends {
+    ($($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    super::$name($crate::support::Backend::Sqlite);
+                }
+
+                #[test]
+                fn postgres() {
+                    super::$name($crate::support::Backend::Postgres);
+                }
+            }
+        )+
+    };
+}
+pub(crate) use both_backends;
+
+/// The PostgreSQL server of the tests when `ZDR_TEST_POSTGRES_URL` is not set: the local one.
+pub const DEFAULT_POSTGRES_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+/// The URL of the PostgreSQL server the tests create their databases on (the database in
+/// it is only used to connect).
+pub fn postgres_server_url() -> String {
+    std::env::var("ZDR_TEST_POSTGRES_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| DEFAULT_POSTGRES_URL.to_string())
+}
+
+/// Connects to `url`; panics with a message saying how to point the tests at a server.
+pub fn postgres_connect(url: &str) -> postgres::Client {
+    postgres::Client::connect(url, postgres::NoTls).unwrap_or_else(|e| {
+        panic!(
+            "cannot connect to PostgreSQL at {url}: {}\n\
+             The PostgreSQL end-to-end tests need a server: start one, or set \
+             ZDR_TEST_POSTGRES_URL (default {DEFAULT_POSTGRES_URL}). They fail, never skip.",
+            pg_error(&e)
+        )
+    })
+}
+
+/// A PostgreSQL error with the server's message and SQLSTATE, not just "db error".
+pub fn pg_error(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => e.to_string(),
+    }
+}
+
+/// `url` with its database replaced by `name` (query parameters kept).
+fn with_database(url: &str, name: &str) -> String {
+    let (base, query) = url
+        .split_once('?')
+        .map_or((url, None), |(b, q)| (b, Some(q)));
+    let authority = base.find("://").map_or(0, |i| i + 3);
+    let path = base[authority..]
+        .find('/')
+        .map_or(base.len(), |i| authority + i);
+    let mut out = format!("{}/{name}", &base[..path]);
+    if let Some(query) = query {
+        out.push('?');
+        out.push_str(query);
+    }
+    out
+}
+
+/// One env's database on the PostgreSQL server, dropped (its connections with it) when the
+/// env is.
+struct PgDatabase {
+    server: String,
+    name: String,
+}
+
+impl PgDatabase {
+    /// Creates `zdr_e2e_<pid>_<n>` on the test server.
+    fn create() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        static SWEPT: OnceLock<()> = OnceLock::new();
+        let server = postgres_server_url();
+        let mut admin = postgres_connect(&server);
+        SWEPT.get_or_init(|| drop_abandoned_databases(&mut admin));
+        let name = format!(
+            "zdr_e2e_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        // template0: nobody is ever connected to it, so parallel creates do not collide; the
+        // encoding is UTF-8 whatever the server's default, as the holder names need.
+        admin
+            .batch_execute(&format!(
+                "CREATE DATABASE \"{name}\" TEMPLATE template0 ENCODING 'UTF8'"
+            ))
+            .unwrap_or_else(|e| panic!("cannot create database {name}: {}", pg_error(&e)));
+        Self { server, name }
+    }
+
+    /// A URL of this database.
+    fn url(&self) -> String {
+        with_database(&self.server, &self.name)
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        // Best effort: failing here must not hide the test's own failure; a database left
+        // behind is dropped by the next run's sweep.
+        if let Ok(mut admin) = postgres::Client::connect(&self.server, postgres::NoTls) {
+            let _ = admin.batch_execute(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                self.name
+            ));
+        }
+    }
+}
+
+/// Drops the test databases of test processes that no longer run (killed before their
+/// envs were dropped).
+fn drop_abandoned_databases(admin: &mut postgres::Client) {
+    let Ok(rows) = admin.query(
+        "SELECT datname FROM pg_database WHERE datname LIKE 'zdr\\_e2e\\_%'",
+        &[],
+    ) else {
+        return;
+    };
+    for row in rows {
+        let name: String = row.get(0);
+        let pid = name.split('_').nth(2).unwrap_or_default();
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ =
+                admin.batch_execute(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"));
+        }
+    }
+}
+
+/// One test's world: a temporary directory, the working directory of every `zdr` the test
+/// runs, and a database of its own on the test's backend.
 pub struct Env {
     dir: tempfile::TempDir,
+    backend: Backend,
     url: String,
     files: AtomicUsize,
+    postgres: Option<PgDatabase>,
 }
 
 impl Env {
-    /// A fresh directory and an initialised database.
-    pub fn new() -> Self {
-        let env = Self::uninitialised();
+    /// A fresh directory and an initialised database on `backend`.
+    pub fn new(backend: Backend) -> Self {
+        let env = Self::uninitialised(backend);
         let out = env.ok(&["init"]);
         assert!(
             out.contains("initialised"),
@@ -142,18 +310,39 @@ impl Env {
         env
     }
 
-    /// A fresh directory, without running `zdr init`.
-    pub fn uninitialised() -> Self {
+    /// A fresh directory and an empty database on `backend`, without running `zdr init`.
+    pub fn uninitialised(backend: Backend) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("zdr-e2e-")
             .tempdir()
             .expect("cannot create a temporary directory");
-        let url = format!("sqlite://{}", dir.path().join("zdr.db").display());
+        let (url, postgres) = match backend {
+            Backend::Sqlite => (
+                format!("sqlite://{}", dir.path().join("zdr.db").display()),
+                None,
+            ),
+            Backend::Postgres => {
+                let db = PgDatabase::create();
+                (db.url(), Some(db))
+            }
+        };
         Self {
             dir,
+            backend,
             url,
             files: AtomicUsize::new(0),
+            postgres,
         }
+    }
+
+    /// The backend this env runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The database URL every `zdr` of this env gets.
+    pub fn url(&self) -> &str {
+        &self.url
     }
 
     /// The temporary directory.
@@ -161,9 +350,30 @@ impl Env {
         self.dir.path()
     }
 
-    /// The SQLite file.
+    /// The SQLite file (SQLite envs only).
     pub fn db_path(&self) -> PathBuf {
+        assert_eq!(
+            self.backend,
+            Backend::Sqlite,
+            "test bug: db_path() is for SQLite envs"
+        );
         self.dir.path().join("zdr.db")
+    }
+
+    /// The physical name of table `table` of replay `key`'s clone, as SQL can name it.
+    pub fn clone_table(&self, key: &str, table: &str) -> String {
+        match self.backend {
+            Backend::Sqlite => format!("zdr_r_{key}__{table}"),
+            Backend::Postgres => format!("zdr_r_{key}.{table}"),
+        }
+    }
+
+    /// The physical name of table `table` kept for rollback by replay `key`'s promote.
+    pub fn retired_table(&self, key: &str, table: &str) -> String {
+        match self.backend {
+            Backend::Sqlite => format!("zdr_p_{key}__{table}"),
+            Backend::Postgres => format!("zdr_p_{key}.{table}"),
+        }
     }
 
     /// Writes `zdr.toml` in the working directory of every `zdr` this env runs.
@@ -339,7 +549,8 @@ impl Env {
         }
     }
 
-    /// A read-only connection to the database, the way a reader of the read models has one.
+    /// A read-only connection to the SQLite database, the way a reader of the read models
+    /// has one (SQLite envs only).
     pub fn read(&self) -> Connection {
         let conn = Connection::open_with_flags(self.db_path(), OpenFlags::SQLITE_OPEN_READ_ONLY)
             .expect("cannot open the database read-only");
@@ -348,9 +559,65 @@ impl Env {
         conn
     }
 
+    /// A new connection to the PostgreSQL database (PostgreSQL envs only).
+    pub fn postgres(&self) -> postgres::Client {
+        assert_eq!(
+            self.backend,
+            Backend::Postgres,
+            "test bug: postgres() is for PostgreSQL envs"
+        );
+        postgres_connect(&self.url)
+    }
+
     /// Rows of a query, every value rendered as text (NULL as `NULL`).
     pub fn rows(&self, sql: &str) -> Vec<Vec<String>> {
-        query_rows(&self.read(), sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+        self.try_rows(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Rows of a query, or the database's error message.
+    pub fn try_rows(&self, sql: &str) -> Result<Vec<Vec<String>>, String> {
+        match self.backend {
+            Backend::Sqlite => query_rows(&self.read(), sql).map_err(|e| e.to_string()),
+            Backend::Postgres => pg_rows(&mut self.postgres(), sql),
+        }
+    }
+
+    /// Runs statements that change the database, the way an operator with a SQL shell would.
+    pub fn execute(&self, sql: &str) {
+        match self.backend {
+            Backend::Sqlite => Connection::open(self.db_path())
+                .and_then(|conn| conn.execute_batch(sql))
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            Backend::Postgres => self
+                .postgres()
+                .batch_execute(sql)
+                .unwrap_or_else(|e| panic!("{sql}: {}", pg_error(&e))),
+        }
+    }
+
+    /// Runs `read` in one read transaction: every query it makes sees the same snapshot.
+    pub fn read_consistently<T>(&self, read: impl FnOnce(&mut dyn Query) -> T) -> T {
+        match self.backend {
+            Backend::Sqlite => {
+                let mut conn = self.read();
+                let mut tx = conn.transaction().expect("a read transaction");
+                let out = read(&mut tx);
+                tx.commit().expect("ending the read transaction");
+                out
+            }
+            Backend::Postgres => {
+                let mut client = self.postgres();
+                let mut tx = client
+                    .build_transaction()
+                    .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                    .read_only(true)
+                    .start()
+                    .expect("a read transaction");
+                let out = read(&mut tx);
+                tx.commit().expect("ending the read transaction");
+                out
+            }
+        }
     }
 
     /// The first column of a query's rows, as integers (event ids).
@@ -363,26 +630,53 @@ impl Env {
 
     /// The single integer a query returns.
     pub fn scalar(&self, sql: &str) -> i64 {
-        self.read()
-            .query_row(sql, [], |r| r.get(0))
-            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+        let rows = self.rows(sql);
+        let cell = rows
+            .first()
+            .and_then(|r| r.first())
+            .unwrap_or_else(|| panic!("{sql}: no value"));
+        cell.parse()
+            .unwrap_or_else(|_| panic!("{sql}: {cell:?} is not an integer"))
     }
 
-    /// Whether a table of this name exists.
+    /// Whether a table of this name exists: `name` or, on PostgreSQL, `schema.name` (an
+    /// unqualified name is looked for in `public`).
     pub fn table_exists(&self, name: &str) -> bool {
-        self.read()
-            .query_row(
-                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
-                [name],
-                |r| r.get::<_, i64>(0),
-            )
-            .expect("reading sqlite_master")
-            > 0
+        match self.backend {
+            Backend::Sqlite => {
+                self.read()
+                    .query_row(
+                        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?1",
+                        [name],
+                        |r| r.get::<_, i64>(0),
+                    )
+                    .expect("reading sqlite_master")
+                    > 0
+            }
+            Backend::Postgres => {
+                let (schema, table) = name.split_once('.').unwrap_or(("public", name));
+                let count: i64 = self
+                    .postgres()
+                    .query_one(
+                        "SELECT COUNT(*) FROM pg_tables WHERE schemaname = $1 AND tablename = $2",
+                        &[&schema, &table],
+                    )
+                    .map(|r| r.get(0))
+                    .unwrap_or_else(|e| panic!("reading pg_tables: {}", pg_error(&e)));
+                count > 0
+            }
+        }
     }
 
-    /// Every table, index, view and trigger in the database, as `type name`.
+    /// Every schema object outside the system catalogs, as `type name`: on SQLite every
+    /// table, index, view and trigger; on PostgreSQL also schemas, sequences and functions,
+    /// named `schema.name`.
     pub fn schema_objects(&self) -> Vec<String> {
-        self.rows("SELECT type || ' ' || name FROM sqlite_master ORDER BY type, name")
+        let sql = match self.backend {
+            Backend::Sqlite => "SELECT type || ' ' || name FROM sqlite_master ORDER BY type, name",
+            Backend::Postgres => PG_SCHEMA_OBJECTS,
+        };
+        self.rows(sql)
             .into_iter()
             .map(|mut r| r.remove(0))
             .collect()
@@ -395,39 +689,58 @@ impl Env {
 
     /// Every stored event, in id order, as the projectors see them.
     pub fn stored_events(&self) -> Vec<StoredEvent> {
-        let conn = self.read();
-        let mut stmt = conn
-            .prepare(
-                "SELECT id, aggregate_uuid, event_class, event_properties, CAST(created_at AS TEXT) \
-                 FROM stored_events ORDER BY id",
-            )
-            .expect("preparing the event read");
-        stmt.query_map([], |r| {
-            Ok(StoredEvent {
-                id: r.get(0)?,
-                aggregate_uuid: r.get(1)?,
-                event_class: r.get(2)?,
-                properties: r.get(3)?,
-                created_at: r.get(4)?,
-            })
-        })
-        .expect("reading stored_events")
-        .collect::<Result<_, _>>()
-        .expect("reading stored_events")
+        match self.backend {
+            Backend::Sqlite => {
+                let conn = self.read();
+                let mut stmt = conn
+                    .prepare(
+                        "SELECT id, aggregate_uuid, event_class, event_properties, CAST(created_at AS TEXT) \
+                         FROM stored_events ORDER BY id",
+                    )
+                    .expect("preparing the event read");
+                stmt.query_map([], |r| {
+                    Ok(StoredEvent {
+                        id: r.get(0)?,
+                        aggregate_uuid: r.get(1)?,
+                        event_class: r.get(2)?,
+                        properties: r.get(3)?,
+                        created_at: r.get(4)?,
+                    })
+                })
+                .expect("reading stored_events")
+                .collect::<Result<_, _>>()
+                .expect("reading stored_events")
+            }
+            Backend::Postgres => self
+                .postgres()
+                .query(
+                    &format!(
+                        "SELECT id, aggregate_uuid::text, event_class, event_properties::text, {PG_CREATED_AT} \
+                         FROM stored_events ORDER BY id"
+                    ),
+                    &[],
+                )
+                .unwrap_or_else(|e| panic!("reading stored_events: {}", pg_error(&e)))
+                .into_iter()
+                .map(|r| StoredEvent {
+                    id: r.get(0),
+                    aggregate_uuid: r.get(1),
+                    event_class: r.get(2),
+                    properties: r.get(3),
+                    created_at: r.get(4),
+                })
+                .collect(),
+        }
     }
 
     /// A `balances`-shaped table with version 1's columns, sorted like the folds.
     pub fn balances_v1(&self, table: &str) -> Vec<Vec<String>> {
-        self.rows(&format!(
-            "SELECT {V1_COLUMNS} FROM {table} ORDER BY account_uuid"
-        ))
+        sorted(self.rows(&format!("SELECT {V1_COLUMNS} FROM {table}")))
     }
 
     /// A `balances`-shaped table with version 2's columns, sorted like the folds.
     pub fn balances_v2(&self, table: &str) -> Vec<Vec<String>> {
-        self.rows(&format!(
-            "SELECT {V2_COLUMNS} FROM {table} ORDER BY account_uuid"
-        ))
+        sorted(self.rows(&format!("SELECT {V2_COLUMNS} FROM {table}")))
     }
 
     /// Waits until live projector `name` runs `version` and has applied every stored event.
@@ -490,6 +803,91 @@ pub fn query_rows(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<Vec<Stri
     })?;
     rows.collect()
 }
+
+/// Runs a query on a PostgreSQL connection, every value in PostgreSQL's text form (which for
+/// integers and text is the form [`text`] gives SQLite's), NULL as `NULL`.
+///
+/// # Errors
+///
+/// The server's message.
+pub fn pg_rows(
+    client: &mut impl postgres::GenericClient,
+    sql: &str,
+) -> Result<Vec<Vec<String>>, String> {
+    let messages = client.simple_query(sql).map_err(|e| pg_error(&e))?;
+    Ok(messages
+        .into_iter()
+        .filter_map(|m| match m {
+            postgres::SimpleQueryMessage::Row(row) => Some(
+                (0..row.len())
+                    .map(|i| {
+                        row.get(i)
+                            .map_or_else(|| "NULL".to_string(), str::to_string)
+                    })
+                    .collect(),
+            ),
+            _ => None,
+        })
+        .collect())
+}
+
+/// A read transaction on either backend ([`Env::read_consistently`]).
+pub trait Query {
+    /// The rows of `sql`, rendered like [`Env::rows`].
+    ///
+    /// # Errors
+    ///
+    /// The database's message.
+    fn rows(&mut self, sql: &str) -> Result<Vec<Vec<String>>, String>;
+}
+
+impl Query for rusqlite::Transaction<'_> {
+    fn rows(&mut self, sql: &str) -> Result<Vec<Vec<String>>, String> {
+        query_rows(self, sql).map_err(|e| e.to_string())
+    }
+}
+
+impl Query for postgres::Transaction<'_> {
+    fn rows(&mut self, sql: &str) -> Result<Vec<Vec<String>>, String> {
+        pg_rows(self, sql)
+    }
+}
+
+/// `rows` sorted (by their first column first): the order of the folds, whatever collation
+/// the database sorts text with.
+fn sorted(mut rows: Vec<Vec<String>>) -> Vec<Vec<String>> {
+    rows.sort();
+    rows
+}
+
+/// How `created_at` of a PostgreSQL `stored_events` row is read: the text a projector is
+/// handed for it.
+const PG_CREATED_AT: &str = "created_at::text";
+
+/// Every object in the non-system schemas of a PostgreSQL database, as `type schema.name`
+/// (schemas as `schema name`, triggers as `trigger schema.table.name`).
+const PG_SCHEMA_OBJECTS: &str = "\
+SELECT kind || ' ' || name FROM (
+    SELECT 'schema' AS kind, n.nspname::text AS name FROM pg_namespace n
+    UNION ALL
+    SELECT CASE c.relkind WHEN 'r' THEN 'table' WHEN 'p' THEN 'table' WHEN 'i' THEN 'index'
+               WHEN 'I' THEN 'index' WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized-view'
+               WHEN 'S' THEN 'sequence' WHEN 'f' THEN 'foreign-table' ELSE 'relation' END,
+           n.nspname || '.' || c.relname
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.relkind IN ('r', 'p', 'i', 'I', 'v', 'm', 'S', 'f')
+    UNION ALL
+    SELECT 'trigger', n.nspname || '.' || c.relname || '.' || t.tgname
+    FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE NOT t.tgisinternal
+    UNION ALL
+    SELECT 'function', n.nspname || '.' || p.proname
+    FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+) o
+WHERE split_part(name, '.', 1) NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+  AND split_part(name, '.', 1) NOT LIKE 'pg\\_temp\\_%'
+  AND split_part(name, '.', 1) NOT LIKE 'pg\\_toast\\_temp\\_%'
+ORDER BY 1";
 
 /// Polls `condition` until it holds; panics with `what` when `timeout` passes first.
 pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
@@ -903,27 +1301,17 @@ impl Appender {
     pub fn start(env: &Env, seed: u64, accounts: Vec<String>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let appended = Arc::new(AtomicU64::new(0));
-        let path = env.db_path();
+        let store = match env.backend() {
+            Backend::Sqlite => Store::Sqlite(env.db_path()),
+            Backend::Postgres => Store::Postgres(env.url().to_string()),
+        };
         let (thread_stop, thread_appended) = (stop.clone(), appended.clone());
         let handle = std::thread::spawn(move || {
-            let mut conn = Connection::open(&path).expect("the appender cannot open the database");
-            conn.busy_timeout(Duration::from_secs(60))
-                .expect("busy_timeout");
+            let mut writer = store.open();
             let mut generator = Generator::with_accounts(seed, accounts);
             while !thread_stop.load(Ordering::Relaxed) {
                 let events = generator.money(3);
-                let tx = conn
-                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-                    .expect("the appender cannot begin");
-                for e in &events {
-                    tx.execute(
-                        "INSERT INTO stored_events (aggregate_uuid, event_version, event_class, event_properties, meta_data, created_at) \
-                         VALUES (?1, 1, ?2, ?3, '{}', strftime('%Y-%m-%d %H:%M:%f', 'now'))",
-                        params![e.aggregate, e.class, e.properties.to_string()],
-                    )
-                    .expect("the appender cannot insert");
-                }
-                tx.commit().expect("the appender cannot commit");
+                writer.append(&events);
                 thread_appended.fetch_add(events.len() as u64, Ordering::SeqCst);
                 std::thread::sleep(Duration::from_millis(2));
             }
@@ -973,6 +1361,75 @@ impl Drop for Appender {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(handle) = self.handle.take() {
             let _ = handle.join();
+        }
+    }
+}
+
+/// Where an appender writes: the event store of an env, on its backend.
+enum Store {
+    Sqlite(PathBuf),
+    Postgres(String),
+}
+
+impl Store {
+    /// A connection to the store.
+    fn open(&self) -> Writer {
+        match self {
+            Self::Sqlite(path) => {
+                let conn = Connection::open(path).expect("the appender cannot open the database");
+                conn.busy_timeout(Duration::from_secs(60))
+                    .expect("busy_timeout");
+                Writer::Sqlite(conn)
+            }
+            Self::Postgres(url) => Writer::Postgres(postgres_connect(url)),
+        }
+    }
+}
+
+/// A connection that appends events the way the application owning the store would.
+pub enum Writer {
+    /// A SQLite connection.
+    Sqlite(Connection),
+    /// A PostgreSQL connection.
+    Postgres(postgres::Client),
+}
+
+/// Appends one event on PostgreSQL: `$1` aggregate, `$2` class, `$3` properties as JSON text.
+pub const PG_APPEND: &str = "INSERT INTO stored_events (aggregate_uuid, event_version, event_class, \
+     event_properties, meta_data, created_at) VALUES ($1, 1, $2, $3::text::jsonb, '{}', clock_timestamp())";
+
+impl Writer {
+    /// Appends `events` in one transaction.
+    pub fn append(&mut self, events: &[NewEvent]) {
+        match self {
+            Self::Sqlite(conn) => {
+                let tx = conn
+                    .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+                    .expect("the appender cannot begin");
+                for e in events {
+                    tx.execute(
+                        "INSERT INTO stored_events (aggregate_uuid, event_version, event_class, event_properties, meta_data, created_at) \
+                         VALUES (?1, 1, ?2, ?3, '{}', strftime('%Y-%m-%d %H:%M:%f', 'now'))",
+                        params![e.aggregate, e.class, e.properties.to_string()],
+                    )
+                    .expect("the appender cannot insert");
+                }
+                tx.commit().expect("the appender cannot commit");
+            }
+            Self::Postgres(client) => {
+                let mut tx = client
+                    .transaction()
+                    .unwrap_or_else(|e| panic!("the appender cannot begin: {}", pg_error(&e)));
+                for e in events {
+                    tx.execute(
+                        PG_APPEND,
+                        &[&e.aggregate, &e.class, &e.properties.to_string()],
+                    )
+                    .unwrap_or_else(|e| panic!("the appender cannot insert: {}", pg_error(&e)));
+                }
+                tx.commit()
+                    .unwrap_or_else(|e| panic!("the appender cannot commit: {}", pg_error(&e)));
+            }
         }
     }
 }

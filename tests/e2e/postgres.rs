@@ -1,0 +1,363 @@
+//! PostgreSQL under pressure: appenders whose transactions commit out of id order, readers
+//! of the live table while promote swaps it back and forth twenty times, and a projector
+//! trying PostgreSQL's own ways out of its tables.
+//!
+//! The rest of the lifecycle runs on both backends in the other modules (`both_backends!`),
+//! among them two daemons on one database handing a projector over when its owner is killed
+//! (`concurrency::two_daemons_never_apply_an_event_twice_and_one_takes_over_when_the_owner_dies`).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::sandbox::{PG_ESCAPES, check_outcomes, probes};
+use crate::support::{
+    Backend, Env, Generator, PG_APPEND, assert_same_rows, fold_v1, fold_v2, guests, pg_error,
+    postgres_connect,
+};
+
+/// What one appender did.
+#[derive(Debug, Default)]
+struct Appended {
+    committed_events: u64,
+    committed_transactions: u64,
+    rolled_back_transactions: u64,
+}
+
+/// Appends `events` money events on `accounts` to the database at `url`, in transactions of
+/// one to five events that stay open for 0–20 ms (between their inserts too), so that ids are
+/// taken in one order and committed in another; one transaction in eight is rolled back,
+/// leaving a real gap in the sequence.
+fn append_slowly(url: &str, seed: u64, accounts: Vec<String>, events: u64) -> Appended {
+    let mut client = postgres_connect(url);
+    let mut generator = Generator::with_accounts(seed, accounts);
+    let mut done = Appended::default();
+    while done.committed_events < events {
+        let n = (1 + generator.below(5)).min(events - done.committed_events);
+        let batch = generator.money(usize::try_from(n).expect("a small batch"));
+        let mut tx = client
+            .transaction()
+            .unwrap_or_else(|e| panic!("an appender cannot begin: {}", pg_error(&e)));
+        for e in &batch {
+            tx.execute(
+                PG_APPEND,
+                &[&e.aggregate, &e.class, &e.properties.to_string()],
+            )
+            .unwrap_or_else(|e| panic!("an appender cannot insert: {}", pg_error(&e)));
+            std::thread::sleep(Duration::from_millis(generator.below(6)));
+        }
+        std::thread::sleep(Duration::from_millis(generator.below(21)));
+        if generator.below(8) == 0 {
+            tx.rollback()
+                .unwrap_or_else(|e| panic!("an appender cannot roll back: {}", pg_error(&e)));
+            done.rolled_back_transactions += 1;
+        } else {
+            tx.commit()
+                .unwrap_or_else(|e| panic!("an appender cannot commit: {}", pg_error(&e)));
+            done.committed_transactions += 1;
+            done.committed_events += n;
+        }
+    }
+    done
+}
+
+#[test]
+fn eight_appenders_committing_out_of_order_lose_no_event_and_repeat_none() {
+    const APPENDERS: u64 = 8;
+    const EVENTS: u64 = 20_000;
+    const ACCOUNTS: usize = 50;
+    let g = guests();
+    let env = Env::new(Backend::Postgres);
+    let mut generator = Generator::new(32);
+    env.import(&generator.open_accounts(ACCOUNTS));
+    env.deploy("balance", &g.balance_v1);
+    let mut daemon = env.serve();
+
+    let appenders: Vec<JoinHandle<Appended>> = (0..APPENDERS)
+        .map(|i| {
+            let (url, accounts) = (env.url().to_string(), generator.accounts().to_vec());
+            std::thread::spawn(move || append_slowly(&url, 3_200 + i, accounts, EVENTS / APPENDERS))
+        })
+        .collect();
+    let done: Vec<Appended> = appenders
+        .into_iter()
+        .map(|a| a.join().expect("an appender panicked"))
+        .collect();
+    let committed: u64 = done.iter().map(|d| d.committed_events).sum();
+    let rolled_back: u64 = done.iter().map(|d| d.rolled_back_transactions).sum();
+    let transactions: u64 = done.iter().map(|d| d.committed_transactions).sum();
+    assert_eq!(committed, EVENTS, "test bug: the appenders' accounting");
+
+    env.wait_live("balance", "1");
+    let events = env.stored_events();
+    let head = env.head();
+    assert_eq!(
+        events.len() as u64,
+        ACCOUNTS as u64 + EVENTS,
+        "every committed event is stored, and nothing else"
+    );
+    assert!(
+        head > events.len() as i64,
+        "test bug: no rolled-back transaction left a gap in the ids (head {head})"
+    );
+    eprintln!(
+        "{EVENTS} events in {transactions} transactions by {APPENDERS} appenders, \
+         {rolled_back} transactions rolled back; ids end at {head} with {} gaps",
+        head - events.len() as i64
+    );
+    let live = env.projector("balance");
+    assert_eq!(live["checkpoint"], head, "{live:#}");
+    // A skipped event would be missing from some balance, one applied twice counted twice.
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&events),
+        "live v1 after 8 appenders committing out of order",
+    );
+    daemon.assert_running();
+    daemon.stop();
+}
+
+/// What the readers query: the columns both versions share and, through the row as JSON,
+/// version 2's own (NULL on version 1), so that the statement's result type stays the same
+/// when the table under the name changes and the prepared statement is planned again.
+const READ_LIVE: &str = "SELECT account_uuid, name, balance::text, \
+     to_jsonb(b) ->> 'transaction_count', to_jsonb(b) ->> 'last_activity' FROM balances b";
+
+/// One reader's account of its reads.
+#[derive(Debug, Default)]
+struct ReaderLog {
+    reads: u64,
+    v1: u64,
+    v2: u64,
+    errors: Vec<String>,
+    wrong: Vec<String>,
+    longest: Duration,
+}
+
+/// Reads the live table with a prepared statement until `stop`, comparing each result with
+/// the two states it may be in.
+fn read_live(url: &str, states: &[Vec<Vec<String>>; 2], stop: &AtomicBool) -> ReaderLog {
+    let mut client = postgres_connect(url);
+    let statement = client
+        .prepare(READ_LIVE)
+        .unwrap_or_else(|e| panic!("preparing the reader's statement: {}", pg_error(&e)));
+    let mut log = ReaderLog::default();
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let result = client.query(&statement, &[]);
+        log.longest = log.longest.max(started.elapsed());
+        log.reads += 1;
+        match result {
+            Err(e) => {
+                if log.errors.len() < 5 {
+                    log.errors.push(pg_error(&e));
+                }
+            }
+            Ok(rows) => {
+                let mut rows: Vec<Vec<String>> = rows
+                    .iter()
+                    .map(|r| {
+                        (0..5)
+                            .map(|i| {
+                                r.get::<_, Option<String>>(i)
+                                    .unwrap_or_else(|| "NULL".into())
+                            })
+                            .collect()
+                    })
+                    .collect();
+                rows.sort();
+                if rows == states[0] {
+                    log.v1 += 1;
+                } else if rows == states[1] {
+                    log.v2 += 1;
+                } else if log.wrong.len() < 5 {
+                    let v2_rows = rows.iter().filter(|r| r[3] != "NULL").count();
+                    log.wrong.push(format!(
+                        "{} rows ({v2_rows} with version 2's columns), first: {:?}",
+                        rows.len(),
+                        rows.first()
+                    ));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    log
+}
+
+#[test]
+fn sixteen_readers_see_one_whole_version_through_twenty_promotes() {
+    const READERS: usize = 16;
+    const PROMOTES: usize = 20;
+    const ACCOUNTS: usize = 40;
+    let g = guests();
+    let env = Env::new(Backend::Postgres);
+    let mut generator = Generator::new(33);
+    env.import(&generator.open_accounts(ACCOUNTS));
+    env.import(&generator.money(2_000));
+    env.deploy("balance", &g.balance_v1);
+    let mut daemon = env.serve();
+    env.wait_live("balance", "1");
+
+    // No events arrive from here on: the live table is in one of two known states, which
+    // the folds give (version 1's rows have no version 2 columns).
+    let events = env.stored_events();
+    let v1: Vec<Vec<String>> = fold_v1(&events)
+        .into_iter()
+        .map(|mut row| {
+            row.extend(["NULL".to_string(), "NULL".to_string()]);
+            row
+        })
+        .collect();
+    let states = Arc::new([v1, fold_v2(&events)]);
+    assert_eq!(states[0].len(), ACCOUNTS);
+    assert_ne!(states[0], states[1]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(Barrier::new(READERS + 1));
+    let readers: Vec<JoinHandle<ReaderLog>> = (0..READERS)
+        .map(|_| {
+            let (url, states, stop, ready) = (
+                env.url().to_string(),
+                states.clone(),
+                stop.clone(),
+                ready.clone(),
+            );
+            std::thread::spawn(move || {
+                ready.wait();
+                read_live(&url, &states, &stop)
+            })
+        })
+        .collect();
+    ready.wait();
+
+    let mut versions = BTreeMap::new();
+    for round in 0..PROMOTES {
+        let (version, file) = if round % 2 == 0 {
+            ("2", &g.balance_v2)
+        } else {
+            ("1", &g.balance_v1)
+        };
+        let key = format!("p{round}");
+        env.create_balance_replay(&key, file);
+        env.ok(&["replay", "start", &key]);
+        env.ok(&["replay", "project", &key]);
+        let out = env.ok(&["replay", "promote", &key]);
+        assert!(
+            out.contains(&format!("promoted balance version {version}")),
+            "round {round}: {out}"
+        );
+        env.ok(&["replay", "remove", &key]);
+        *versions.entry(version).or_insert(0) += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let logs: Vec<ReaderLog> = readers
+        .into_iter()
+        .map(|r| r.join().expect("a reader panicked"))
+        .collect();
+
+    let reads: u64 = logs.iter().map(|l| l.reads).sum();
+    let longest = logs.iter().map(|l| l.longest).max().unwrap_or_default();
+    eprintln!(
+        "{READERS} readers, {reads} reads during {PROMOTES} promotes ({versions:?}); \
+         the longest reader stall was {longest:?}"
+    );
+    for (i, log) in logs.iter().enumerate() {
+        assert!(
+            log.errors.is_empty(),
+            "reader {i} got errors (first 5): {:#?}",
+            log.errors
+        );
+        assert!(
+            log.wrong.is_empty(),
+            "reader {i} saw a table in neither state (first 5): {:#?}",
+            log.wrong
+        );
+    }
+    assert!(
+        logs.iter().map(|l| l.v1).sum::<u64>() > 0 && logs.iter().map(|l| l.v2).sum::<u64>() > 0,
+        "the readers never saw both versions: {logs:?}"
+    );
+
+    // Twenty promotes later, version 1 is live again, its table the fold, and the daemon that
+    // hot-swapped twenty times still serves it.
+    env.import(&generator.money(50));
+    env.wait_live("balance", "1");
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&env.stored_events()),
+        "live after twenty promotes",
+    );
+    assert!(
+        env.schema_objects()
+            .iter()
+            .all(|o| !o.contains("zdr_r_p") && !o.contains("zdr_p_p")),
+        "a removed replay left something: {:?}",
+        env.schema_objects()
+    );
+    daemon.assert_running();
+    let log = daemon.stop();
+    assert!(log.contains("hot swap"), "no hot swap in the log:\n{log}");
+}
+
+#[test]
+fn a_projector_trying_postgres_escapes_is_denied_and_the_daemon_keeps_serving() {
+    let g = guests();
+    let env = Env::new(Backend::Postgres);
+    let mut generator = Generator::new(34);
+    env.import(&generator.open_accounts(5));
+    env.import(&generator.money(50));
+    env.deploy("balance", &g.balance_v1);
+    env.deploy("sql-probe", &g.sql_probe);
+    let mut daemon = env.serve();
+    env.wait_live("sql-probe", "1");
+
+    let objects = env.schema_objects();
+    let large_objects = env.scalar("SELECT COUNT(*) FROM pg_largeobject_metadata");
+    let first = env.head() + 1;
+    let escapes: Vec<_> = PG_ESCAPES.iter().collect();
+    env.import(&probes(&escapes, 3000));
+    let events = env.rows("SELECT * FROM stored_events ORDER BY id");
+    env.wait_live("sql-probe", "1");
+    check_outcomes(
+        &env,
+        &escapes,
+        first,
+        "PostgreSQL escapes sent to the live projector",
+    );
+    daemon.assert_running();
+
+    assert_eq!(
+        env.rows("SELECT * FROM stored_events ORDER BY id"),
+        events,
+        "stored_events was modified"
+    );
+    assert_eq!(env.schema_objects(), objects, "the schema changed");
+    assert_eq!(
+        env.scalar("SELECT COUNT(*) FROM pg_largeobject_metadata"),
+        large_objects,
+        "a large object was created"
+    );
+    assert!(
+        !std::path::Path::new("/tmp/zdr-evil").exists(),
+        "COPY or lo_export wrote a file"
+    );
+    assert_eq!(
+        env.rows("SELECT id, note FROM probe_notes ORDER BY id"),
+        [["3000", "legit"]]
+    );
+
+    // Still serving both projectors afterwards, with nothing lost.
+    env.import(&generator.money(20));
+    env.wait_live("balance", "1");
+    env.wait_live("sql-probe", "1");
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&env.stored_events()),
+        "the other projector's table",
+    );
+    daemon.assert_running();
+    daemon.stop();
+}
