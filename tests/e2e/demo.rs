@@ -5,9 +5,7 @@ use crate::support::{Backend, Env, both_backends, guests, repo_root};
 
 both_backends!(the_demo_runs_on_a_fresh_database_and_ends_with_live_equal_to_a_fresh_rebuild);
 
-fn the_demo_runs_on_a_fresh_database_and_ends_with_live_equal_to_a_fresh_rebuild(
-    backend: Backend,
-) {
+fn the_demo_runs_on_a_fresh_database_and_ends_with_live_equal_to_a_fresh_rebuild(backend: Backend) {
     guests();
     // An env for its temporary directory, its empty database and its command set-up; on
     // SQLite the demo makes its own database file. It runs from the repository root, where it

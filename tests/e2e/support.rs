@@ -295,7 +295,8 @@ pub struct Env {
     backend: Backend,
     url: String,
     files: AtomicUsize,
-    postgres: Option<PgDatabase>,
+    /// Kept for its `Drop`: a PostgreSQL env's database lives as long as the env.
+    _database: Option<PgDatabase>,
 }
 
 impl Env {
@@ -316,7 +317,7 @@ impl Env {
             .prefix("zdr-e2e-")
             .tempdir()
             .expect("cannot create a temporary directory");
-        let (url, postgres) = match backend {
+        let (url, database) = match backend {
             Backend::Sqlite => (
                 format!("sqlite://{}", dir.path().join("zdr.db").display()),
                 None,
@@ -331,7 +332,7 @@ impl Env {
             backend,
             url,
             files: AtomicUsize::new(0),
-            postgres,
+            _database: database,
         }
     }
 
