@@ -3,11 +3,18 @@
 //! message that says what is wrong, and the database is left exactly as it was. Tables are
 //! owned by one projector, and a table zdr does not manage is never taken over.
 
-use rusqlite::Connection;
-
 use crate::support::{
-    Backend, Env, Generator, built_component, describe, guests, query_rows, repo_root,
+    Backend, Env, Generator, Query, both_backends, built_component, describe, guests, repo_root,
 };
+
+both_backends!(
+    every_invalid_component_is_refused_with_its_reason_and_changes_nothing,
+    a_table_belongs_to_one_projector,
+    an_unmanaged_table_is_not_taken_over_by_a_new_projector,
+    an_unmanaged_table_is_not_taken_over_by_a_replay,
+    an_unmanaged_table_is_not_taken_over_by_an_upgrade,
+    a_valid_guest_of_the_hostile_set_deploys,
+);
 
 /// The path of a component built from `tests/hostile/` (its crate name with `_`), after
 /// `plugins/build-all.sh` built every workspace.
@@ -35,31 +42,54 @@ fn write(env: &Env, name: &str, bytes: &[u8]) -> String {
     path.to_str().expect("UTF-8 path").to_string()
 }
 
-/// Everything in the database: every schema object with its SQL, then every row of every
-/// table (`sqlite_sequence` included, so an insert rolled back or deleted afterwards shows).
+/// Everything in the database: every schema object (on SQLite with its SQL, on PostgreSQL
+/// with its columns), then every row of every table (on SQLite `sqlite_sequence` included, so
+/// an insert rolled back or deleted afterwards shows; PostgreSQL's sequences are left out, as
+/// they move outside transactions by design).
 fn snapshot(env: &Env) -> Vec<(String, Vec<Vec<String>>)> {
-    let conn = env.read();
-    let rows = |sql: &str| query_rows(&conn, sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
     let objects: Vec<String> = env.schema_objects();
-    let mut dump = vec![
-        (
-            "schema objects".to_string(),
-            objects.into_iter().map(|o| vec![o]).collect(),
-        ),
-        (
-            "sqlite_master".to_string(),
-            rows("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"),
-        ),
-    ];
-    let tables = rows("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name");
-    for table in tables {
-        let name = &table[0];
-        dump.push((
-            name.clone(),
-            rows(&format!("SELECT * FROM \"{name}\" ORDER BY 1")),
-        ));
-    }
-    dump
+    env.read_consistently(|q: &mut dyn Query| {
+        let mut rows = |sql: &str| q.rows(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let (shapes, tables) = match env.backend() {
+            Backend::Sqlite => (
+                (
+                    "sqlite_master",
+                    rows("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY type, name"),
+                ),
+                rows("SELECT '\"' || name || '\"' FROM sqlite_master WHERE type = 'table' ORDER BY name"),
+            ),
+            Backend::Postgres => (
+                (
+                    "columns",
+                    rows(
+                        "SELECT table_schema, table_name, column_name, data_type, is_nullable, column_default \
+                         FROM information_schema.columns \
+                         WHERE table_schema NOT IN ('pg_catalog', 'information_schema') \
+                         ORDER BY 1, 2, ordinal_position",
+                    ),
+                ),
+                rows(
+                    "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
+                     WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
+                ),
+            ),
+        };
+        let mut dump = vec![
+            (
+                "schema objects".to_string(),
+                objects.into_iter().map(|o| vec![o]).collect(),
+            ),
+            (shapes.0.to_string(), shapes.1),
+        ];
+        for table in tables {
+            let name = &table[0];
+            dump.push((
+                name.clone(),
+                rows(&format!("SELECT * FROM {name} ORDER BY 1")),
+            ));
+        }
+        dump
+    })
 }
 
 /// What differs between two snapshots, cells shortened (components are stored as blobs).
@@ -305,15 +335,14 @@ fn invalid_components(env: &Env) -> Vec<Case> {
     ]
 }
 
-#[test]
-fn every_invalid_component_is_refused_with_its_reason_and_changes_nothing() {
+fn every_invalid_component_is_refused_with_its_reason_and_changes_nothing(backend: Backend) {
     let g = guests();
     let mut generator = Generator::new(4);
     // Nothing deployed yet: `deploy` would build a new projector.
-    let fresh = Env::new(Backend::Sqlite);
+    let fresh = Env::new(backend);
     fresh.import(&generator.open_accounts(4));
     // Balance version 1 live: `deploy` would upgrade it, `replay create` would clone it.
-    let live = Env::new(Backend::Sqlite);
+    let live = Env::new(backend);
     live.import(&generator.open_accounts(4));
     live.deploy("balance", &g.balance_v1);
 
@@ -337,10 +366,9 @@ fn every_invalid_component_is_refused_with_its_reason_and_changes_nothing() {
     assert!(out.contains("created replay k"), "{out}");
 }
 
-#[test]
-fn a_table_belongs_to_one_projector() {
+fn a_table_belongs_to_one_projector(backend: Backend) {
     let g = guests();
-    let env = Env::new(Backend::Sqlite);
+    let env = Env::new(backend);
     env.deploy("notes", &hostile("notes"));
     let claims = hostile("claims_notes");
     let owned = &[r#"table "notes" already belongs to projector "notes""#][..];
@@ -364,15 +392,13 @@ fn a_table_belongs_to_one_projector() {
 
 /// A database with balance version 1 live and a table `notes` that zdr does not manage, with
 /// a row in it.
-fn env_with_unmanaged_notes() -> Env {
-    let env = Env::new(Backend::Sqlite);
+fn env_with_unmanaged_notes(backend: Backend) -> Env {
+    let env = Env::new(backend);
     env.deploy("balance", &guests().balance_v1);
-    let conn = Connection::open(env.db_path()).expect("cannot open the database");
-    conn.execute_batch(
+    env.execute(
         "CREATE TABLE notes (id INTEGER PRIMARY KEY, secret TEXT);
          INSERT INTO notes (id, secret) VALUES (1, 'not zdr''s');",
-    )
-    .expect("cannot create the unmanaged table");
+    );
     env
 }
 
@@ -388,9 +414,8 @@ fn assert_unmanaged_notes_intact(env: &Env) {
 /// What refusing an unmanaged table must say.
 const UNMANAGED: &[&str] = &[r#"a table named "notes" already exists and zdr does not manage it"#];
 
-#[test]
-fn an_unmanaged_table_is_not_taken_over_by_a_new_projector() {
-    let env = env_with_unmanaged_notes();
+fn an_unmanaged_table_is_not_taken_over_by_a_new_projector(backend: Backend) {
+    let env = env_with_unmanaged_notes(backend);
     let result = refused(
         &env,
         &["projector", "deploy", "notes", &hostile("notes")],
@@ -400,9 +425,8 @@ fn an_unmanaged_table_is_not_taken_over_by_a_new_projector() {
     assert_unmanaged_notes_intact(&env);
 }
 
-#[test]
-fn an_unmanaged_table_is_not_taken_over_by_a_replay() {
-    let env = env_with_unmanaged_notes();
+fn an_unmanaged_table_is_not_taken_over_by_a_replay(backend: Backend) {
+    let env = env_with_unmanaged_notes(backend);
     let spec = format!("balance={}", hostile("claims_notes"));
     let result = refused(
         &env,
@@ -413,9 +437,8 @@ fn an_unmanaged_table_is_not_taken_over_by_a_replay() {
     assert_unmanaged_notes_intact(&env);
 }
 
-#[test]
-fn an_unmanaged_table_is_not_taken_over_by_an_upgrade() {
-    let env = env_with_unmanaged_notes();
+fn an_unmanaged_table_is_not_taken_over_by_an_upgrade(backend: Backend) {
+    let env = env_with_unmanaged_notes(backend);
     let result = refused(
         &env,
         &["projector", "deploy", "balance", &hostile("claims_notes")],
@@ -427,9 +450,8 @@ fn an_unmanaged_table_is_not_taken_over_by_an_upgrade() {
 
 /// The control: `notes` is built like the `describe-*` guests (`hostile-common`), so when it
 /// deploys and builds its table, their refusals are about what they describe, not the scaffold.
-#[test]
-fn a_valid_guest_of_the_hostile_set_deploys() {
-    let env = Env::new(Backend::Sqlite);
+fn a_valid_guest_of_the_hostile_set_deploys(backend: Backend) {
+    let env = Env::new(backend);
     env.deploy("notes", &hostile("notes"));
     assert!(env.table_exists("notes"));
     assert_eq!(env.projector("notes")["status"], "running");

@@ -197,9 +197,10 @@ pub fn postgres_connect(url: &str) -> postgres::Client {
 
 /// A PostgreSQL error with the server's message and SQLSTATE, not just "db error".
 pub fn pg_error(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
-        None => e.to_string(),
+    match (e.as_db_error(), std::error::Error::source(e)) {
+        (Some(db), _) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        (None, Some(source)) => format!("{e}: {source}"),
+        (None, None) => e.to_string(),
     }
 }
 
