@@ -28,7 +28,7 @@ use crate::runtime::Runtime;
 #[derive(Debug, Parser)]
 #[command(name = "zdr", version, about, long_about = None)]
 pub struct Cli {
-    /// Database URL (sqlite://PATH). Also ZDR_DATABASE_URL or zdr.toml; default sqlite://zdr.db.
+    /// Database URL: sqlite://PATH or postgres://USER@HOST:PORT/DB[?schema=NAME]. Also ZDR_DATABASE_URL or zdr.toml; default sqlite://zdr.db.
     #[arg(long, global = true, env = "ZDR_DATABASE_URL")]
     database_url: Option<String>,
 
@@ -89,8 +89,8 @@ impl Cli {
 pub fn init_tracing(verbose: u8, quiet: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) => "info,wasmtime=warn,cranelift=warn",
-        (false, 1) => "debug,wasmtime=info,cranelift=info",
+        (false, 0) => "info,wasmtime=warn,cranelift=warn,sqlx=warn",
+        (false, 1) => "debug,wasmtime=info,cranelift=info,sqlx=info",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
