@@ -65,6 +65,14 @@ pub struct Guests {
     pub faulty: String,
     /// `balance` version 99, whose promote always vetoes.
     pub veto: String,
+    /// `balance` version 1 in JavaScript (`plugins/balance-js`).
+    pub balance_js_v1: String,
+    /// `balance` version 2 in JavaScript.
+    pub balance_js_v2: String,
+    /// `balance` version 1 in Python (`plugins/balance-py`).
+    pub balance_py_v1: String,
+    /// `balance` version 2 in Python.
+    pub balance_py_v2: String,
 }
 
 /// Builds every guest component (once per test process) and returns their paths.
@@ -90,6 +98,10 @@ pub fn guests() -> &'static Guests {
             sql_probe: path("tests/guests", "sql_probe.wasm"),
             faulty: path("tests/guests", "faulty.wasm"),
             veto: path("tests/guests", "veto.wasm"),
+            balance_js_v1: plugin_output("js/balance_v1.wasm"),
+            balance_js_v2: plugin_output("js/balance_v2.wasm"),
+            balance_py_v1: plugin_output("py/balance_v1.wasm"),
+            balance_py_v2: plugin_output("py/balance_v2.wasm"),
         }
     })
 }
@@ -101,6 +113,20 @@ pub fn built_component(workspace: &str, file: &str) -> String {
         .join(workspace)
         .join("target/wasm32-wasip2/release")
         .join(file);
+    assert!(
+        path.is_file(),
+        "build-all.sh did not produce {}",
+        path.display()
+    );
+    path.to_str()
+        .expect("the repository path is UTF-8")
+        .to_string()
+}
+
+/// The path of `file` under `plugins/target/`, where `plugins/build-all.sh` puts the
+/// JavaScript and Python components, checked to exist.
+pub fn plugin_output(file: &str) -> String {
+    let path = repo_root().join("plugins/target").join(file);
     assert!(
         path.is_file(),
         "build-all.sh did not produce {}",
