@@ -63,6 +63,12 @@ for version in v1 v2; do
         die "building the Python balance projector $version failed (see above)"
     built+=("$root/plugins/target/py/balance_$version.wasm")
 done
+node "$root/plugins/balance-js/build.mjs" "$root/tests/hostile/js-loop/projector.js" \
+    "$root/tests/hostile/target/js/js_loop.wasm" || die "building tests/hostile/js-loop failed (see above)"
+built+=("$root/tests/hostile/target/js/js_loop.wasm")
+bash "$root/plugins/balance-py/build.sh" "$root/tests/hostile/py-alloc" \
+    "$root/tests/hostile/target/py/py_alloc.wasm" || die "building tests/hostile/py-alloc failed (see above)"
+built+=("$root/tests/hostile/target/py/py_alloc.wasm")
 
 [[ ${#built[@]} -gt 0 ]] || die "no .wasm file was produced"
 for wasm in "${built[@]}"; do

@@ -2,25 +2,27 @@
 // componentize-js (its `componentize()` API; not the jco CLI).
 //
 // Usage, from anywhere: node plugins/balance-js/build.mjs v1|v2
-// Output: plugins/target/js/balance_<version>.wasm. Installs the pinned npm packages
+// Output: plugins/target/js/balance_<version>.wasm. Other JavaScript guests of the repository
+// (tests/hostile/) reuse it: node plugins/balance-js/build.mjs SOURCE.js OUTPUT.wasm. Installs the pinned npm packages
 // (`npm ci`) when node_modules is missing, and does nothing when the output is newer than
 // every input.
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, statSync, writeFileSync } from "node:fs";
-import { dirname, join, relative } from "node:path";
+import { dirname, join, relative, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
 const root = join(here, "..", "..");
-const version = process.argv[2];
-if (!["v1", "v2"].includes(version)) {
-  console.error("usage: node build.mjs v1|v2");
+const [version, otherOutput] = process.argv.slice(2);
+const bundled = ["v1", "v2"].includes(version) && otherOutput === undefined;
+if (!bundled && (version === undefined || otherOutput === undefined)) {
+  console.error("usage: node build.mjs v1|v2, or node build.mjs SOURCE.js OUTPUT.wasm");
   process.exit(2);
 }
 
-const source = join(here, version, "projector.js");
+const source = bundled ? join(here, version, "projector.js") : resolve(version);
 const wit = join(root, "wit");
-const output = join(root, "plugins", "target", "js", `balance_${version}.wasm`);
+const output = bundled ? join(root, "plugins", "target", "js", `balance_${version}.wasm`) : resolve(otherOutput);
 const inputs = [source, join(here, "common.js"), join(here, "build.mjs"), join(here, "package-lock.json"), join(wit, "projector.wit")];
 
 if (!existsSync(join(here, "node_modules", "@bytecodealliance", "componentize-js"))) {

@@ -3,7 +3,8 @@
 # componentize-py.
 #
 # Usage, from anywhere: bash plugins/balance-py/build.sh v1|v2
-# Output: plugins/target/py/balance_<version>.wasm. Creates a virtual environment with the
+# Output: plugins/target/py/balance_<version>.wasm. Other Python guests of the repository
+# (tests/hostile/) reuse it: build.sh APP_DIR OUTPUT.wasm builds APP_DIR/app.py. Creates a virtual environment with the
 # pinned build tools (requirements.txt) under plugins/target/py-venv when it is missing, and
 # does nothing when the output is newer than every input.
 set -euo pipefail
@@ -11,10 +12,18 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 version="${1:-}"
-[[ "$version" == v1 || "$version" == v2 ]] || { echo "usage: build.sh v1|v2" >&2; exit 2; }
+if [[ $# == 1 && ( "$version" == v1 || "$version" == v2 ) ]]; then
+    app="$here/$version"
+    output="$root/plugins/target/py/balance_$version.wasm"
+elif [[ $# == 2 ]]; then
+    app="$(cd "$1" && pwd)"
+    output="$(cd "$(dirname "$2")" 2>/dev/null && pwd || { mkdir -p "$(dirname "$2")" && cd "$(dirname "$2")" && pwd; })/$(basename "$2")"
+else
+    echo "usage: build.sh v1|v2, or build.sh APP_DIR OUTPUT.wasm" >&2
+    exit 2
+fi
 
 venv="$root/plugins/target/py-venv"
-output="$root/plugins/target/py/balance_$version.wasm"
 stamp="$venv/.requirements"
 
 if [[ ! -x "$venv/bin/componentize-py" ]] || ! cmp -s "$here/requirements.txt" "$stamp"; then
@@ -25,7 +34,7 @@ if [[ ! -x "$venv/bin/componentize-py" ]] || ! cmp -s "$here/requirements.txt" "
     cp "$here/requirements.txt" "$stamp"
 fi
 
-inputs=("$here/$version/app.py" "$here/common/balance_common.py" "$here/build.sh" "$stamp" "$root/wit/projector.wit")
+inputs=("$app/app.py" "$here/common/balance_common.py" "$here/build.sh" "$stamp" "$root/wit/projector.wit")
 if [[ -f "$output" ]]; then
     fresh=1
     for input in "${inputs[@]}"; do
@@ -39,5 +48,5 @@ fi
 
 mkdir -p "$(dirname "$output")"
 "$venv/bin/componentize-py" --wit-path "$root/wit" --world projector componentize \
-    --python-path "$here/$version" --python-path "$here/common" app --output "$output" >&2
+    --python-path "$app" --python-path "$here/common" app --output "$output" >&2
 echo "balance-py: built ${output#"$root"/}" >&2

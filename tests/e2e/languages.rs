@@ -10,10 +10,7 @@ use crate::support::{
 /// Every row of `table`, each column rendered with SQLite's `quote()`, which spells the
 /// storage class too (`'text'`, `42`, `NULL`, `X'..'`): equal renderings are equal bytes.
 fn exact_rows(env: &Env, table: &str, columns: &str) -> Vec<Vec<String>> {
-    let quoted: Vec<String> = columns
-        .split(", ")
-        .map(|c| format!("quote({c})"))
-        .collect();
+    let quoted: Vec<String> = columns.split(", ").map(|c| format!("quote({c})")).collect();
     env.rows(&format!(
         "SELECT {} FROM {table} ORDER BY account_uuid",
         quoted.join(", ")
@@ -71,7 +68,11 @@ fn rust_javascript_and_python_balance_fold_ten_thousand_events_into_identical_ro
         v2.push((key, exact_rows(&env, &clone, V2_COLUMNS)));
     }
     for (key, rows) in &v2[1..] {
-        assert_same_rows(rows, &v2[0].1, &format!("{key} against Rust v2, byte for byte"));
+        assert_same_rows(
+            rows,
+            &v2[0].1,
+            &format!("{key} against Rust v2, byte for byte"),
+        );
     }
     // The clones' indexes came from the guests' DDL, whatever the language.
     let indexes = env.scalar(
@@ -151,7 +152,10 @@ fn plugin_new_then_plugin_build_then_deploy_works_for_every_language() {
     for lang in ["rust", "js", "python"] {
         let name = format!("counter-{lang}");
         let out = env.ok(&["plugin", "new", &name, "--lang", lang]);
-        assert!(out.contains(&format!("created {lang} projector {name}")), "{out}");
+        assert!(
+            out.contains(&format!("created {lang} projector {name}")),
+            "{out}"
+        );
         assert!(env.dir().join(&name).join("zdr-plugin.toml").is_file());
 
         let out = env.ok(&["plugin", "build", &name]);
@@ -160,10 +164,7 @@ fn plugin_new_then_plugin_build_then_deploy_works_for_every_language() {
             .rsplit_once(": ")
             .map(|(_, path)| path.to_string())
             .unwrap_or_else(|| panic!("`plugin build` did not print the output path: {out}"));
-        assert!(
-            out.starts_with(&format!("built {name} version 1")),
-            "{out}"
-        );
+        assert!(out.starts_with(&format!("built {name} version 1")), "{out}");
 
         let inspection = env.json(&["plugin", "inspect", &output, "--json"]);
         assert_eq!(inspection["matches_world"], true, "{inspection:#}");
@@ -178,4 +179,89 @@ fn plugin_new_then_plugin_build_then_deploy_works_for_every_language() {
     // A second `new` into an existing folder is refused, the folder left as it was.
     let err = env.fail(&["plugin", "new", "counter-rust", "--lang", "rust"]);
     assert!(err.contains("already exists"), "{err}");
+}
+
+/// Waits until live projector `name` is stopped at event `event_id` and returns its entry.
+fn wait_stopped_at(env: &Env, name: &str, event_id: i64) -> serde_json::Value {
+    let mut seen = serde_json::Value::Null;
+    wait_until(
+        PATIENCE,
+        &format!("{name} to stop at event {event_id}"),
+        || {
+            seen = env.projector(name);
+            seen["status"] == "stopped"
+        },
+    );
+    assert_eq!(seen["failure"]["event_id"], event_id, "{seen:#}");
+    assert!(
+        seen["checkpoint"].as_i64().expect("a checkpoint") < event_id,
+        "{name} went past its failure: {seen:#}"
+    );
+    seen
+}
+
+#[test]
+fn a_looping_javascript_guest_and_a_hoarding_or_raising_python_guest_stop_only_themselves() {
+    let g = guests();
+    let env = Env::new();
+    // Each hostile guest gets tight limits of its own; balance keeps the defaults.
+    env.write_config(
+        "batch_size = 10\n[projectors.js-loop]\ncall_timeout_ms = 500\n\
+         [projectors.py-alloc]\nmemory_mib = 96\ncall_timeout_ms = 3000\n",
+    );
+    let mut generator = Generator::new(9);
+    env.import(&generator.open_accounts(5));
+    env.import(&generator.money(20));
+    env.deploy("balance", &g.balance_v1);
+    env.deploy("js-loop", &g.js_loop);
+    env.deploy("py-alloc", &g.py_alloc);
+    let mut daemon = env.serve();
+
+    let loop_id = env.head() + 1;
+    env.import(&[crate::support::NewEvent::new(
+        "Loop",
+        None,
+        serde_json::json!({}),
+    )]);
+    env.import(&generator.money(10));
+    let alloc_id = env.head() + 1;
+    env.import(&[crate::support::NewEvent::new(
+        "Alloc",
+        None,
+        serde_json::json!({}),
+    )]);
+    env.import(&generator.money(10));
+
+    let js = wait_stopped_at(&env, "js-loop", loop_id);
+    let message = js["failure"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("500ms"),
+        "cut by its own deadline: {message}"
+    );
+    wait_stopped_at(&env, "py-alloc", alloc_id);
+
+    // balance is not held back, and the daemon is still up.
+    env.import(&generator.money(10));
+    env.wait_live("balance", "1");
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&env.stored_events()),
+        "balance beside hostile JavaScript and Python guests",
+    );
+    daemon.assert_running();
+    daemon.stop();
+
+    // An uncaught Python exception is contained the same way, here at deploy time: the
+    // deploy is refused with the event named and nothing goes live.
+    let env = Env::new();
+    env.import(&generator.money(5));
+    let raise_id = env.head() + 1;
+    env.import(&[crate::support::NewEvent::new(
+        "Raise",
+        None,
+        serde_json::json!({}),
+    )]);
+    let err = env.fail(&["projector", "deploy", "py-alloc", &g.py_alloc]);
+    assert!(err.contains(&format!("event {raise_id}")), "{err}");
+    assert!(!env.table_exists("py_seen"), "nothing went live");
 }

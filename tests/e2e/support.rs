@@ -73,6 +73,11 @@ pub struct Guests {
     pub balance_py_v1: String,
     /// `balance` version 2 in Python.
     pub balance_py_v2: String,
+    /// A JavaScript guest that loops forever on a `Loop` event (`tests/hostile/js-loop`).
+    pub js_loop: String,
+    /// A Python guest that allocates without bound on `Alloc` and raises on `Raise`
+    /// (`tests/hostile/py-alloc`).
+    pub py_alloc: String,
 }
 
 /// Builds every guest component (once per test process) and returns their paths.
@@ -98,10 +103,12 @@ pub fn guests() -> &'static Guests {
             sql_probe: path("tests/guests", "sql_probe.wasm"),
             faulty: path("tests/guests", "faulty.wasm"),
             veto: path("tests/guests", "veto.wasm"),
-            balance_js_v1: plugin_output("js/balance_v1.wasm"),
-            balance_js_v2: plugin_output("js/balance_v2.wasm"),
-            balance_py_v1: plugin_output("py/balance_v1.wasm"),
-            balance_py_v2: plugin_output("py/balance_v2.wasm"),
+            balance_js_v1: built_file("plugins/target/js/balance_v1.wasm"),
+            balance_js_v2: built_file("plugins/target/js/balance_v2.wasm"),
+            balance_py_v1: built_file("plugins/target/py/balance_v1.wasm"),
+            balance_py_v2: built_file("plugins/target/py/balance_v2.wasm"),
+            js_loop: built_file("tests/hostile/target/js/js_loop.wasm"),
+            py_alloc: built_file("tests/hostile/target/py/py_alloc.wasm"),
         }
     })
 }
@@ -123,10 +130,10 @@ pub fn built_component(workspace: &str, file: &str) -> String {
         .to_string()
 }
 
-/// The path of `file` under `plugins/target/`, where `plugins/build-all.sh` puts the
-/// JavaScript and Python components, checked to exist.
-pub fn plugin_output(file: &str) -> String {
-    let path = repo_root().join("plugins/target").join(file);
+/// The path of `file` (relative to the repository root), a JavaScript or Python component
+/// that `plugins/build-all.sh` built, checked to exist.
+pub fn built_file(file: &str) -> String {
+    let path = repo_root().join(file);
     assert!(
         path.is_file(),
         "build-all.sh did not produce {}",

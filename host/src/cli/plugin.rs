@@ -124,7 +124,11 @@ impl Inspect {
             return output::print_json(&inspection);
         }
         let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".into());
-        println!("file:     {} ({} bytes)", self.file.display(), inspection.bytes);
+        println!(
+            "file:     {} ({} bytes)",
+            self.file.display(),
+            inspection.bytes
+        );
         println!("name:     {}", or_unknown(&inspection.name));
         println!("version:  {}", or_unknown(&inspection.version));
         match &inspection.problem {
@@ -190,8 +194,8 @@ impl BenchCache {
             let settings = settings.clone();
             let timing = blocking(move || {
                 // An empty cache of our own, so the first load is a real cold compile.
-                let cache = std::env::temp_dir()
-                    .join(format!("zdr-bench-cache-{}", std::process::id()));
+                let cache =
+                    std::env::temp_dir().join(format!("zdr-bench-cache-{}", std::process::id()));
                 let _ = std::fs::remove_dir_all(&cache);
                 let fresh = || -> anyhow::Result<Runtime> {
                     Runtime::new(
@@ -242,7 +246,10 @@ impl BenchCache {
                 ]
             })
             .collect();
-        output::print_table(&["component", "size", "cold compile", "warm load", "speedup"], &rows);
+        output::print_table(
+            &["component", "size", "cold compile", "warm load", "speedup"],
+            &rows,
+        );
         Ok(())
     }
 }

@@ -102,14 +102,29 @@ mod tests {
     #[test]
     fn refuses_unknown_keys_missing_keys_and_empty_commands() {
         let cases = [
-            ("name = \"a\"\nlanguage = \"rust\"\nbuild = \"b\"\noutput = \"o\"\nextra = 1\n", "unknown field `extra`"),
-            ("name = \"a\"\nlanguage = \"rust\"\nbuild = \"b\"\n", "missing field `output`"),
-            ("name = \"a\"\nlanguage = \"cobol\"\nbuild = \"b\"\noutput = \"o\"\n", "unknown variant `cobol`"),
-            ("name = \"a\"\nlanguage = \"rust\"\nbuild = \" \"\noutput = \"o\"\n", "`build` is empty"),
+            (
+                "name = \"a\"\nlanguage = \"rust\"\nbuild = \"b\"\noutput = \"o\"\nextra = 1\n",
+                "unknown field `extra`",
+            ),
+            (
+                "name = \"a\"\nlanguage = \"rust\"\nbuild = \"b\"\n",
+                "missing field `output`",
+            ),
+            (
+                "name = \"a\"\nlanguage = \"cobol\"\nbuild = \"b\"\noutput = \"o\"\n",
+                "unknown variant `cobol`",
+            ),
+            (
+                "name = \"a\"\nlanguage = \"rust\"\nbuild = \" \"\noutput = \"o\"\n",
+                "`build` is empty",
+            ),
         ];
         for (text, expected) in cases {
             let err = Manifest::parse(text).unwrap_err();
-            assert!(err.contains(expected), "{err:?} should contain {expected:?}");
+            assert!(
+                err.contains(expected),
+                "{err:?} should contain {expected:?}"
+            );
         }
     }
 

@@ -22,7 +22,9 @@ pub use scaffold::{Scaffolded, scaffold};
 #[non_exhaustive]
 pub enum PluginError {
     /// The plugin folder has no manifest.
-    #[error("no {MANIFEST_FILE} in {dir}; run `zdr plugin new NAME --lang rust|js|python` to start a plugin, or pass the plugin's folder")]
+    #[error(
+        "no {MANIFEST_FILE} in {dir}; run `zdr plugin new NAME --lang rust|js|python` to start a plugin, or pass the plugin's folder"
+    )]
     NoManifest {
         /// The folder searched.
         dir: PathBuf,
@@ -54,7 +56,9 @@ pub enum PluginError {
         status: std::process::ExitStatus,
     },
     /// The build succeeded but left no file where the manifest says.
-    #[error("the build command succeeded but {output} does not exist; fix `output` in {MANIFEST_FILE} or the build command")]
+    #[error(
+        "the build command succeeded but {output} does not exist; fix `output` in {MANIFEST_FILE} or the build command"
+    )]
     NoOutput {
         /// The expected output path.
         output: PathBuf,

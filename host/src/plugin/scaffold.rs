@@ -13,24 +13,51 @@ const WIT: &str = include_str!("../../../wit/projector.wit");
 fn template(language: Language) -> &'static [(&'static str, &'static str)] {
     match language {
         Language::Rust => &[
-            ("Cargo.toml", include_str!("../../templates/rust/Cargo.toml")),
-            ("src/lib.rs", include_str!("../../templates/rust/src/lib.rs")),
-            ("zdr-plugin.toml", include_str!("../../templates/rust/zdr-plugin.toml")),
+            (
+                "Cargo.toml",
+                include_str!("../../templates/rust/Cargo.toml"),
+            ),
+            (
+                "src/lib.rs",
+                include_str!("../../templates/rust/src/lib.rs"),
+            ),
+            (
+                "zdr-plugin.toml",
+                include_str!("../../templates/rust/zdr-plugin.toml"),
+            ),
             (".gitignore", include_str!("../../templates/rust/gitignore")),
         ],
         Language::Js => &[
-            ("package.json", include_str!("../../templates/js/package.json")),
+            (
+                "package.json",
+                include_str!("../../templates/js/package.json"),
+            ),
             ("build.mjs", include_str!("../../templates/js/build.mjs")),
-            ("projector.js", include_str!("../../templates/js/projector.js")),
-            ("zdr-plugin.toml", include_str!("../../templates/js/zdr-plugin.toml")),
+            (
+                "projector.js",
+                include_str!("../../templates/js/projector.js"),
+            ),
+            (
+                "zdr-plugin.toml",
+                include_str!("../../templates/js/zdr-plugin.toml"),
+            ),
             (".gitignore", include_str!("../../templates/js/gitignore")),
         ],
         Language::Python => &[
-            ("requirements.txt", include_str!("../../templates/python/requirements.txt")),
+            (
+                "requirements.txt",
+                include_str!("../../templates/python/requirements.txt"),
+            ),
             ("build.sh", include_str!("../../templates/python/build.sh")),
             ("app.py", include_str!("../../templates/python/app.py")),
-            ("zdr-plugin.toml", include_str!("../../templates/python/zdr-plugin.toml")),
-            (".gitignore", include_str!("../../templates/python/gitignore")),
+            (
+                "zdr-plugin.toml",
+                include_str!("../../templates/python/zdr-plugin.toml"),
+            ),
+            (
+                ".gitignore",
+                include_str!("../../templates/python/gitignore"),
+            ),
         ],
     }
 }
@@ -96,7 +123,10 @@ mod tests {
             assert!(done.files.contains(&"zdr-plugin.toml".to_string()));
             for file in &done.files {
                 let text = std::fs::read_to_string(target.join(file)).unwrap();
-                assert!(!text.contains("{{"), "{language}: {file} has a placeholder left");
+                assert!(
+                    !text.contains("{{"),
+                    "{language}: {file} has a placeholder left"
+                );
             }
             let manifest = super::super::Manifest::load(&target).unwrap();
             assert_eq!(manifest.name, "my-counter");
