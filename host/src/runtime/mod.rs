@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::types::ComponentItem;
+use wasmtime::component::types::{ComponentExtern, ComponentItem};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store};
 
@@ -168,13 +168,9 @@ impl Runtime {
     pub fn interface(&self, wasm: &[u8]) -> Result<ComponentInterface, LoadError> {
         let component = self.compile(wasm)?;
         let ty = component.component_type();
-        let describe = |(name, item): (&str, ComponentItem)| ComponentItemName {
-            name: name.to_string(),
-            kind: item_kind(&item).to_string(),
-        };
         Ok(ComponentInterface {
-            imports: ty.imports(&self.engine).map(describe).collect(),
-            exports: ty.exports(&self.engine).map(describe).collect(),
+            imports: ty.imports(&self.engine).map(item_name).collect(),
+            exports: ty.exports(&self.engine).map(item_name).collect(),
         })
     }
 
@@ -280,8 +276,8 @@ pub struct ComponentItemName {
     pub kind: String,
 }
 
-fn item_kind(item: &ComponentItem) -> &'static str {
-    match item {
+fn item_name((name, item): (&str, ComponentExtern<'_>)) -> ComponentItemName {
+    let kind = match item.ty {
         ComponentItem::ComponentFunc(_) => "func",
         ComponentItem::CoreFunc(_) => "core func",
         ComponentItem::Module(_) => "module",
@@ -289,6 +285,10 @@ fn item_kind(item: &ComponentItem) -> &'static str {
         ComponentItem::ComponentInstance(_) => "instance",
         ComponentItem::Type(_) => "type",
         ComponentItem::Resource(_) => "resource",
+    };
+    ComponentItemName {
+        name: name.to_string(),
+        kind: kind.to_string(),
     }
 }
 

@@ -16,11 +16,13 @@ COUNT_EVENT = (
 )
 
 
-class WitWorld(WitWorld):
-    """The exported projector; one Python object per component instance."""
+# The handle to this instance's target. Keep instance state in the module, not on `self`:
+# componentize-py makes a new WitWorld object for every exported call.
+_connection = None
 
-    def __init__(self) -> None:
-        self.connection = None
+
+class WitWorld(WitWorld):
+    """The exported projector."""
 
     def describe(self) -> types.Description:
         return types.Description(
@@ -32,17 +34,18 @@ class WitWorld(WitWorld):
         )
 
     def use_connection(self, conn: database.Connection) -> None:
-        self.connection = conn
+        global _connection
+        _connection = conn
 
     def for_replay(self) -> None:
         log(Level.DEBUG, "{{name}}: replaying, side effects off")
 
     # Raising Err(message) is the error the host records for this event.
     def handle_event(self, event: types.Event) -> None:
-        if self.connection is None:
+        if _connection is None:
             raise Err("use-connection was not called")
         try:
-            self.connection.execute(COUNT_EVENT, [types.Value_Text(event.event_class)])
+            _connection.execute(COUNT_EVENT, [types.Value_Text(event.event_class)])
         except Err as error:
             raise Err(f"event {event.id}: {error.value}")
 

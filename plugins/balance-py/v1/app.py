@@ -20,14 +20,16 @@ ADD_MONEY = "UPDATE balances SET balance = balance + $1 WHERE account_uuid = $2"
 SUBTRACT_MONEY = "UPDATE balances SET balance = balance - $1 WHERE account_uuid = $2"
 
 
-class WitWorld(WitWorld):
-    """The exported projector; componentize-py makes one instance per component instance."""
+#: The handle to this instance's target, set once by `use-connection`. Module state, not
+#: attributes: componentize-py makes a new `WitWorld` object for every exported call, while
+#: the module lives as long as the component instance.
+_connection = None
+#: Whether this instance replays history into a clone (it has no side effects to skip).
+_replaying = False
 
-    def __init__(self) -> None:
-        #: The handle to this instance's target, set once by `use-connection`.
-        self.connection = None
-        #: Whether this instance replays history into a clone (no side effects to skip).
-        self.replaying = False
+
+class WitWorld(WitWorld):
+    """The exported projector."""
 
     def describe(self) -> types.Description:
         return types.Description(
@@ -38,14 +40,16 @@ class WitWorld(WitWorld):
         )
 
     def use_connection(self, conn: database.Connection) -> None:
-        self.connection = conn
+        global _connection
+        _connection = conn
 
     def for_replay(self) -> None:
-        self.replaying = True
+        global _replaying
+        _replaying = True
         log(Level.DEBUG, "balance v1 (python): replaying, side effects off")
 
     def handle_event(self, event: types.Event) -> None:
-        conn = self.connection
+        conn = _connection
         if conn is None:
             raise Err(balance_common.NO_CONNECTION)
         parsed = balance_common.parse(event)
@@ -60,7 +64,8 @@ class WitWorld(WitWorld):
             raise Err(balance_common.no_account(parsed.account, event.id))
 
     def promote(self) -> None:
-        was_replaying, self.replaying = self.replaying, False
+        global _replaying
+        was_replaying, _replaying = _replaying, False
         log(Level.INFO, f"balance v1 (python): promoted to live (was replaying: {str(was_replaying).lower()})")
 
     def remove_target(self) -> None:

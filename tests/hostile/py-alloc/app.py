@@ -12,16 +12,18 @@ CREATE = "CREATE TABLE py_seen (event_id INTEGER PRIMARY KEY)"
 SEEN = "INSERT INTO py_seen (event_id) VALUES ($1)"
 
 
-class WitWorld(WitWorld):
-    def __init__(self) -> None:
-        self.connection = None
-        self.hoard = []
+# Module state: componentize-py makes a new WitWorld object for every exported call.
+_connection = None
+_hoard = []
 
+
+class WitWorld(WitWorld):
     def describe(self) -> types.Description:
         return types.Description("py-alloc", "1", [types.Table("py_seen", [CREATE])], [])
 
     def use_connection(self, conn) -> None:
-        self.connection = conn
+        global _connection
+        _connection = conn
 
     def for_replay(self) -> None:
         pass
@@ -29,10 +31,10 @@ class WitWorld(WitWorld):
     def handle_event(self, event: types.Event) -> None:
         if event.event_class == "Alloc":
             while True:
-                self.hoard.append(bytearray(1 << 20))
+                _hoard.append(bytearray(1 << 20))
         if event.event_class == "Raise":
             raise RuntimeError(f"py-alloc raised on purpose at event {event.id}")
-        self.connection.execute(SEEN, [types.Value_Integer(event.id)])
+        _connection.execute(SEEN, [types.Value_Integer(event.id)])
 
     def promote(self) -> None:
         pass
