@@ -15,6 +15,7 @@ use crate::config::Settings;
 use crate::plugin::{self, Language};
 use crate::runtime::Runtime;
 
+/// The `zdr plugin` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum PluginCommand {
     /// Scaffold a working projector in a new folder NAME (or --dir).
@@ -31,6 +32,10 @@ pub enum PluginCommand {
 }
 
 impl PluginCommand {
+    /// Runs the subcommand.
+    ///
+    /// # Errors
+    /// What the plugin library or the runtime failed with, with the file or folder named.
     pub async fn run(self, settings: Settings) -> anyhow::Result<()> {
         match self {
             PluginCommand::New(cmd) => cmd.run(),
