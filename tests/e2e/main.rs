@@ -9,6 +9,7 @@ mod concurrency;
 mod crash;
 mod demo;
 mod hostile;
+mod languages;
 mod lifecycle;
 mod sandbox;
 mod states;

@@ -8,6 +8,7 @@ mod demo;
 mod events;
 mod init;
 mod output;
+mod plugin;
 mod projector;
 mod replay;
 mod serve;
@@ -58,6 +59,9 @@ enum Command {
     /// Deploy and list projectors.
     #[command(subcommand)]
     Projector(projector::ProjectorCommand),
+    /// Write projectors: scaffold one, build it, inspect a component.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Rebuild projectors with zero downtime: create, start, lag, project, promote, remove.
     #[command(subcommand)]
     Replay(replay::ReplayCommand),
@@ -78,6 +82,7 @@ impl Cli {
             Command::Init(cmd) => cmd.run(settings).await,
             Command::Events(cmd) => cmd.run(settings).await,
             Command::Projector(cmd) => cmd.run(settings).await,
+            Command::Plugin(cmd) => cmd.run(settings).await,
             Command::Replay(cmd) => cmd.run(settings).await,
             Command::Serve(cmd) => cmd.run(settings).await,
             Command::Demo(cmd) => cmd.run(settings).await,
