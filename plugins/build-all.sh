@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Builds every Rust guest component of the repository: the bundled projectors (plugins/) and
-# the test-only guests (tests/guests/) and the hostile ones (tests/hostile/), each its own cargo workspace, in release mode for
-# wasm32-wasip2. Prints the path of each .wasm produced and checks that it is a component.
+# Builds every guest component of the repository: the bundled Rust projectors (plugins/), the
+# test-only guests (tests/guests/) and the hostile ones (tests/hostile/), each its own cargo
+# workspace, in release mode for wasm32-wasip2; then the JavaScript and Python projectors
+# (plugins/balance-js, plugins/balance-py, and the JS/Python guests of tests/hostile/), whose
+# build scripts install their pinned npm and PyPI packages locally under the repository on
+# first use. Prints the path of each .wasm produced and checks that it is a component.
 #
 # Usage: plugins/build-all.sh [extra `cargo build` arguments, e.g. --locked or --offline]
 # Works from any directory. Each workspace builds into its own target/ folder (forced with
@@ -47,6 +50,25 @@ for workspace in "${workspaces[@]}"; do
         [[ -n "$wasm" ]] && built+=("$wasm")
     done < <(grep -o '"[^"]*\.wasm"' <<<"$messages" | tr -d '"' | sort -u)
 done
+
+# JavaScript (componentize-js) and Python (componentize-py) guests. Each script skips the
+# build when its output is newer than its inputs, so a second run takes a moment.
+command -v node >/dev/null || die "node is not on PATH; the JavaScript projectors need Node.js 18 or newer"
+command -v python3 >/dev/null || die "python3 is not on PATH; the Python projectors need Python 3.10 or newer"
+for version in v1 v2; do
+    node "$root/plugins/balance-js/build.mjs" "$version" ||
+        die "building the JavaScript balance projector $version failed (see above)"
+    built+=("$root/plugins/target/js/balance_$version.wasm")
+    bash "$root/plugins/balance-py/build.sh" "$version" ||
+        die "building the Python balance projector $version failed (see above)"
+    built+=("$root/plugins/target/py/balance_$version.wasm")
+done
+node "$root/plugins/balance-js/build.mjs" "$root/tests/hostile/js-loop/projector.js" \
+    "$root/tests/hostile/target/js/js_loop.wasm" || die "building tests/hostile/js-loop failed (see above)"
+built+=("$root/tests/hostile/target/js/js_loop.wasm")
+bash "$root/plugins/balance-py/build.sh" "$root/tests/hostile/py-alloc" \
+    "$root/tests/hostile/target/py/py_alloc.wasm" || die "building tests/hostile/py-alloc failed (see above)"
+built+=("$root/tests/hostile/target/py/py_alloc.wasm")
 
 [[ ${#built[@]} -gt 0 ]] || die "no .wasm file was produced"
 for wasm in "${built[@]}"; do

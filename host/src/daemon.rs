@@ -148,6 +148,20 @@ fn spawn_worker(
     Ok(Some(Worker { stop, handle }))
 }
 
+/// Waits up to `total` for new events (woken early by a notification where the backend has
+/// them), in short slices so that a stop request is honoured quickly.
+fn idle(db: &Db, total: Duration, stop: &AtomicBool) {
+    let slice = Duration::from_millis(100);
+    let mut left = total;
+    while !left.is_zero() && !stop.load(Ordering::Relaxed) {
+        let step = left.min(slice);
+        if db.wait_for_events(step) {
+            return;
+        }
+        left -= step;
+    }
+}
+
 /// Sleeps for `total` in short slices so that a stop request is honoured quickly.
 fn nap(total: Duration, stop: &AtomicBool) {
     let slice = Duration::from_millis(20);
@@ -226,7 +240,7 @@ fn work(
             }
         };
         if head <= live.checkpoint {
-            nap(poll, stop);
+            idle(db, poll, stop);
             continue;
         }
         match projection.live_batch(projector) {
@@ -237,7 +251,7 @@ fn work(
             }) => {
                 tracing::debug!(projector, events, checkpoint, clones, "batch committed");
             }
-            Ok(LiveBatch::Idle | LiveBatch::Paused) => nap(poll, stop),
+            Ok(LiveBatch::Idle | LiveBatch::Paused) => idle(db, poll, stop),
             Err(err @ ProjectionError::Guest { .. }) => {
                 tracing::error!(
                     projector,

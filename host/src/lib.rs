@@ -8,6 +8,7 @@
 //! | 5 | [`daemon`] | `zdr serve`: a worker per live projector, hot swap, shutdown |
 //! | 4 | [`lifecycle`] | deploy and the replay state machine, as compare-and-set |
 //! | 3 | [`projection`] | the batch driver: events → guest → rows and checkpoint |
+//! | 3 | [`plugin`] | authoring: manifest, build, scaffold, inspect |
 //! | 2 | [`events`], [`runtime`] | event shapes; wasmtime, bindings, guest limits |
 //! | 1 | [`backend`], [`sandbox`], [`config`], [`model`] | storage; the SQL guard; settings; shared vocabulary |
 
@@ -18,6 +19,7 @@ pub mod daemon;
 pub mod events;
 pub mod lifecycle;
 pub mod model;
+pub mod plugin;
 pub mod projection;
 pub mod runtime;
 pub mod sandbox;

@@ -556,6 +556,35 @@ pub fn promote(runtime: &Runtime, db: &Db, key: &str) -> Result<Vec<Target>> {
     }
     let _lock = run_lock(db, key)?;
     let mut projection = Projection::new(runtime, db, crate::projection::DEFAULT_BATCH_SIZE);
+    retry_on_lock_timeout(|| promote_once(&mut projection, db, key))
+}
+
+/// How often a promote is retried when readers hold the tables past the lock timeout.
+const PROMOTE_ATTEMPTS: u32 = 40;
+
+/// Runs `attempt` again while it fails only because a table lock timed out (PostgreSQL
+/// gives up waiting for readers after a short `lock_timeout`, so that readers queued behind
+/// the promote never wait long); each failed attempt rolled back completely.
+fn retry_on_lock_timeout<T>(mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut tries = 1;
+    loop {
+        match attempt() {
+            Err(LifecycleError::Store(StoreError::LockTimeout(what)))
+                if tries < PROMOTE_ATTEMPTS =>
+            {
+                tracing::debug!(tries, "{what}: lock timeout, retrying");
+                std::thread::sleep(std::time::Duration::from_millis(
+                    20 * u64::from(tries.min(10)),
+                ));
+                tries += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// One attempt at a promote: one transaction that swaps every clone of replay `key` in.
+fn promote_once(projection: &mut Projection<'_>, db: &Db, key: &str) -> Result<Vec<Target>> {
     db.write(|db| {
         let clones = db.replay_targets(key)?;
         let mut promoted = Vec::new();

@@ -247,11 +247,11 @@ fn invalid_components(env: &Env) -> Vec<Case> {
             ],
         ),
         case(
-            "a component without the remove export",
+            "a component without the remove-target export",
             built("missing_export"),
             &[
                 "does not implement the zdr:projector world",
-                "no export `remove`",
+                "no export `remove-target`",
             ],
         ),
         case(

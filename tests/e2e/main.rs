@@ -12,6 +12,7 @@ mod concurrency;
 mod crash;
 mod demo;
 mod hostile;
+mod languages;
 mod lifecycle;
 mod postgres;
 mod sandbox;

@@ -73,6 +73,19 @@ pub struct Guests {
     pub faulty: String,
     /// `balance` version 99, whose promote always vetoes.
     pub veto: String,
+    /// `balance` version 1 in JavaScript (`plugins/balance-js`).
+    pub balance_js_v1: String,
+    /// `balance` version 2 in JavaScript.
+    pub balance_js_v2: String,
+    /// `balance` version 1 in Python (`plugins/balance-py`).
+    pub balance_py_v1: String,
+    /// `balance` version 2 in Python.
+    pub balance_py_v2: String,
+    /// A JavaScript guest that loops forever on a `Loop` event (`tests/hostile/js-loop`).
+    pub js_loop: String,
+    /// A Python guest that allocates without bound on `Alloc` and raises on `Raise`
+    /// (`tests/hostile/py-alloc`).
+    pub py_alloc: String,
 }
 
 /// Builds every guest component (once per test process) and returns their paths.
@@ -98,6 +111,12 @@ pub fn guests() -> &'static Guests {
             sql_probe: path("tests/guests", "sql_probe.wasm"),
             faulty: path("tests/guests", "faulty.wasm"),
             veto: path("tests/guests", "veto.wasm"),
+            balance_js_v1: built_file("plugins/target/js/balance_v1.wasm"),
+            balance_js_v2: built_file("plugins/target/js/balance_v2.wasm"),
+            balance_py_v1: built_file("plugins/target/py/balance_v1.wasm"),
+            balance_py_v2: built_file("plugins/target/py/balance_v2.wasm"),
+            js_loop: built_file("tests/hostile/target/js/js_loop.wasm"),
+            py_alloc: built_file("tests/hostile/target/py/py_alloc.wasm"),
         }
     })
 }
@@ -109,6 +128,20 @@ pub fn built_component(workspace: &str, file: &str) -> String {
         .join(workspace)
         .join("target/wasm32-wasip2/release")
         .join(file);
+    assert!(
+        path.is_file(),
+        "build-all.sh did not produce {}",
+        path.display()
+    );
+    path.to_str()
+        .expect("the repository path is UTF-8")
+        .to_string()
+}
+
+/// The path of `file` (relative to the repository root), a JavaScript or Python component
+/// that `plugins/build-all.sh` built, checked to exist.
+pub fn built_file(file: &str) -> String {
+    let path = repo_root().join(file);
     assert!(
         path.is_file(),
         "build-all.sh did not produce {}",

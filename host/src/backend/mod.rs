@@ -1,16 +1,32 @@
 //! Storage: the database that holds the event store, zdr's own `zdr_*` tables and every
 //! projector's read-model tables.
 //!
-//! Today the backend is SQLite (embedded, WAL mode), driven synchronously with rusqlite on a
-//! blocking thread: a batch (read events, call the guest, run its statements, checkpoint,
-//! commit) runs on one thread without a hop per statement, which is what makes it fast.
+//! Two backends implement one interface, [`Store`]: SQLite (embedded, WAL mode, driven with
+//! rusqlite) and PostgreSQL (driven with sqlx). [`Db`] is what the rest of zdr holds: it picks
+//! the backend from the URL (`sqlite://…` or `postgres://…`) and adds [`Db::write`], the one
+//! write transaction every lifecycle step and live batch runs in. Nothing outside this module
+//! branches on the backend.
+//!
+//! The interface is synchronous on purpose: a batch (read events, call the guest, run its
+//! statements, checkpoint, commit) runs on one blocking thread without a task hop per
+//! statement. The PostgreSQL backend drives sqlx's async connection from that thread.
 //! Nothing here knows about Wasm: a guest's statements arrive through [`GuestConnection`].
 
+mod highwater;
+mod postgres;
 mod sqlite;
 mod value;
 
-pub use sqlite::{Db, ReplayRow, RunLock, SqliteConnection};
+use std::any::Any;
+use std::ops::Deref;
+use std::sync::Arc;
+use std::time::Duration;
+
 pub use value::{DbError, RowSet, Value};
+
+use crate::events::{Event, NewEvent};
+use crate::model::{Description, ReplayState, Role, Target};
+use crate::sandbox::{Checked, Dialect, Guard, StatementKind};
 
 /// The most rows one guest query may return; more answers `limit-exceeded`.
 pub const MAX_QUERY_ROWS: usize = 10_000;
@@ -31,20 +47,283 @@ pub trait GuestConnection: Send {
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<RowSet, DbError>;
 }
 
+/// One open database: everything zdr reads and writes, whatever the backend.
+///
+/// Physical names are backend-specific strings: `zdr_r_v2__balances` on SQLite,
+/// `zdr_r_v2.balances` on PostgreSQL. Methods that change state run inside the transaction
+/// [`Db::write`] opened when called from its closure.
+pub trait Store: Send + Sync {
+    /// The URL this database was opened with (without a password).
+    fn url(&self) -> &str;
+    /// The SQL dialect guest statements are checked and rewritten for.
+    fn dialect(&self) -> Dialect;
+    /// Creates zdr's tables and, when absent, the event store. Idempotent; an existing
+    /// `stored_events` (a Laravel database) is checked and used as it is.
+    fn init(&self) -> Result<(), StoreError>;
+    /// Checks that `init` has run and the schema is one this binary understands.
+    fn ensure_ready(&self) -> Result<(), StoreError>;
+    /// Takes the lock named `name` (e.g. `replay-v2`) if no other process holds it; the lock
+    /// is released when the returned value is dropped or the process dies.
+    fn try_lock(&self, name: &str) -> Result<Option<RunLock>, StoreError>;
+
+    /// Begins the write transaction: zdr's writers (batches, lifecycle steps) are serialised.
+    fn begin_write(&self) -> Result<(), StoreError>;
+    /// Commits the write transaction.
+    fn commit(&self) -> Result<(), StoreError>;
+    /// Rolls the write transaction back.
+    fn rollback(&self) -> Result<(), StoreError>;
+    /// Opens a savepoint inside the current transaction.
+    fn savepoint(&self, name: &str) -> Result<(), StoreError>;
+    /// Keeps what was done since the savepoint.
+    fn release(&self, name: &str) -> Result<(), StoreError>;
+    /// Undoes what was done since the savepoint and closes it.
+    fn rollback_to(&self, name: &str) -> Result<(), StoreError>;
+
+    /// Appends events in one transaction and returns the ids of the first and last.
+    fn append_events(&self, events: &[NewEvent]) -> Result<Option<(i64, i64)>, StoreError>;
+    /// The number of stored events.
+    fn count_events(&self) -> Result<i64, StoreError>;
+    /// The safe high-water mark: every event with an id at or below it is committed and
+    /// visible, and no event with a lower id can commit later.
+    fn head(&self) -> Result<i64, StoreError>;
+    /// Reads up to `limit` events with `after < id <= up_to`, in id order.
+    fn read_events(&self, after: i64, up_to: i64, limit: usize) -> Result<Vec<Event>, StoreError>;
+
+    /// Stores a component's bytes (once per content hash) and registers it as a version of
+    /// `description.name`; returns the version id (the existing one when already registered).
+    fn register_version(
+        &self,
+        hash: &str,
+        wasm: &[u8],
+        description: &Description,
+    ) -> Result<i64, StoreError>;
+    /// A version's description, content hash and component bytes.
+    fn version(&self, version_id: i64) -> Result<(Description, String, Vec<u8>), StoreError>;
+    /// A version's description alone (no component bytes).
+    fn description(&self, version_id: i64) -> Result<Description, StoreError>;
+
+    /// Inserts a target row and returns it.
+    fn insert_target(
+        &self,
+        projector: &str,
+        version_id: i64,
+        role: Role,
+        replay_key: Option<&str>,
+    ) -> Result<Target, StoreError>;
+    /// One target by id.
+    fn target(&self, id: i64) -> Result<Option<Target>, StoreError>;
+    /// The live target of a projector, if it has one.
+    fn live_target(&self, projector: &str) -> Result<Option<Target>, StoreError>;
+    /// Every live target, by projector name.
+    fn live_targets(&self) -> Result<Vec<Target>, StoreError>;
+    /// Every target of a projector (any role).
+    fn targets_of_projector(&self, projector: &str) -> Result<Vec<Target>, StoreError>;
+    /// The targets a replay owns (clones, or retired tables after a promote).
+    fn replay_targets(&self, key: &str) -> Result<Vec<Target>, StoreError>;
+    /// The clones of `projector` whose replay is projecting and that have not failed: the
+    /// targets a live batch writes to as well.
+    fn projecting_clones(&self, projector: &str) -> Result<Vec<Target>, StoreError>;
+    /// Moves a target's checkpoint (inside the batch transaction).
+    fn set_checkpoint(&self, target_id: i64, checkpoint: i64) -> Result<(), StoreError>;
+    /// Records that a target's projector failed on an event: the target stops there.
+    fn record_failure(
+        &self,
+        target: &Target,
+        event_id: i64,
+        message: &str,
+    ) -> Result<(), StoreError>;
+    /// Clears a target's failure so it runs again from its checkpoint.
+    fn clear_failure(&self, target_id: i64) -> Result<(), StoreError>;
+    /// Changes a target's role (and owning replay) in the current transaction.
+    fn set_role(
+        &self,
+        target_id: i64,
+        role: Role,
+        replay_key: Option<&str>,
+    ) -> Result<(), StoreError>;
+    /// Deletes a target row.
+    fn delete_target(&self, target_id: i64) -> Result<(), StoreError>;
+    /// Appends a line of run history.
+    fn record_run(
+        &self,
+        target: &Target,
+        kind: &str,
+        from_event: i64,
+        to_event: i64,
+        events: i64,
+        outcome: &str,
+    ) -> Result<(), StoreError>;
+
+    /// The guard for a target: its declared tables mapped to their physical names.
+    fn guard_for(&self, target: &Target, description: &Description) -> Guard;
+    /// Whether a table (or view, index…) with this physical name exists.
+    fn object_exists(&self, name: &str) -> Result<bool, StoreError>;
+    /// Names of views, triggers or foreign keys outside the projector that mention `table`:
+    /// objects that would break (or be broken by) moving its tables.
+    fn dependents_of(&self, table: &str) -> Result<Vec<String>, StoreError>;
+    /// Creates a target's tables from the projector's declared DDL (checked and rewritten by
+    /// the guard in setup mode), inside the current transaction.
+    fn create_tables(&self, target: &Target, description: &Description) -> Result<(), StoreError>;
+    /// Drops a target's tables (their indexes go with them).
+    fn drop_tables(&self, target: &Target, description: &Description) -> Result<(), StoreError>;
+    /// Moves a target's tables to the names of `new_role`, inside the current transaction.
+    fn rename_tables(
+        &self,
+        target: &Target,
+        description: &Description,
+        new_role: Role,
+        new_key: Option<&str>,
+    ) -> Result<(), StoreError>;
+    /// The physical names a target's tables would have in `role`.
+    fn physical_names(
+        &self,
+        target: &Target,
+        description: &Description,
+        role: Role,
+        key: Option<&str>,
+    ) -> Vec<String>;
+    /// A guest connection bound to `target`, sharing this database's connection (and so its
+    /// current transaction).
+    fn guest_connection(
+        &self,
+        target: &Target,
+        description: &Description,
+    ) -> Box<dyn GuestConnection>;
+    /// Runs a trusted, host-written SELECT (never guest SQL) and returns its rows: for the
+    /// demo and for tests that compare read models.
+    fn read_rows(&self, sql: &str) -> Result<RowSet, StoreError>;
+
+    /// Inserts a replay row in state `created`; `false` when the key is taken.
+    fn insert_replay(&self, key: &str) -> Result<bool, StoreError>;
+    /// A replay's state and last error.
+    fn replay(&self, key: &str) -> Result<Option<ReplayRow>, StoreError>;
+    /// Every replay, oldest first.
+    fn replays(&self) -> Result<Vec<ReplayRow>, StoreError>;
+    /// Compare-and-set of a replay's state: moves it to `to` only if it is in one of `from`.
+    /// Returns whether it moved.
+    fn transition(
+        &self,
+        key: &str,
+        from: &[ReplayState],
+        to: ReplayState,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError>;
+    /// Deletes a replay row.
+    fn delete_replay(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Waits up to `timeout` for new events and says whether it was woken by one: on
+    /// PostgreSQL by the notification of the trigger `zdr init` installs (without it, it just
+    /// sleeps); on SQLite it sleeps.
+    fn wait_for_events(&self, timeout: Duration) -> bool;
+}
+
+/// An open database of either backend: what lifecycle, projection and daemon code holds.
+/// It dereferences to [`Store`] for every operation.
+pub struct Db {
+    store: Box<dyn Store>,
+}
+
+impl Db {
+    /// Opens the database named by `url`: `sqlite://PATH` (created if needed) or
+    /// `postgres://USER@HOST:PORT/DATABASE` (also `postgresql://`).
+    ///
+    /// # Errors
+    /// An unsupported URL, or a database that cannot be opened or reached.
+    pub fn open(url: &str) -> Result<Db, StoreError> {
+        let store: Box<dyn Store> =
+            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+                Box::new(postgres::PgStore::open(url)?)
+            } else if url.starts_with("sqlite:") {
+                Box::new(sqlite::SqliteStore::open(url)?)
+            } else {
+                return Err(StoreError::Url(url.to_string()));
+            };
+        Ok(Db { store })
+    }
+
+    /// Runs `f` in one write transaction, committing when it returns `Ok` and rolling back
+    /// otherwise. On SQLite this is `BEGIN IMMEDIATE`, the single-writer lock; on PostgreSQL a
+    /// transaction holding zdr's writer lock (an advisory lock), so zdr's own writers are
+    /// serialised the same way on both while the application's event writers are not.
+    ///
+    /// # Errors
+    /// `f`'s error, or a failure to begin or commit.
+    pub fn write<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Db) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.store.begin_write().map_err(E::from)?;
+        match f(self) {
+            Ok(value) => match self.store.commit() {
+                Ok(()) => Ok(value),
+                Err(err) => {
+                    let _ = self.store.rollback();
+                    Err(E::from(err))
+                }
+            },
+            Err(err) => {
+                let _ = self.store.rollback();
+                Err(err)
+            }
+        }
+    }
+}
+
+impl Deref for Db {
+    type Target = dyn Store;
+
+    fn deref(&self) -> &Self::Target {
+        self.store.as_ref()
+    }
+}
+
+/// A lock held for as long as this value lives, released when the process dies: the
+/// per-replay run lock of `replay start` and the per-projector ownership of a daemon. On
+/// SQLite it is an OS file lock; on PostgreSQL a session advisory lock on its own connection.
+pub struct RunLock {
+    _held: Box<dyn Any + Send>,
+}
+
+impl RunLock {
+    /// Wraps whatever keeps the lock held.
+    fn new(held: impl Any + Send) -> Self {
+        RunLock {
+            _held: Box::new(held),
+        }
+    }
+}
+
+/// A replay as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayRow {
+    /// The key.
+    pub key: String,
+    /// Its lifecycle state.
+    pub state: ReplayState,
+    /// The last error, when failed.
+    pub error: Option<String>,
+    /// When it was created.
+    pub created_at: String,
+    /// When its state last changed.
+    pub updated_at: String,
+}
+
 /// Why a storage operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// The database URL is not one zdr understands.
-    #[error("unsupported database url {0:?}: use sqlite://PATH (e.g. sqlite://zdr.db)")]
+    #[error(
+        "unsupported database url {0:?}: use sqlite://PATH (e.g. sqlite://zdr.db) or postgres://USER@HOST:PORT/DATABASE"
+    )]
     Url(String),
-    /// The database could not be opened.
-    #[error("cannot open database {url}: {source}")]
+    /// The database could not be opened or reached.
+    #[error("cannot open database {url}: {message}")]
     Open {
-        /// The URL as given.
+        /// The URL as given (without a password).
         url: String,
-        /// The driver's error.
-        source: rusqlite::Error,
+        /// What went wrong, and what to do about it.
+        message: String,
     },
     /// zdr's tables are missing.
     #[error("database {0} is not initialised for zdr: run `zdr init` first")]
@@ -72,6 +351,18 @@ pub enum StoreError {
         /// The driver's error.
         source: rusqlite::Error,
     },
+    /// A PostgreSQL error during an operation.
+    #[error("{context}: {source}")]
+    Postgres {
+        /// What zdr was doing.
+        context: String,
+        /// The driver's error.
+        source: sqlx::Error,
+    },
+    /// A lock could not be taken within the lock timeout (readers or a long transaction held
+    /// the tables); the operation was rolled back and can be retried.
+    #[error("{0}: timed out waiting for a table lock held by another session; try again")]
+    LockTimeout(String),
     /// The database holds something zdr cannot interpret.
     #[error("corrupt zdr state: {0}")]
     Corrupt(String),
@@ -92,4 +383,37 @@ impl<T> Context<T> for Result<T, rusqlite::Error> {
             source,
         })
     }
+}
+
+/// Checks a guarded statement against how the guest called it: `query` takes a SELECT,
+/// `execute` anything else, and the parameters must match the placeholders.
+pub(crate) fn check_call(
+    checked: &Arc<Checked>,
+    params: &[Value],
+    want_rows: bool,
+) -> Result<(), DbError> {
+    let is_query = matches!(checked.kind, StatementKind::Query);
+    if want_rows && !is_query {
+        return Err(DbError::InvalidSql {
+            message: "query() takes a SELECT; use execute() for INSERT, UPDATE and DELETE".into(),
+            sqlstate: None,
+        });
+    }
+    if !want_rows && is_query {
+        return Err(DbError::InvalidSql {
+            message: "execute() takes INSERT, UPDATE or DELETE; use query() for SELECT".into(),
+            sqlstate: None,
+        });
+    }
+    if params.len() != checked.param_count {
+        return Err(DbError::InvalidSql {
+            message: format!(
+                "the statement has {} placeholder(s) but {} parameter(s) were bound",
+                checked.param_count,
+                params.len()
+            ),
+            sqlstate: None,
+        });
+    }
+    Ok(())
 }

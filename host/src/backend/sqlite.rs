@@ -20,7 +20,10 @@ use std::time::Duration;
 use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 
-use super::{Context, DbError, GuestConnection, MAX_QUERY_ROWS, RowSet, StoreError, Value};
+use super::{
+    Context, DbError, GuestConnection, MAX_QUERY_ROWS, ReplayRow, RowSet, RunLock, Store,
+    StoreError, Value,
+};
 use crate::events::{Event, NewEvent};
 use crate::model::{Description, Failure, ReplayState, Role, Target};
 use crate::sandbox::{Dialect, Guard, GuardCache, Mode, PhysicalName};
@@ -124,16 +127,10 @@ CREATE TABLE IF NOT EXISTS stored_events (
 pub type SqliteConnection = Arc<Mutex<Connection>>;
 
 /// One open SQLite database.
-pub struct Db {
+pub struct SqliteStore {
     conn: SqliteConnection,
     path: PathBuf,
     url: String,
-}
-
-/// A lock held for as long as this value lives, released when the process dies: the
-/// per-replay run lock of `replay start` and the per-projector ownership of a daemon.
-pub struct RunLock {
-    _file: File,
 }
 
 fn lock(conn: &SqliteConnection) -> MutexGuard<'_, Connection> {
@@ -142,22 +139,22 @@ fn lock(conn: &SqliteConnection) -> MutexGuard<'_, Connection> {
     conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl Db {
+impl SqliteStore {
     /// Opens (creating if needed) the SQLite database named by `url` (`sqlite://PATH`,
     /// `sqlite:PATH`), in WAL mode with a busy timeout.
     ///
     /// # Errors
     /// An unsupported URL, or a file that cannot be opened as SQLite in WAL mode.
-    pub fn open(url: &str) -> Result<Db, StoreError> {
+    pub fn open(url: &str) -> Result<SqliteStore, StoreError> {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .filter(|p| !p.is_empty())
             .ok_or_else(|| StoreError::Url(url.to_string()))?;
         let path = PathBuf::from(path.split('?').next().unwrap_or(path));
-        let open_err = |source| StoreError::Open {
+        let open_err = |source: rusqlite::Error| StoreError::Open {
             url: url.to_string(),
-            source,
+            message: source.to_string(),
         };
         let conn = Connection::open(&path).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
@@ -172,389 +169,28 @@ impl Db {
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(open_err)?;
         conn.set_prepared_statement_cache_capacity(256);
-        Ok(Db {
+        Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
             path,
             url: url.to_string(),
         })
     }
 
-    /// The URL this database was opened with.
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// The SQL dialect of this backend.
-    pub fn dialect(&self) -> Dialect {
-        Dialect::Sqlite
-    }
-
-    /// Creates zdr's tables and, when absent, the event store. Idempotent; an existing
-    /// `stored_events` (a Laravel database) is checked and used as it is.
-    ///
-    /// # Errors
-    /// A newer schema, an incompatible `stored_events`, or a driver failure.
-    pub fn init(&self) -> Result<(), StoreError> {
-        let conn = lock(&self.conn);
-        if let Some(found) = schema_version(&conn)?
-            && found > SCHEMA_VERSION
-        {
-            return Err(StoreError::SchemaTooNew {
-                found,
-                supported: SCHEMA_VERSION,
-            });
+    /// The physical name of `logical` in a target with this role.
+    fn physical(target_id: i64, role: Role, replay_key: Option<&str>, logical: &str) -> String {
+        let key = replay_key.unwrap_or("");
+        match role {
+            Role::Live => logical.to_string(),
+            Role::Clone => format!("zdr_r_{key}__{logical}"),
+            Role::Retired => format!("zdr_p_{key}__{logical}"),
+            Role::Building => format!("zdr_b{target_id}__{logical}"),
         }
-        conn.execute_batch(&format!("BEGIN IMMEDIATE; {EVENT_TABLE} {SCHEMA} COMMIT;"))
-            .context("creating zdr tables")?;
-        conn.execute(
-            "INSERT INTO zdr_meta (key, value) VALUES ('schema_version', ?1) ON CONFLICT (key) DO NOTHING",
-            [SCHEMA_VERSION.to_string()],
-        )
-        .context("recording the schema version")?;
-        check_event_table(&conn)
-    }
-
-    /// Checks that `init` has run and the schema is one this binary understands.
-    ///
-    /// # Errors
-    /// [`StoreError::NotInitialised`] or [`StoreError::SchemaTooNew`].
-    pub fn ensure_ready(&self) -> Result<(), StoreError> {
-        let conn = lock(&self.conn);
-        match schema_version(&conn)? {
-            None => Err(StoreError::NotInitialised(self.url.clone())),
-            Some(found) if found > SCHEMA_VERSION => Err(StoreError::SchemaTooNew {
-                found,
-                supported: SCHEMA_VERSION,
-            }),
-            Some(_) => Ok(()),
-        }
-    }
-
-    /// Takes the lock named `name` (e.g. `replay-v2`) if no other process holds it.
-    ///
-    /// # Errors
-    /// When the lock file cannot be created.
-    pub fn try_lock(&self, name: &str) -> Result<Option<RunLock>, StoreError> {
-        let dir = lock_dir(&self.path);
-        let io = |e: std::io::Error| {
-            StoreError::Corrupt(format!("lock directory {}: {e}", dir.display()))
-        };
-        std::fs::create_dir_all(&dir).map_err(io)?;
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(dir.join(format!("{name}.lock")))
-            .map_err(io)?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(RunLock { _file: file })),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
-        }
-    }
-
-    // ----- transactions ---------------------------------------------------------------------
-
-    /// Runs `f` in one write transaction (`BEGIN IMMEDIATE`: the single-writer lock), committing
-    /// when it returns `Ok` and rolling back otherwise.
-    ///
-    /// # Errors
-    /// `f`'s error, or a failure to begin or commit.
-    pub fn write<T, E: From<StoreError>>(
-        &self,
-        f: impl FnOnce(&Db) -> Result<T, E>,
-    ) -> Result<T, E> {
-        self.exec("BEGIN IMMEDIATE").map_err(E::from)?;
-        match f(self) {
-            Ok(value) => match self.exec("COMMIT") {
-                Ok(()) => Ok(value),
-                Err(err) => {
-                    let _ = self.exec("ROLLBACK");
-                    Err(E::from(err))
-                }
-            },
-            Err(err) => {
-                let _ = self.exec("ROLLBACK");
-                Err(err)
-            }
-        }
-    }
-
-    /// Opens a savepoint inside the current transaction.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn savepoint(&self, name: &str) -> Result<(), StoreError> {
-        self.exec(&format!("SAVEPOINT {name}"))
-    }
-
-    /// Keeps what was done since the savepoint.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn release(&self, name: &str) -> Result<(), StoreError> {
-        self.exec(&format!("RELEASE {name}"))
-    }
-
-    /// Undoes what was done since the savepoint and closes it.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn rollback_to(&self, name: &str) -> Result<(), StoreError> {
-        self.exec(&format!("ROLLBACK TO {name}; RELEASE {name}"))
     }
 
     fn exec(&self, sql: &str) -> Result<(), StoreError> {
         lock(&self.conn)
             .execute_batch(sql)
             .context(format!("running {sql}"))
-    }
-
-    // ----- events ---------------------------------------------------------------------------
-
-    /// Appends events in one transaction and returns the ids of the first and last.
-    ///
-    /// # Errors
-    /// A driver failure; nothing is appended then.
-    pub fn append_events(&self, events: &[NewEvent]) -> Result<Option<(i64, i64)>, StoreError> {
-        self.write(|db| {
-            let conn = lock(&db.conn);
-            let mut stmt = conn
-                .prepare_cached(
-                    "INSERT INTO stored_events (aggregate_uuid, aggregate_version, event_version, event_class, \
-                     event_properties, meta_data, created_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, COALESCE(?7, strftime('%Y-%m-%d %H:%M:%f', 'now')))",
-                )
-                .context("preparing the event insert")?;
-            let mut range = None;
-            for e in events {
-                stmt.execute(params![
-                    e.aggregate_uuid,
-                    e.aggregate_version,
-                    e.event_version,
-                    e.event_class,
-                    e.event_properties,
-                    e.meta_data,
-                    e.created_at
-                ])
-                .context("appending an event")?;
-                let id = conn.last_insert_rowid();
-                range = Some(range.map_or((id, id), |(first, _)| (first, id)));
-            }
-            Ok(range)
-        })
-    }
-
-    /// The number of stored events.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn count_events(&self) -> Result<i64, StoreError> {
-        lock(&self.conn)
-            .query_row("SELECT COUNT(*) FROM stored_events", [], |r| r.get(0))
-            .context("counting events")
-    }
-
-    /// The id up to which every event is committed and visible: the safe high-water mark.
-    /// SQLite serialises writers, so ids commit in order and the largest id is safe.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn head(&self) -> Result<i64, StoreError> {
-        lock(&self.conn)
-            .query_row("SELECT COALESCE(MAX(id), 0) FROM stored_events", [], |r| {
-                r.get(0)
-            })
-            .context("reading the last event id")
-    }
-
-    /// Reads up to `limit` events with `after < id <= up_to`, in id order (keyset pagination:
-    /// memory is bounded by the batch, not by history).
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn read_events(
-        &self,
-        after: i64,
-        up_to: i64,
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        let conn = lock(&self.conn);
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, aggregate_uuid, aggregate_version, COALESCE(event_version, 1), event_class, \
-                 COALESCE(event_properties, '{}'), COALESCE(meta_data, '{}'), COALESCE(CAST(created_at AS TEXT), '') \
-                 FROM stored_events WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
-            )
-            .context("preparing the event read")?;
-        let rows = stmt
-            .query_map(params![after, up_to, limit as i64], |r| {
-                Ok(Event {
-                    id: r.get(0)?,
-                    aggregate_uuid: r.get(1)?,
-                    aggregate_version: r.get(2)?,
-                    event_version: r.get(3)?,
-                    event_class: r.get(4)?,
-                    event_properties: r.get(5)?,
-                    meta_data: r.get(6)?,
-                    created_at: r.get(7)?,
-                })
-            })
-            .context("reading events")?;
-        rows.collect::<Result<Vec<_>, _>>()
-            .context("reading events")
-    }
-
-    // ----- components and versions ----------------------------------------------------------
-
-    /// Stores a component's bytes (once per content hash) and registers it as a version of
-    /// `description.name`; returns the version id (the existing one when already registered).
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn register_version(
-        &self,
-        hash: &str,
-        wasm: &[u8],
-        description: &Description,
-    ) -> Result<i64, StoreError> {
-        let conn = lock(&self.conn);
-        conn.execute(
-            "INSERT INTO zdr_components (hash, wasm, size) VALUES (?1, ?2, ?3) ON CONFLICT (hash) DO NOTHING",
-            params![hash, wasm, wasm.len() as i64],
-        )
-        .context("storing the component")?;
-        let json =
-            serde_json::to_string(description).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        conn.execute(
-            "INSERT INTO zdr_versions (projector, version, component_hash, description) VALUES (?1, ?2, ?3, ?4) \
-             ON CONFLICT (projector, component_hash) DO NOTHING",
-            params![description.name, description.version, hash, json],
-        )
-        .context("registering the version")?;
-        conn.query_row(
-            "SELECT id FROM zdr_versions WHERE projector = ?1 AND component_hash = ?2",
-            params![description.name, hash],
-            |r| r.get(0),
-        )
-        .context("reading the version id")
-    }
-
-    /// A version's description and component bytes.
-    ///
-    /// # Errors
-    /// An unknown version, or a driver failure.
-    pub fn version(&self, version_id: i64) -> Result<(Description, String, Vec<u8>), StoreError> {
-        let conn = lock(&self.conn);
-        let (json, hash, wasm): (String, String, Vec<u8>) = conn
-            .query_row(
-                "SELECT v.description, v.component_hash, c.wasm FROM zdr_versions v \
-                 JOIN zdr_components c ON c.hash = v.component_hash WHERE v.id = ?1",
-                [version_id],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .context(format!("loading projector version {version_id}"))?;
-        let description = serde_json::from_str(&json).map_err(|e| {
-            StoreError::Corrupt(format!("description of version {version_id}: {e}"))
-        })?;
-        Ok((description, hash, wasm))
-    }
-
-    /// A version's description alone (no component bytes).
-    ///
-    /// # Errors
-    /// An unknown version, or a driver failure.
-    pub fn description(&self, version_id: i64) -> Result<Description, StoreError> {
-        let json: String = lock(&self.conn)
-            .query_row(
-                "SELECT description FROM zdr_versions WHERE id = ?1",
-                [version_id],
-                |r| r.get(0),
-            )
-            .context(format!("loading projector version {version_id}"))?;
-        serde_json::from_str(&json)
-            .map_err(|e| StoreError::Corrupt(format!("description of version {version_id}: {e}")))
-    }
-
-    // ----- targets --------------------------------------------------------------------------
-
-    /// Inserts a target row and returns it.
-    ///
-    /// # Errors
-    /// A driver failure (e.g. a second live target for one projector).
-    pub fn insert_target(
-        &self,
-        projector: &str,
-        version_id: i64,
-        role: Role,
-        replay_key: Option<&str>,
-    ) -> Result<Target, StoreError> {
-        let id = {
-            let conn = lock(&self.conn);
-            conn.execute(
-                "INSERT INTO zdr_targets (projector, version_id, role, replay_key) VALUES (?1, ?2, ?3, ?4)",
-                params![projector, version_id, role.as_str(), replay_key],
-            )
-            .context("creating a target")?;
-            conn.last_insert_rowid()
-        };
-        self.target(id)?
-            .ok_or_else(|| StoreError::Corrupt(format!("target {id} vanished after insert")))
-    }
-
-    /// One target by id.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn target(&self, id: i64) -> Result<Option<Target>, StoreError> {
-        Ok(self.targets_where("t.id = ?1", params![id])?.pop())
-    }
-
-    /// The live target of a projector, if it has one.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn live_target(&self, projector: &str) -> Result<Option<Target>, StoreError> {
-        Ok(self
-            .targets_where("t.projector = ?1 AND t.role = 'live'", params![projector])?
-            .pop())
-    }
-
-    /// Every live target, by projector name.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn live_targets(&self) -> Result<Vec<Target>, StoreError> {
-        self.targets_where("t.role = 'live'", params![])
-    }
-
-    /// Every target of a projector (any role).
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn targets_of_projector(&self, projector: &str) -> Result<Vec<Target>, StoreError> {
-        self.targets_where("t.projector = ?1", params![projector])
-    }
-
-    /// The targets a replay owns (clones, or retired tables after a promote).
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn replay_targets(&self, key: &str) -> Result<Vec<Target>, StoreError> {
-        self.targets_where("t.replay_key = ?1", params![key])
-    }
-
-    /// The clones of `projector` whose replay is projecting and that have not failed: the
-    /// targets a live batch writes to as well.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn projecting_clones(&self, projector: &str) -> Result<Vec<Target>, StoreError> {
-        self.targets_where(
-            "t.projector = ?1 AND t.role = 'clone' AND t.error_event_id IS NULL \
-             AND t.replay_key IN (SELECT key FROM zdr_replays WHERE state = 'projecting')",
-            params![projector],
-        )
     }
 
     fn targets_where(
@@ -605,344 +241,6 @@ impl Db {
         Ok(targets)
     }
 
-    /// Moves a target's checkpoint (inside the batch transaction).
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn set_checkpoint(&self, target_id: i64, checkpoint: i64) -> Result<(), StoreError> {
-        lock(&self.conn)
-            .prepare_cached("UPDATE zdr_targets SET checkpoint = ?2 WHERE id = ?1")
-            .and_then(|mut s| s.execute(params![target_id, checkpoint]))
-            .context("saving a checkpoint")?;
-        Ok(())
-    }
-
-    /// Records that a target's projector failed on an event: the target stops there.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn record_failure(
-        &self,
-        target: &Target,
-        event_id: i64,
-        message: &str,
-    ) -> Result<(), StoreError> {
-        let conn = lock(&self.conn);
-        conn.execute(
-            "UPDATE zdr_targets SET error_event_id = ?2, error = ?3, \
-             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
-            params![target.id, event_id, message],
-        )
-        .context("recording a failure")?;
-        conn.execute(
-            "INSERT INTO zdr_failures (target_id, projector, replay_key, event_id, message) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![target.id, target.projector, target.replay_key, event_id, message],
-        )
-        .context("recording a failure")?;
-        Ok(())
-    }
-
-    /// Clears a target's failure so it runs again from its checkpoint.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn clear_failure(&self, target_id: i64) -> Result<(), StoreError> {
-        lock(&self.conn)
-            .execute(
-                "UPDATE zdr_targets SET error_event_id = NULL, error = NULL WHERE id = ?1",
-                [target_id],
-            )
-            .context("clearing a failure")?;
-        Ok(())
-    }
-
-    /// Changes a target's role (and owning replay) in the current transaction.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn set_role(
-        &self,
-        target_id: i64,
-        role: Role,
-        replay_key: Option<&str>,
-    ) -> Result<(), StoreError> {
-        lock(&self.conn)
-            .execute(
-                "UPDATE zdr_targets SET role = ?2, replay_key = ?3, \
-                 updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
-                params![target_id, role.as_str(), replay_key],
-            )
-            .context("changing a target's role")?;
-        Ok(())
-    }
-
-    /// Deletes a target row.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn delete_target(&self, target_id: i64) -> Result<(), StoreError> {
-        lock(&self.conn)
-            .execute("DELETE FROM zdr_targets WHERE id = ?1", [target_id])
-            .context("deleting a target")?;
-        Ok(())
-    }
-
-    /// Appends a line of run history.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn record_run(
-        &self,
-        target: &Target,
-        kind: &str,
-        from_event: i64,
-        to_event: i64,
-        events: i64,
-        outcome: &str,
-    ) -> Result<(), StoreError> {
-        lock(&self.conn)
-            .execute(
-                "INSERT INTO zdr_runs (replay_key, projector, kind, from_event, to_event, events, outcome) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![target.replay_key, target.projector, kind, from_event, to_event, events, outcome],
-            )
-            .context("recording run history")?;
-        Ok(())
-    }
-
-    // ----- physical tables ------------------------------------------------------------------
-
-    /// The physical name of `logical` in a target with this role.
-    fn physical(target_id: i64, role: Role, replay_key: Option<&str>, logical: &str) -> String {
-        let key = replay_key.unwrap_or("");
-        match role {
-            Role::Live => logical.to_string(),
-            Role::Clone => format!("zdr_r_{key}__{logical}"),
-            Role::Retired => format!("zdr_p_{key}__{logical}"),
-            Role::Building => format!("zdr_b{target_id}__{logical}"),
-        }
-    }
-
-    /// The guard for a target: its declared tables mapped to their physical names.
-    pub fn guard_for(&self, target: &Target, description: &Description) -> Guard {
-        let tables = description.tables.iter().map(|t| {
-            let name = Self::physical(
-                target.id,
-                target.role,
-                target.replay_key.as_deref(),
-                &t.name,
-            );
-            (t.name.clone(), PhysicalName { schema: None, name })
-        });
-        Guard::new(
-            Dialect::Sqlite,
-            tables,
-            Some(format!("zdr_i{}_", target.id)),
-        )
-    }
-
-    /// Whether a table (or view, index…) with this physical name exists.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn object_exists(&self, name: &str) -> Result<bool, StoreError> {
-        lock(&self.conn)
-            .query_row(
-                "SELECT 1 FROM sqlite_schema WHERE lower(name) = lower(?1)",
-                [name],
-                |_| Ok(()),
-            )
-            .optional()
-            .map(|found| found.is_some())
-            .context("looking up a table")
-    }
-
-    /// Names of views and triggers that mention `table`: objects outside the projector that
-    /// would break (or be broken by) renaming its tables.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn dependents_of(&self, table: &str) -> Result<Vec<String>, StoreError> {
-        let conn = lock(&self.conn);
-        let mut stmt = conn
-            .prepare(
-                "SELECT type || ' ' || name FROM sqlite_schema WHERE type IN ('view', 'trigger') \
-                 AND (lower(tbl_name) = lower(?1) OR lower(sql) LIKE '%' || lower(?1) || '%')",
-            )
-            .context("looking for views and triggers")?;
-        let names = stmt
-            .query_map([table], |r| r.get(0))
-            .context("looking for views and triggers")?
-            .collect::<Result<Vec<String>, _>>()
-            .context("looking for views and triggers")?;
-        Ok(names)
-    }
-
-    /// Creates a target's tables from the projector's declared DDL (checked and rewritten by
-    /// the guard in setup mode), inside the current transaction.
-    ///
-    /// # Errors
-    /// DDL the guard refuses, or that SQLite rejects.
-    pub fn create_tables(
-        &self,
-        target: &Target,
-        description: &Description,
-    ) -> Result<(), StoreError> {
-        let guard = self.guard_for(target, description);
-        let conn = lock(&self.conn);
-        for table in &description.tables {
-            for ddl in &table.ddl {
-                let checked = guard
-                    .check(ddl, Mode::Setup)
-                    .map_err(|e| StoreError::Ddl(format!("{}: {e}", table.name)))?;
-                conn.execute_batch(&checked.sql)
-                    .context(format!("creating table {} ({})", table.name, checked.sql))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Drops a target's tables (their indexes go with them).
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn drop_tables(
-        &self,
-        target: &Target,
-        description: &Description,
-    ) -> Result<(), StoreError> {
-        let conn = lock(&self.conn);
-        for table in &description.tables {
-            let name = Self::physical(
-                target.id,
-                target.role,
-                target.replay_key.as_deref(),
-                &table.name,
-            );
-            conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(&name)))
-                .context(format!("dropping table {name}"))?;
-        }
-        Ok(())
-    }
-
-    /// Renames a target's tables to the names of `new_role`, inside the current transaction.
-    /// With `legacy_alter_table` SQLite renames only the table itself, which is all a
-    /// projector's tables have (views and triggers on them are refused at create time).
-    ///
-    /// # Errors
-    /// A driver failure (e.g. the destination name is taken).
-    pub fn rename_tables(
-        &self,
-        target: &Target,
-        description: &Description,
-        new_role: Role,
-        new_key: Option<&str>,
-    ) -> Result<(), StoreError> {
-        let conn = lock(&self.conn);
-        conn.execute_batch("PRAGMA legacy_alter_table = ON")
-            .context("enabling legacy_alter_table")?;
-        for table in &description.tables {
-            let from = Self::physical(
-                target.id,
-                target.role,
-                target.replay_key.as_deref(),
-                &table.name,
-            );
-            let to = Self::physical(target.id, new_role, new_key, &table.name);
-            conn.execute_batch(&format!(
-                "ALTER TABLE {} RENAME TO {}",
-                quote(&from),
-                quote(&to)
-            ))
-            .context(format!("renaming {from} to {to}"))?;
-        }
-        conn.execute_batch("PRAGMA legacy_alter_table = OFF")
-            .context("disabling legacy_alter_table")?;
-        Ok(())
-    }
-
-    /// The physical names a target's tables would have in `role`.
-    pub fn physical_names(
-        &self,
-        target: &Target,
-        description: &Description,
-        role: Role,
-        key: Option<&str>,
-    ) -> Vec<String> {
-        description
-            .tables
-            .iter()
-            .map(|t| Self::physical(target.id, role, key, &t.name))
-            .collect()
-    }
-
-    /// A guest connection bound to `target`, sharing this database's connection (and so its
-    /// current transaction).
-    pub fn guest_connection(
-        &self,
-        target: &Target,
-        description: &Description,
-    ) -> Box<dyn GuestConnection> {
-        Box::new(SqliteGuestConnection {
-            conn: self.conn.clone(),
-            guard: GuardCache::new(self.guard_for(target, description)),
-        })
-    }
-
-    /// Runs a trusted, host-written SELECT (never guest SQL) and returns its rows: for the
-    /// demo and for tests that compare read models.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn read_rows(&self, sql: &str) -> Result<RowSet, StoreError> {
-        let conn = lock(&self.conn);
-        let mut stmt = conn.prepare(sql).context(format!("preparing {sql}"))?;
-        let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
-        let width = columns.len();
-        let rows = stmt
-            .query_map([], |row| {
-                (0..width)
-                    .map(|i| row.get_ref(i).map(value_of))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .context(format!("running {sql}"))?
-            .collect::<Result<Vec<_>, _>>()
-            .context(format!("running {sql}"))?;
-        Ok(RowSet { columns, rows })
-    }
-
-    // ----- replays --------------------------------------------------------------------------
-
-    /// Inserts a replay row in state `created`; `false` when the key is taken.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn insert_replay(&self, key: &str) -> Result<bool, StoreError> {
-        let inserted = lock(&self.conn)
-            .execute(
-                "INSERT INTO zdr_replays (key, state) VALUES (?1, 'created') ON CONFLICT (key) DO NOTHING",
-                [key],
-            )
-            .context("creating the replay")?;
-        Ok(inserted == 1)
-    }
-
-    /// A replay's state and last error.
-    ///
-    /// # Errors
-    /// A driver failure, or a state word zdr does not know.
-    pub fn replay(&self, key: &str) -> Result<Option<ReplayRow>, StoreError> {
-        Ok(self.replays_where("key = ?1", params![key])?.pop())
-    }
-
-    /// Every replay, oldest first.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn replays(&self) -> Result<Vec<ReplayRow>, StoreError> {
-        self.replays_where("1 = 1", params![])
-    }
-
     fn replays_where(
         &self,
         condition: &str,
@@ -981,13 +279,526 @@ impl Db {
         }
         Ok(replays)
     }
+}
 
-    /// Compare-and-set of a replay's state: moves it to `to` only if it is in one of `from`.
-    /// Returns whether it moved.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn transition(
+impl Store for SqliteStore {
+    fn url(&self) -> &str {
+        &self.url
+    }
+
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
+    }
+
+    fn init(&self) -> Result<(), StoreError> {
+        let conn = lock(&self.conn);
+        if let Some(found) = schema_version(&conn)?
+            && found > SCHEMA_VERSION
+        {
+            return Err(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        conn.execute_batch(&format!("BEGIN IMMEDIATE; {EVENT_TABLE} {SCHEMA} COMMIT;"))
+            .context("creating zdr tables")?;
+        conn.execute(
+            "INSERT INTO zdr_meta (key, value) VALUES ('schema_version', ?1) ON CONFLICT (key) DO NOTHING",
+            [SCHEMA_VERSION.to_string()],
+        )
+        .context("recording the schema version")?;
+        check_event_table(&conn)
+    }
+
+    fn ensure_ready(&self) -> Result<(), StoreError> {
+        let conn = lock(&self.conn);
+        match schema_version(&conn)? {
+            None => Err(StoreError::NotInitialised(self.url.clone())),
+            Some(found) if found > SCHEMA_VERSION => Err(StoreError::SchemaTooNew {
+                found,
+                supported: SCHEMA_VERSION,
+            }),
+            Some(_) => Ok(()),
+        }
+    }
+
+    fn try_lock(&self, name: &str) -> Result<Option<RunLock>, StoreError> {
+        let dir = lock_dir(&self.path);
+        let io = |e: std::io::Error| {
+            StoreError::Corrupt(format!("lock directory {}: {e}", dir.display()))
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{name}.lock")))
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(RunLock::new(file))),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
+        }
+    }
+
+    fn begin_write(&self) -> Result<(), StoreError> {
+        self.exec("BEGIN IMMEDIATE")
+    }
+
+    fn commit(&self) -> Result<(), StoreError> {
+        self.exec("COMMIT")
+    }
+
+    fn rollback(&self) -> Result<(), StoreError> {
+        self.exec("ROLLBACK")
+    }
+
+    fn savepoint(&self, name: &str) -> Result<(), StoreError> {
+        self.exec(&format!("SAVEPOINT {name}"))
+    }
+
+    fn release(&self, name: &str) -> Result<(), StoreError> {
+        self.exec(&format!("RELEASE {name}"))
+    }
+
+    fn rollback_to(&self, name: &str) -> Result<(), StoreError> {
+        self.exec(&format!("ROLLBACK TO {name}; RELEASE {name}"))
+    }
+
+    fn append_events(&self, events: &[NewEvent]) -> Result<Option<(i64, i64)>, StoreError> {
+        self.exec("BEGIN IMMEDIATE")?;
+        let appended = (|| {
+            let conn = lock(&self.conn);
+            let mut stmt = conn
+                .prepare_cached(
+                    "INSERT INTO stored_events (aggregate_uuid, aggregate_version, event_version, event_class, \
+                     event_properties, meta_data, created_at) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, COALESCE(?7, strftime('%Y-%m-%d %H:%M:%f', 'now')))",
+                )
+                .context("preparing the event insert")?;
+            let mut range = None;
+            for e in events {
+                stmt.execute(params![
+                    e.aggregate_uuid,
+                    e.aggregate_version,
+                    e.event_version,
+                    e.event_class,
+                    e.event_properties,
+                    e.meta_data,
+                    e.created_at
+                ])
+                .context("appending an event")?;
+                let id = conn.last_insert_rowid();
+                range = Some(range.map_or((id, id), |(first, _)| (first, id)));
+            }
+            Ok(range)
+        })();
+        match appended {
+            Ok(range) => {
+                self.exec("COMMIT")?;
+                Ok(range)
+            }
+            Err(err) => {
+                let _ = self.exec("ROLLBACK");
+                Err(err)
+            }
+        }
+    }
+
+    fn count_events(&self) -> Result<i64, StoreError> {
+        lock(&self.conn)
+            .query_row("SELECT COUNT(*) FROM stored_events", [], |r| r.get(0))
+            .context("counting events")
+    }
+
+    fn head(&self) -> Result<i64, StoreError> {
+        lock(&self.conn)
+            .query_row("SELECT COALESCE(MAX(id), 0) FROM stored_events", [], |r| {
+                r.get(0)
+            })
+            .context("reading the last event id")
+    }
+
+    fn read_events(&self, after: i64, up_to: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, aggregate_uuid, aggregate_version, COALESCE(event_version, 1), event_class, \
+                 COALESCE(event_properties, '{}'), COALESCE(meta_data, '{}'), COALESCE(CAST(created_at AS TEXT), '') \
+                 FROM stored_events WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
+            )
+            .context("preparing the event read")?;
+        let rows = stmt
+            .query_map(params![after, up_to, limit as i64], |r| {
+                Ok(Event {
+                    id: r.get(0)?,
+                    aggregate_uuid: r.get(1)?,
+                    aggregate_version: r.get(2)?,
+                    event_version: r.get(3)?,
+                    event_class: r.get(4)?,
+                    event_properties: r.get(5)?,
+                    meta_data: r.get(6)?,
+                    created_at: r.get(7)?,
+                })
+            })
+            .context("reading events")?;
+        rows.collect::<Result<Vec<_>, _>>()
+            .context("reading events")
+    }
+
+    fn register_version(
+        &self,
+        hash: &str,
+        wasm: &[u8],
+        description: &Description,
+    ) -> Result<i64, StoreError> {
+        let conn = lock(&self.conn);
+        conn.execute(
+            "INSERT INTO zdr_components (hash, wasm, size) VALUES (?1, ?2, ?3) ON CONFLICT (hash) DO NOTHING",
+            params![hash, wasm, wasm.len() as i64],
+        )
+        .context("storing the component")?;
+        let json =
+            serde_json::to_string(description).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        conn.execute(
+            "INSERT INTO zdr_versions (projector, version, component_hash, description) VALUES (?1, ?2, ?3, ?4) \
+             ON CONFLICT (projector, component_hash) DO NOTHING",
+            params![description.name, description.version, hash, json],
+        )
+        .context("registering the version")?;
+        conn.query_row(
+            "SELECT id FROM zdr_versions WHERE projector = ?1 AND component_hash = ?2",
+            params![description.name, hash],
+            |r| r.get(0),
+        )
+        .context("reading the version id")
+    }
+
+    fn version(&self, version_id: i64) -> Result<(Description, String, Vec<u8>), StoreError> {
+        let conn = lock(&self.conn);
+        let (json, hash, wasm): (String, String, Vec<u8>) = conn
+            .query_row(
+                "SELECT v.description, v.component_hash, c.wasm FROM zdr_versions v \
+                 JOIN zdr_components c ON c.hash = v.component_hash WHERE v.id = ?1",
+                [version_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .context(format!("loading projector version {version_id}"))?;
+        let description = serde_json::from_str(&json).map_err(|e| {
+            StoreError::Corrupt(format!("description of version {version_id}: {e}"))
+        })?;
+        Ok((description, hash, wasm))
+    }
+
+    fn description(&self, version_id: i64) -> Result<Description, StoreError> {
+        let json: String = lock(&self.conn)
+            .query_row(
+                "SELECT description FROM zdr_versions WHERE id = ?1",
+                [version_id],
+                |r| r.get(0),
+            )
+            .context(format!("loading projector version {version_id}"))?;
+        serde_json::from_str(&json)
+            .map_err(|e| StoreError::Corrupt(format!("description of version {version_id}: {e}")))
+    }
+
+    fn insert_target(
+        &self,
+        projector: &str,
+        version_id: i64,
+        role: Role,
+        replay_key: Option<&str>,
+    ) -> Result<Target, StoreError> {
+        let id = {
+            let conn = lock(&self.conn);
+            conn.execute(
+                "INSERT INTO zdr_targets (projector, version_id, role, replay_key) VALUES (?1, ?2, ?3, ?4)",
+                params![projector, version_id, role.as_str(), replay_key],
+            )
+            .context("creating a target")?;
+            conn.last_insert_rowid()
+        };
+        self.target(id)?
+            .ok_or_else(|| StoreError::Corrupt(format!("target {id} vanished after insert")))
+    }
+
+    fn target(&self, id: i64) -> Result<Option<Target>, StoreError> {
+        Ok(self.targets_where("t.id = ?1", params![id])?.pop())
+    }
+
+    fn live_target(&self, projector: &str) -> Result<Option<Target>, StoreError> {
+        Ok(self
+            .targets_where("t.projector = ?1 AND t.role = 'live'", params![projector])?
+            .pop())
+    }
+
+    fn live_targets(&self) -> Result<Vec<Target>, StoreError> {
+        self.targets_where("t.role = 'live'", params![])
+    }
+
+    fn targets_of_projector(&self, projector: &str) -> Result<Vec<Target>, StoreError> {
+        self.targets_where("t.projector = ?1", params![projector])
+    }
+
+    fn replay_targets(&self, key: &str) -> Result<Vec<Target>, StoreError> {
+        self.targets_where("t.replay_key = ?1", params![key])
+    }
+
+    fn projecting_clones(&self, projector: &str) -> Result<Vec<Target>, StoreError> {
+        self.targets_where(
+            "t.projector = ?1 AND t.role = 'clone' AND t.error_event_id IS NULL \
+             AND t.replay_key IN (SELECT key FROM zdr_replays WHERE state = 'projecting')",
+            params![projector],
+        )
+    }
+
+    fn set_checkpoint(&self, target_id: i64, checkpoint: i64) -> Result<(), StoreError> {
+        lock(&self.conn)
+            .prepare_cached("UPDATE zdr_targets SET checkpoint = ?2 WHERE id = ?1")
+            .and_then(|mut s| s.execute(params![target_id, checkpoint]))
+            .context("saving a checkpoint")?;
+        Ok(())
+    }
+
+    fn record_failure(
+        &self,
+        target: &Target,
+        event_id: i64,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        let conn = lock(&self.conn);
+        conn.execute(
+            "UPDATE zdr_targets SET error_event_id = ?2, error = ?3, \
+             updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+            params![target.id, event_id, message],
+        )
+        .context("recording a failure")?;
+        conn.execute(
+            "INSERT INTO zdr_failures (target_id, projector, replay_key, event_id, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![target.id, target.projector, target.replay_key, event_id, message],
+        )
+        .context("recording a failure")?;
+        Ok(())
+    }
+
+    fn clear_failure(&self, target_id: i64) -> Result<(), StoreError> {
+        lock(&self.conn)
+            .execute(
+                "UPDATE zdr_targets SET error_event_id = NULL, error = NULL WHERE id = ?1",
+                [target_id],
+            )
+            .context("clearing a failure")?;
+        Ok(())
+    }
+
+    fn set_role(
+        &self,
+        target_id: i64,
+        role: Role,
+        replay_key: Option<&str>,
+    ) -> Result<(), StoreError> {
+        lock(&self.conn)
+            .execute(
+                "UPDATE zdr_targets SET role = ?2, replay_key = ?3, \
+                 updated_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1",
+                params![target_id, role.as_str(), replay_key],
+            )
+            .context("changing a target's role")?;
+        Ok(())
+    }
+
+    fn delete_target(&self, target_id: i64) -> Result<(), StoreError> {
+        lock(&self.conn)
+            .execute("DELETE FROM zdr_targets WHERE id = ?1", [target_id])
+            .context("deleting a target")?;
+        Ok(())
+    }
+
+    fn record_run(
+        &self,
+        target: &Target,
+        kind: &str,
+        from_event: i64,
+        to_event: i64,
+        events: i64,
+        outcome: &str,
+    ) -> Result<(), StoreError> {
+        lock(&self.conn)
+            .execute(
+                "INSERT INTO zdr_runs (replay_key, projector, kind, from_event, to_event, events, outcome) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![target.replay_key, target.projector, kind, from_event, to_event, events, outcome],
+            )
+            .context("recording run history")?;
+        Ok(())
+    }
+
+    fn guard_for(&self, target: &Target, description: &Description) -> Guard {
+        let tables = description.tables.iter().map(|t| {
+            let name = Self::physical(
+                target.id,
+                target.role,
+                target.replay_key.as_deref(),
+                &t.name,
+            );
+            (t.name.clone(), PhysicalName { schema: None, name })
+        });
+        Guard::new(
+            Dialect::Sqlite,
+            tables,
+            Some(format!("zdr_i{}_", target.id)),
+        )
+    }
+
+    fn object_exists(&self, name: &str) -> Result<bool, StoreError> {
+        lock(&self.conn)
+            .query_row(
+                "SELECT 1 FROM sqlite_schema WHERE lower(name) = lower(?1)",
+                [name],
+                |_| Ok(()),
+            )
+            .optional()
+            .map(|found| found.is_some())
+            .context("looking up a table")
+    }
+
+    fn dependents_of(&self, table: &str) -> Result<Vec<String>, StoreError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn
+            .prepare(
+                "SELECT type || ' ' || name FROM sqlite_schema WHERE type IN ('view', 'trigger') \
+                 AND (lower(tbl_name) = lower(?1) OR lower(sql) LIKE '%' || lower(?1) || '%')",
+            )
+            .context("looking for views and triggers")?;
+        let names = stmt
+            .query_map([table], |r| r.get(0))
+            .context("looking for views and triggers")?
+            .collect::<Result<Vec<String>, _>>()
+            .context("looking for views and triggers")?;
+        Ok(names)
+    }
+
+    fn create_tables(&self, target: &Target, description: &Description) -> Result<(), StoreError> {
+        let guard = self.guard_for(target, description);
+        let conn = lock(&self.conn);
+        for table in &description.tables {
+            for ddl in &table.ddl {
+                let checked = guard
+                    .check(ddl, Mode::Setup)
+                    .map_err(|e| StoreError::Ddl(format!("{}: {e}", table.name)))?;
+                conn.execute_batch(&checked.sql)
+                    .context(format!("creating table {} ({})", table.name, checked.sql))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn drop_tables(&self, target: &Target, description: &Description) -> Result<(), StoreError> {
+        let conn = lock(&self.conn);
+        for table in &description.tables {
+            let name = Self::physical(
+                target.id,
+                target.role,
+                target.replay_key.as_deref(),
+                &table.name,
+            );
+            conn.execute_batch(&format!("DROP TABLE IF EXISTS {}", quote(&name)))
+                .context(format!("dropping table {name}"))?;
+        }
+        Ok(())
+    }
+
+    fn rename_tables(
+        &self,
+        target: &Target,
+        description: &Description,
+        new_role: Role,
+        new_key: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let conn = lock(&self.conn);
+        conn.execute_batch("PRAGMA legacy_alter_table = ON")
+            .context("enabling legacy_alter_table")?;
+        for table in &description.tables {
+            let from = Self::physical(
+                target.id,
+                target.role,
+                target.replay_key.as_deref(),
+                &table.name,
+            );
+            let to = Self::physical(target.id, new_role, new_key, &table.name);
+            conn.execute_batch(&format!(
+                "ALTER TABLE {} RENAME TO {}",
+                quote(&from),
+                quote(&to)
+            ))
+            .context(format!("renaming {from} to {to}"))?;
+        }
+        conn.execute_batch("PRAGMA legacy_alter_table = OFF")
+            .context("disabling legacy_alter_table")?;
+        Ok(())
+    }
+
+    fn physical_names(
+        &self,
+        target: &Target,
+        description: &Description,
+        role: Role,
+        key: Option<&str>,
+    ) -> Vec<String> {
+        description
+            .tables
+            .iter()
+            .map(|t| Self::physical(target.id, role, key, &t.name))
+            .collect()
+    }
+
+    fn guest_connection(
+        &self,
+        target: &Target,
+        description: &Description,
+    ) -> Box<dyn GuestConnection> {
+        Box::new(SqliteGuestConnection {
+            conn: self.conn.clone(),
+            guard: GuardCache::new(self.guard_for(target, description)),
+        })
+    }
+
+    fn read_rows(&self, sql: &str) -> Result<RowSet, StoreError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn.prepare(sql).context(format!("preparing {sql}"))?;
+        let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
+        let width = columns.len();
+        let rows = stmt
+            .query_map([], |row| {
+                (0..width)
+                    .map(|i| row.get_ref(i).map(value_of))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .context(format!("running {sql}"))?
+            .collect::<Result<Vec<_>, _>>()
+            .context(format!("running {sql}"))?;
+        Ok(RowSet { columns, rows })
+    }
+
+    fn insert_replay(&self, key: &str) -> Result<bool, StoreError> {
+        let inserted = lock(&self.conn)
+            .execute(
+                "INSERT INTO zdr_replays (key, state) VALUES (?1, 'created') ON CONFLICT (key) DO NOTHING",
+                [key],
+            )
+            .context("creating the replay")?;
+        Ok(inserted == 1)
+    }
+
+    fn replay(&self, key: &str) -> Result<Option<ReplayRow>, StoreError> {
+        Ok(self.replays_where("key = ?1", params![key])?.pop())
+    }
+
+    fn replays(&self) -> Result<Vec<ReplayRow>, StoreError> {
+        self.replays_where("1 = 1", params![])
+    }
+
+    fn transition(
         &self,
         key: &str,
         from: &[ReplayState],
@@ -1017,31 +828,17 @@ impl Db {
         Ok(changed == 1)
     }
 
-    /// Deletes a replay row.
-    ///
-    /// # Errors
-    /// A driver failure.
-    pub fn delete_replay(&self, key: &str) -> Result<(), StoreError> {
+    fn delete_replay(&self, key: &str) -> Result<(), StoreError> {
         lock(&self.conn)
             .execute("DELETE FROM zdr_replays WHERE key = ?1", [key])
             .context("deleting the replay")?;
         Ok(())
     }
-}
 
-/// A replay as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplayRow {
-    /// The key.
-    pub key: String,
-    /// Its lifecycle state.
-    pub state: ReplayState,
-    /// The last error, when failed.
-    pub error: Option<String>,
-    /// When it was created.
-    pub created_at: String,
-    /// When its state last changed.
-    pub updated_at: String,
+    fn wait_for_events(&self, timeout: Duration) -> bool {
+        std::thread::sleep(timeout);
+        false
+    }
 }
 
 fn lock_dir(db_path: &Path) -> PathBuf {
@@ -1118,30 +915,7 @@ impl SqliteGuestConnection {
         want_rows: bool,
     ) -> Result<std::sync::Arc<crate::sandbox::Checked>, DbError> {
         let checked = self.guard.check(sql, Mode::Data)?;
-        let is_query = matches!(checked.kind, crate::sandbox::StatementKind::Query);
-        if want_rows && !is_query {
-            return Err(DbError::InvalidSql {
-                message: "query() takes a SELECT; use execute() for INSERT, UPDATE and DELETE"
-                    .into(),
-                sqlstate: None,
-            });
-        }
-        if !want_rows && is_query {
-            return Err(DbError::InvalidSql {
-                message: "execute() takes INSERT, UPDATE or DELETE; use query() for SELECT".into(),
-                sqlstate: None,
-            });
-        }
-        if params.len() != checked.param_count {
-            return Err(DbError::InvalidSql {
-                message: format!(
-                    "the statement has {} placeholder(s) but {} parameter(s) were bound",
-                    checked.param_count,
-                    params.len()
-                ),
-                sqlstate: None,
-            });
-        }
+        super::check_call(&checked, params, want_rows)?;
         Ok(checked)
     }
 }

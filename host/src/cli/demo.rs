@@ -19,12 +19,14 @@ use crate::backend::Db;
 use crate::config::Settings;
 use crate::events::NewEvent;
 use crate::lifecycle::{self, ComponentSpec};
+use crate::model::Role;
 use crate::runtime::Runtime;
 
-/// Run the walkthrough on a fresh SQLite file.
+/// Run the walkthrough on a fresh SQLite file, or on an empty PostgreSQL database given with
+/// `--database-url postgres://…`.
 #[derive(Debug, Args)]
 pub struct Demo {
-    /// The SQLite file to create (replaced if it exists).
+    /// The SQLite file to create (replaced if it exists); unused with a PostgreSQL URL.
     #[arg(long, default_value = "zdr-demo.db")]
     file: PathBuf,
     /// The balance v1 component (built from plugins/ when absent).
@@ -160,12 +162,20 @@ impl Demo {
     pub async fn run(self, settings: Settings) -> anyhow::Result<()> {
         let v1 = component(&self.v1)?;
         let v2 = component(&self.v2)?;
-        for suffix in ["", "-wal", "-shm"] {
-            let mut name = self.file.clone().into_os_string();
-            name.push(suffix);
-            let _ = std::fs::remove_file(&name);
-        }
-        let url = format!("sqlite://{}", self.file.display());
+        let postgres = settings.database_url.starts_with("postgres");
+        let url = if postgres {
+            let url = settings.database_url.clone();
+            let check = url.clone();
+            blocking(move || ensure_empty(&check)).await?;
+            url
+        } else {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut name = self.file.clone().into_os_string();
+                name.push(suffix);
+                let _ = std::fs::remove_file(&name);
+            }
+            format!("sqlite://{}", self.file.display())
+        };
         let settings = Settings {
             database_url: url.clone(),
             poll_interval: Duration::from_millis(20),
@@ -360,9 +370,13 @@ impl Demo {
         let v2_again = component(&self.v2)?;
         blocking(move || verify(&rt, &s, v2_again)).await?;
         println!();
+        let inspect = if postgres {
+            "with psql".to_string()
+        } else {
+            format!("{} with sqlite3", self.file.display())
+        };
         println!(
-            "done. Inspect {} with sqlite3, or run the same steps with the CLI (examples/walkthrough.sh).",
-            self.file.display()
+            "done. Inspect {inspect}, or run the same steps with the CLI (examples/walkthrough.sh)."
         );
         Ok(())
     }
@@ -386,6 +400,19 @@ fn spawn_traffic(
     })
 }
 
+/// Refuses to run the demo on a PostgreSQL database that already holds an event store or
+/// zdr's tables: the demo creates its own and would mix with them.
+fn ensure_empty(url: &str) -> anyhow::Result<()> {
+    let db = Db::open(url)?;
+    if db.ensure_ready().is_ok() || db.object_exists("stored_events")? {
+        bail!(
+            "{url} already holds an event store or zdr tables; the demo needs an empty database \
+             (for example: createdb zdr_demo, then --database-url postgres://…/zdr_demo)"
+        );
+    }
+    Ok(())
+}
+
 fn verify(runtime: &Runtime, settings: &Settings, v2: Vec<u8>) -> anyhow::Result<()> {
     let db = Db::open(&settings.database_url)?;
     let spec = ComponentSpec {
@@ -395,10 +422,19 @@ fn verify(runtime: &Runtime, settings: &Settings, v2: Vec<u8>) -> anyhow::Result
     };
     let _ = lifecycle::create(runtime, &db, "verify", &[spec])?;
     lifecycle::start(runtime, &db, "verify", settings.batch_size, &mut |_, _| {})?;
-    let diff = db.read_rows(
-        "SELECT (SELECT COUNT(*) FROM (SELECT * FROM balances EXCEPT SELECT * FROM zdr_r_verify__balances)) \
-         + (SELECT COUNT(*) FROM (SELECT * FROM zdr_r_verify__balances EXCEPT SELECT * FROM balances))",
-    )?;
+    let clone = db
+        .replay_targets("verify")?
+        .pop()
+        .context("the verify replay has no clone")?;
+    let description = db.description(clone.version_id)?;
+    let fresh = db
+        .physical_names(&clone, &description, Role::Clone, Some("verify"))
+        .pop()
+        .context("balance declares no table")?;
+    let diff = db.read_rows(&format!(
+        "SELECT (SELECT COUNT(*) FROM (SELECT * FROM balances EXCEPT SELECT * FROM {fresh}) AS a) \
+         + (SELECT COUNT(*) FROM (SELECT * FROM {fresh} EXCEPT SELECT * FROM balances) AS b)"
+    ))?;
     let rows = db.read_rows("SELECT COUNT(*) FROM balances")?;
     lifecycle::remove(runtime, &db, "verify", false)?;
     let cell = |r: &crate::backend::RowSet| {

@@ -8,6 +8,7 @@ mod demo;
 mod events;
 mod init;
 mod output;
+mod plugin;
 mod projector;
 mod replay;
 mod serve;
@@ -28,7 +29,7 @@ use crate::runtime::Runtime;
 #[derive(Debug, Parser)]
 #[command(name = "zdr", version, about, long_about = None)]
 pub struct Cli {
-    /// Database URL (sqlite://PATH). Also ZDR_DATABASE_URL or zdr.toml; default sqlite://zdr.db.
+    /// Database URL: sqlite://PATH or postgres://USER@HOST:PORT/DB[?schema=NAME]. Also ZDR_DATABASE_URL or zdr.toml; default sqlite://zdr.db.
     #[arg(long, global = true, env = "ZDR_DATABASE_URL")]
     database_url: Option<String>,
 
@@ -58,6 +59,9 @@ enum Command {
     /// Deploy and list projectors.
     #[command(subcommand)]
     Projector(projector::ProjectorCommand),
+    /// Write projectors: scaffold one, build it, inspect a component.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Rebuild projectors with zero downtime: create, start, lag, project, promote, remove.
     #[command(subcommand)]
     Replay(replay::ReplayCommand),
@@ -78,6 +82,7 @@ impl Cli {
             Command::Init(cmd) => cmd.run(settings).await,
             Command::Events(cmd) => cmd.run(settings).await,
             Command::Projector(cmd) => cmd.run(settings).await,
+            Command::Plugin(cmd) => cmd.run(settings).await,
             Command::Replay(cmd) => cmd.run(settings).await,
             Command::Serve(cmd) => cmd.run(settings).await,
             Command::Demo(cmd) => cmd.run(settings).await,
@@ -89,8 +94,8 @@ impl Cli {
 pub fn init_tracing(verbose: u8, quiet: bool) {
     let default = match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) => "info,wasmtime=warn,cranelift=warn",
-        (false, 1) => "debug,wasmtime=info,cranelift=info",
+        (false, 0) => "info,wasmtime=warn,cranelift=warn,sqlx=warn",
+        (false, 1) => "debug,wasmtime=info,cranelift=info,sqlx=info",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));

@@ -112,4 +112,50 @@ mod tests {
         assert_eq!(verified_body(&entry), None);
         assert_eq!(verified_body(b"short"), None);
     }
+
+    /// The smallest component there is, in the text format wasmtime accepts.
+    const EMPTY_COMPONENT: &[u8] = b"(component)";
+
+    #[test]
+    fn a_corrupt_or_deleted_entry_only_costs_a_recompile() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::default();
+        let cache = ComponentCache::new(dir.path().to_path_buf(), &engine);
+        let path = cache.entry_path("abc");
+
+        cache
+            .load_or_compile(&engine, "abc", EMPTY_COMPONENT)
+            .unwrap();
+        let first = std::fs::read(&path).expect("the first load stores an entry");
+        assert!(verified_body(&first).is_some());
+
+        // Corrupt one byte of the body: detected, deleted, recompiled, stored again.
+        let mut corrupt = first.clone();
+        corrupt[first.len() / 2] ^= 0xff;
+        std::fs::write(&path, &corrupt).unwrap();
+        assert!(
+            cache.try_load(&engine, &path).is_none(),
+            "corruption is detected"
+        );
+        assert!(!path.exists(), "the corrupt entry is removed");
+        cache
+            .load_or_compile(&engine, "abc", EMPTY_COMPONENT)
+            .unwrap();
+        let rebuilt = std::fs::read(&path).expect("the recompile stores an entry again");
+        assert!(verified_body(&rebuilt).is_some(), "the new entry is valid");
+
+        // Truncated, then deleted: each only recompiles.
+        std::fs::write(&path, &first[..10]).unwrap();
+        cache
+            .load_or_compile(&engine, "abc", EMPTY_COMPONENT)
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        cache
+            .load_or_compile(&engine, "abc", EMPTY_COMPONENT)
+            .unwrap();
+        assert!(
+            cache.try_load(&engine, &path).is_some(),
+            "a valid entry again"
+        );
+    }
 }

@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
+use wasmtime::component::types::{ComponentExtern, ComponentItem};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store};
 
@@ -150,23 +151,42 @@ impl Runtime {
     /// [`LoadError`] says whether the bytes are not Wasm, a core module, do not compile, or do
     /// not match the `projector` world.
     pub fn load(&self, wasm: &[u8]) -> Result<Arc<LoadedComponent>, LoadError> {
-        if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
-            return Err(LoadError::NotWasm);
-        }
-        if wasm[4..8] == [1, 0, 0, 0] {
-            return Err(LoadError::CoreModule);
-        }
-        let component = match &self.cache {
-            Some(cache) => cache.load_or_compile(&self.engine, &content_hash(wasm), wasm),
-            None => Component::new(&self.engine, wasm),
-        }
-        .map_err(LoadError::Compile)?;
+        let component = self.compile(wasm)?;
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(LoadError::World)?;
         let pre = ProjectorPre::new(instance_pre).map_err(LoadError::World)?;
         Ok(Arc::new(LoadedComponent { pre }))
+    }
+
+    /// What a component imports and exports, by name, whether or not it matches the world:
+    /// what `zdr plugin inspect` shows beside the world check.
+    ///
+    /// # Errors
+    /// [`LoadError`] when the bytes are not a component or do not compile.
+    pub fn interface(&self, wasm: &[u8]) -> Result<ComponentInterface, LoadError> {
+        let component = self.compile(wasm)?;
+        let ty = component.component_type();
+        Ok(ComponentInterface {
+            imports: ty.imports(&self.engine).map(item_name).collect(),
+            exports: ty.exports(&self.engine).map(item_name).collect(),
+        })
+    }
+
+    /// Checks the bytes are a component, then compiles it or loads it from the cache.
+    fn compile(&self, wasm: &[u8]) -> Result<Component, LoadError> {
+        if wasm.len() < 8 || &wasm[..4] != b"\0asm" {
+            return Err(LoadError::NotWasm);
+        }
+        if wasm[4..8] == [1, 0, 0, 0] {
+            return Err(LoadError::CoreModule);
+        }
+        match &self.cache {
+            Some(cache) => cache.load_or_compile(&self.engine, &content_hash(wasm), wasm),
+            None => Component::new(&self.engine, wasm),
+        }
+        .map_err(LoadError::Compile)
     }
 
     /// A fresh instance of `component` (a version of `projector`, whose limits it gets), tagged
@@ -235,6 +255,40 @@ fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) {
         // Without the ticker deadlines never fire: guests still run, but a runaway one would
         // not be interrupted. Say so loudly rather than refuse to start.
         tracing::error!("could not start the epoch ticker thread, guest deadlines are off: {err}");
+    }
+}
+
+/// The names a component imports and exports (interfaces, functions, resources).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ComponentInterface {
+    /// What it needs from the host, e.g. `zdr:projector/database@0.1.0`, `wasi:io/error@0.2.x`.
+    pub imports: Vec<ComponentItemName>,
+    /// What it provides, e.g. `describe`, `handle-event`.
+    pub exports: Vec<ComponentItemName>,
+}
+
+/// One import or export of a component: its name and what kind of item it is.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ComponentItemName {
+    /// The import or export name.
+    pub name: String,
+    /// `func`, `instance`, `resource`, `module`, `component` or `type`.
+    pub kind: String,
+}
+
+fn item_name((name, item): (&str, ComponentExtern<'_>)) -> ComponentItemName {
+    let kind = match item.ty {
+        ComponentItem::ComponentFunc(_) => "func",
+        ComponentItem::CoreFunc(_) => "core func",
+        ComponentItem::Module(_) => "module",
+        ComponentItem::Component(_) => "component",
+        ComponentItem::ComponentInstance(_) => "instance",
+        ComponentItem::Type(_) => "type",
+        ComponentItem::Resource(_) => "resource",
+    };
+    ComponentItemName {
+        name: name.to_string(),
+        kind: kind.to_string(),
     }
 }
 
@@ -402,7 +456,7 @@ impl Instance {
     /// The guest's error, or a trap; the caller logs it and drops the target anyway.
     pub fn remove(&mut self) -> Result<(), GuestError> {
         self.arm()?;
-        match self.bindings.call_remove(&mut self.store) {
+        match self.bindings.call_remove_target(&mut self.store) {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(GuestError::Returned(message)),
             Err(err) => Err(self.trapped(err)),

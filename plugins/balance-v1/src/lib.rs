@@ -99,7 +99,7 @@ impl bindings::Guest for BalanceV1 {
         Ok(())
     }
 
-    fn remove() -> Result<(), String> {
+    fn remove_target() -> Result<(), String> {
         log(Level::Info, "balance v1: target removed");
         Ok(())
     }

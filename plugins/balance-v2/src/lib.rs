@@ -106,7 +106,7 @@ impl bindings::Guest for BalanceV2 {
         Ok(())
     }
 
-    fn remove() -> Result<(), String> {
+    fn remove_target() -> Result<(), String> {
         log(Level::Info, "balance v2: target removed");
         Ok(())
     }

@@ -95,7 +95,7 @@ impl bindings::Guest for Faulty {
         Ok(())
     }
 
-    fn remove() -> Result<(), String> {
+    fn remove_target() -> Result<(), String> {
         log(Level::Info, "faulty: target removed");
         Ok(())
     }

@@ -99,7 +99,7 @@ impl bindings::Guest for SqlProbe {
         Ok(())
     }
 
-    fn remove() -> Result<(), String> {
+    fn remove_target() -> Result<(), String> {
         log(Level::Info, "sql-probe: target removed");
         Ok(())
     }

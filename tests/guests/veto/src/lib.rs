@@ -103,7 +103,7 @@ impl bindings::Guest for Veto {
         Err(VETO.to_owned())
     }
 
-    fn remove() -> Result<(), String> {
+    fn remove_target() -> Result<(), String> {
         log(Level::Info, "balance v99: target removed");
         Ok(())
     }

@@ -62,7 +62,7 @@ impl bindings::Guest for ExtraImport {
         Ok(())
     }
 
-    fn remove() -> Result<(), String> {
+    fn remove_target() -> Result<(), String> {
         Ok(())
     }
 }

@@ -76,7 +76,7 @@ macro_rules! describe_only {
                 Ok(())
             }
 
-            fn remove() -> Result<(), String> {
+            fn remove_target() -> Result<(), String> {
                 Ok(())
             }
         }

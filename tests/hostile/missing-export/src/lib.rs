@@ -1,9 +1,10 @@
 //! A broken guest: the zdr:projector world one export short. It imports the real `database`
 //! and `log` interfaces and exports every function of the contract with its real types, except
-//! `remove`. The host must refuse it at deploy time, not fail later when a replay is removed.
+//! `remove-target`. The host must refuse it at deploy time, not fail later when a replay is
+//! removed.
 
 mod bindings {
-    //! Bindings for the contract's world minus `remove`, written inline against the
+    //! Bindings for the contract's world minus `remove-target`, written inline against the
     //! repository's WIT so the interfaces and types are the real ones.
     #![allow(
         clippy::too_many_arguments,
@@ -36,7 +37,7 @@ mod bindings {
 use bindings::zdr::projector::database::Connection;
 use bindings::zdr::projector::types::{Description, Event, Table};
 
-/// The exported projector, without `remove`.
+/// The exported projector, without `remove-target`.
 struct MissingExport;
 
 impl bindings::Guest for MissingExport {

@@ -1,0 +1,61 @@
+//! `zdr plugin inspect`: what a component is (name, version, tables, handled events), what it
+//! imports and exports, and whether it matches the host's `projector` world.
+
+use serde::Serialize;
+
+use crate::model::TableDecl;
+use crate::runtime::{ComponentInterface, ComponentItemName, Runtime};
+
+/// What `zdr plugin inspect` reports about one component.
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    /// The projector's name, when `describe` could be called.
+    pub name: Option<String>,
+    /// Its version, when `describe` could be called.
+    pub version: Option<String>,
+    /// Its tables with their DDL.
+    pub tables: Vec<TableDecl>,
+    /// The event classes it handles (empty: every event).
+    pub handles: Vec<String>,
+    /// What it imports.
+    pub imports: Vec<ComponentItemName>,
+    /// What it exports.
+    pub exports: Vec<ComponentItemName>,
+    /// Whether it implements the host's world and its `describe` answers.
+    pub matches_world: bool,
+    /// Why not, when it does not.
+    pub problem: Option<String>,
+    /// The size of the file, in bytes.
+    pub bytes: usize,
+}
+
+/// Inspects a component's bytes.
+///
+/// # Errors
+/// Only when the bytes are not a component at all (not Wasm, a core module, do not compile):
+/// a component for another world is reported, not refused.
+pub fn inspect(runtime: &Runtime, wasm: &[u8]) -> Result<Inspection, crate::runtime::LoadError> {
+    let ComponentInterface { imports, exports } = runtime.interface(wasm)?;
+    let mut inspection = Inspection {
+        name: None,
+        version: None,
+        tables: Vec::new(),
+        handles: Vec::new(),
+        imports,
+        exports,
+        matches_world: false,
+        problem: None,
+        bytes: wasm.len(),
+    };
+    match runtime.describe(wasm) {
+        Ok(description) => {
+            inspection.name = Some(description.name);
+            inspection.version = Some(description.version);
+            inspection.tables = description.tables;
+            inspection.handles = description.handles;
+            inspection.matches_world = true;
+        }
+        Err(err) => inspection.problem = Some(format!("{err:#}")),
+    }
+    Ok(inspection)
+}

@@ -1,0 +1,119 @@
+"""What the bank example's events mean, shared by every version of the Python `balance`
+projector: the same reading, checks and messages as the Rust `balance-common` crate, so that
+both languages fold the same events into the same rows.
+
+Each version (v1/, v2/) owns its table layout and its SQL; this module owns only the reading
+of the three events (`AccountOpened`, `MoneyAdded`, `MoneySubtracted`).
+"""
+
+import json
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from componentize_py_types import Err
+from wit_world.imports import types
+
+#: The event classes every balance projector handles, by short name.
+HANDLED_CLASSES = ["AccountOpened", "MoneyAdded", "MoneySubtracted"]
+
+#: The answer to `handle-event` before the host has handed over a connection.
+NO_CONNECTION = "no connection: use-connection was not called"
+
+#: The range of the contract's s64.
+_S64_MIN, _S64_MAX = -(2**63), 2**63 - 1
+
+
+@dataclass
+class BalanceEvent:
+    """One balance event, parsed and checked."""
+
+    account: str
+    kind: str
+    #: The holder's name (AccountOpened) or the amount (MoneyAdded, MoneySubtracted).
+    value: Union[str, int]
+
+
+def short_class(event_class: str) -> str:
+    """The last segment after a backslash: `App\\Events\\MoneyAdded` is `MoneyAdded`."""
+    return event_class.rsplit("\\", 1)[-1]
+
+
+def parse(event: types.Event) -> Optional[BalanceEvent]:
+    """Parses one event, or returns None when its class is not handled.
+
+    Raises `Err(message)` naming the event when a balance event is malformed.
+    """
+    kind = short_class(event.event_class)
+    if kind not in HANDLED_CLASSES:
+        return None
+    context = f"event {event.id} ({kind})"
+    if not event.aggregate_uuid:
+        raise Err(f"{context} has no aggregate-uuid (the account id)")
+    try:
+        properties = json.loads(event.event_properties)
+    except ValueError as error:
+        raise Err(f"{context}: event-properties is not valid JSON: {error}")
+    if not isinstance(properties, dict):
+        raise Err(f"{context}: event-properties is not a JSON object")
+    try:
+        if kind == "AccountOpened":
+            value: Union[str, int] = _text_field(properties, "name")
+        else:
+            value = _integer_field(properties, "amount")
+    except ValueError as error:
+        raise Err(f"{context}: {error}")
+    return BalanceEvent(event.aggregate_uuid, kind, value)
+
+
+def no_account(account: str, event_id: int) -> str:
+    """The error for an update that found no row: the account was never opened."""
+    return f"no account {account} for event {event_id}"
+
+
+def describe_error(error: types.Error) -> str:
+    """A one-line account of a database error, with its SQLSTATE where there is one."""
+    if isinstance(error, types.Error_Denied):
+        return f"denied: {error.value}"
+    if isinstance(error, types.Error_LimitExceeded):
+        return f"limit exceeded: {error.value}"
+    kind = {
+        types.Error_InvalidSql: "invalid sql",
+        types.Error_Constraint: "constraint",
+    }.get(type(error), "database error")
+    failure = error.value
+    if failure.sqlstate is not None:
+        return f"{kind}: {failure.message} (SQLSTATE {failure.sqlstate})"
+    return f"{kind}: {failure.message}"
+
+
+def execute(conn, event_id: int, sql: str, params: list) -> int:
+    """Runs one statement, turning a database error into a message naming the event."""
+    try:
+        return conn.execute(sql, params)
+    except Err as error:
+        raise Err(f"event {event_id}: {describe_error(error.value)}")
+
+
+def _text_field(properties: dict, field: str) -> str:
+    if field not in properties:
+        raise ValueError(f"missing string field `{field}`")
+    value = properties[field]
+    if not isinstance(value, str):
+        raise ValueError(f"field `{field}` must be a string, got {_json(value)}")
+    return value
+
+
+def _integer_field(properties: dict, field: str) -> int:
+    if field not in properties:
+        raise ValueError(f"missing integer field `{field}`")
+    value = properties[field]
+    # bool is an int in Python, not in JSON: refuse it like floats and numeric strings.
+    if isinstance(value, bool) or not isinstance(value, int) or not _S64_MIN <= value <= _S64_MAX:
+        raise ValueError(
+            f"field `{field}` must be an integer in the signed 64-bit range, got {_json(value)}"
+        )
+    return value
+
+
+def _json(value) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

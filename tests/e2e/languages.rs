@@ -1,0 +1,267 @@
+//! Projectors in any Wasm language: the `balance` projector built from Rust, JavaScript
+//! (componentize-js) and Python (componentize-py) sources folds the same events into the
+//! same rows, byte for byte; a replay may mix languages and the daemon hot-swaps across them.
+
+use crate::support::{
+    Backend, Env, Generator, PATIENCE, V1_COLUMNS, V2_COLUMNS, assert_same_rows, fold_v1, fold_v2,
+    guests, wait_until,
+};
+
+/// Every row of `table`, each column rendered with SQLite's `quote()`, which spells the
+/// storage class too (`'text'`, `42`, `NULL`, `X'..'`): equal renderings are equal bytes.
+fn exact_rows(env: &Env, table: &str, columns: &str) -> Vec<Vec<String>> {
+    let quoted: Vec<String> = columns.split(", ").map(|c| format!("quote({c})")).collect();
+    env.rows(&format!(
+        "SELECT {} FROM {table} ORDER BY account_uuid",
+        quoted.join(", ")
+    ))
+}
+
+/// Creates replay `key` of `balance` from `file` and replays all history into its clone.
+fn replay_into_clone(env: &Env, key: &str, file: &str) -> String {
+    env.create_balance_replay(key, file);
+    let out = env.ok(&["replay", "start", key]);
+    assert!(out.contains("applied"), "replay start {key}: {out}");
+    format!("zdr_r_{key}__balances")
+}
+
+#[test]
+fn rust_javascript_and_python_balance_fold_ten_thousand_events_into_identical_rows() {
+    let g = guests();
+    let env = Env::new(Backend::Sqlite);
+    let mut generator = Generator::new(5);
+    env.import(&generator.open_accounts(200));
+    env.import(&generator.money(9_800));
+    let events = env.stored_events();
+    assert_eq!(events.len(), 10_000);
+
+    // Version 1: Rust live, JavaScript and Python each into a clone of their own.
+    env.deploy("balance", &g.balance_v1);
+    let rust_v1 = exact_rows(&env, "balances", V1_COLUMNS);
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&events),
+        "Rust v1 against the reference fold",
+    );
+    for (key, file) in [("js1", &g.balance_js_v1), ("py1", &g.balance_py_v1)] {
+        let clone = replay_into_clone(&env, key, file);
+        assert_same_rows(
+            &exact_rows(&env, &clone, V1_COLUMNS),
+            &rust_v1,
+            &format!("{key} (v1) against Rust v1, byte for byte"),
+        );
+    }
+
+    // Version 2 (adds a transaction count and the event time): all three into clones.
+    let mut v2 = Vec::new();
+    for (key, file) in [
+        ("rs2", &g.balance_v2),
+        ("js2", &g.balance_js_v2),
+        ("py2", &g.balance_py_v2),
+    ] {
+        let clone = replay_into_clone(&env, key, file);
+        assert_same_rows(
+            &env.balances_v2(&clone),
+            &fold_v2(&events),
+            &format!("{key} against the reference fold"),
+        );
+        v2.push((key, exact_rows(&env, &clone, V2_COLUMNS)));
+    }
+    for (key, rows) in &v2[1..] {
+        assert_same_rows(
+            rows,
+            &v2[0].1,
+            &format!("{key} against Rust v2, byte for byte"),
+        );
+    }
+    // The clones' indexes came from the guests' DDL, whatever the language.
+    let indexes = env.scalar(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'index' AND sql LIKE '%(name)%' \
+         AND tbl_name LIKE 'zdr_r_%'",
+    );
+    assert_eq!(indexes, 3, "each v2 clone has its index by name");
+}
+
+#[test]
+fn a_python_v2_promoted_over_a_rust_v1_is_served_by_the_same_daemon() {
+    let g = guests();
+    let env = Env::new(Backend::Sqlite);
+    let mut generator = Generator::new(6);
+    env.import(&generator.open_accounts(20));
+    env.import(&generator.money(500));
+    env.deploy("balance", &g.balance_v1);
+
+    let mut daemon = env.serve();
+    let pid = daemon.pid();
+    env.import(&generator.money(100));
+    env.wait_live("balance", "1");
+
+    let out = env.create_balance_replay("py", &g.balance_py_v2);
+    assert!(
+        out.contains("created replay py for balance version 2"),
+        "{out}"
+    );
+    env.ok(&["replay", "start", "py"]);
+    env.ok(&["replay", "project", "py"]);
+    // While projecting, the daemon writes every new event through Rust v1 to live and through
+    // Python v2 to the clone, in one transaction.
+    env.import(&generator.money(100));
+    env.wait_live("balance", "1");
+    env.wait_replay_caught_up("py");
+    let events = env.stored_events();
+    assert_same_rows(
+        &env.balances_v2("zdr_r_py__balances"),
+        &fold_v2(&events),
+        "the Python clone while projecting",
+    );
+
+    let out = env.ok(&["replay", "promote", "py"]);
+    assert!(out.contains("promoted balance version 2"), "{out}");
+    env.import(&generator.money(100));
+    env.wait_live("balance", "2");
+    wait_until(PATIENCE, "the serve log to report the hot swap", || {
+        daemon.log().contains("hot swap: now serving version 2")
+    });
+    assert_same_rows(
+        &env.balances_v2("balances"),
+        &fold_v2(&env.stored_events()),
+        "live Python v2 after promote",
+    );
+
+    daemon.assert_running();
+    assert_eq!(daemon.pid(), pid, "the same daemon serves Python v2");
+    let log = daemon.stop();
+    assert_eq!(
+        log.matches("zdr serve started").count(),
+        1,
+        "the daemon restarted:\n{log}"
+    );
+}
+
+#[test]
+fn plugin_new_then_plugin_build_then_deploy_works_for_every_language() {
+    let env = Env::new(Backend::Sqlite);
+    let mut generator = Generator::new(7);
+    env.import(&generator.open_accounts(3));
+    env.import(&generator.money(40));
+    let mut expected: Vec<Vec<String>> = env.rows(
+        "SELECT event_class, COUNT(*) FROM stored_events GROUP BY event_class ORDER BY event_class",
+    );
+    expected.sort();
+
+    for lang in ["rust", "js", "python"] {
+        let name = format!("counter-{lang}");
+        let out = env.ok(&["plugin", "new", &name, "--lang", lang]);
+        assert!(
+            out.contains(&format!("created {lang} projector {name}")),
+            "{out}"
+        );
+        assert!(env.dir().join(&name).join("zdr-plugin.toml").is_file());
+
+        let out = env.ok(&["plugin", "build", &name]);
+        let output = out
+            .trim()
+            .rsplit_once(": ")
+            .map(|(_, path)| path.to_string())
+            .unwrap_or_else(|| panic!("`plugin build` did not print the output path: {out}"));
+        assert!(out.starts_with(&format!("built {name} version 1")), "{out}");
+
+        let inspection = env.json(&["plugin", "inspect", &output, "--json"]);
+        assert_eq!(inspection["matches_world"], true, "{inspection:#}");
+        assert_eq!(inspection["name"], name.as_str(), "{inspection:#}");
+
+        env.deploy(&name, &output);
+        let table = format!("{}_counts", name.replace('-', "_"));
+        let mut rows = env.rows(&format!("SELECT event_class, events FROM {table}"));
+        rows.sort();
+        assert_same_rows(&rows, &expected, &format!("the {lang} scaffold's counts"));
+    }
+    // A second `new` into an existing folder is refused, the folder left as it was.
+    let err = env.fail(&["plugin", "new", "counter-rust", "--lang", "rust"]);
+    assert!(err.contains("already exists"), "{err}");
+}
+
+/// Waits until live projector `name` is stopped at event `event_id` and returns its entry.
+fn wait_stopped_at(env: &Env, name: &str, event_id: i64) -> serde_json::Value {
+    let mut seen = serde_json::Value::Null;
+    wait_until(
+        PATIENCE,
+        &format!("{name} to stop at event {event_id}"),
+        || {
+            seen = env.projector(name);
+            seen["status"] == "stopped"
+        },
+    );
+    assert_eq!(seen["failure"]["event_id"], event_id, "{seen:#}");
+    assert!(
+        seen["checkpoint"].as_i64().expect("a checkpoint") < event_id,
+        "{name} went past its failure: {seen:#}"
+    );
+    seen
+}
+
+#[test]
+fn a_looping_javascript_guest_and_a_hoarding_or_raising_python_guest_stop_only_themselves() {
+    let g = guests();
+    let env = Env::new(Backend::Sqlite);
+    // Each hostile guest gets tight limits of its own; balance keeps the defaults.
+    env.write_config(
+        "batch_size = 10\n[projectors.js-loop]\ncall_timeout_ms = 500\n\
+         [projectors.py-alloc]\nmemory_mib = 96\ncall_timeout_ms = 3000\n",
+    );
+    let mut generator = Generator::new(9);
+    env.import(&generator.open_accounts(5));
+    env.import(&generator.money(20));
+    env.deploy("balance", &g.balance_v1);
+    env.deploy("js-loop", &g.js_loop);
+    env.deploy("py-alloc", &g.py_alloc);
+    let mut daemon = env.serve();
+
+    let loop_id = env.head() + 1;
+    env.import(&[crate::support::NewEvent::new(
+        "Loop",
+        None,
+        serde_json::json!({}),
+    )]);
+    env.import(&generator.money(10));
+    let alloc_id = env.head() + 1;
+    env.import(&[crate::support::NewEvent::new(
+        "Alloc",
+        None,
+        serde_json::json!({}),
+    )]);
+    env.import(&generator.money(10));
+
+    let js = wait_stopped_at(&env, "js-loop", loop_id);
+    let message = js["failure"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("500ms"),
+        "cut by its own deadline: {message}"
+    );
+    wait_stopped_at(&env, "py-alloc", alloc_id);
+
+    // balance is not held back, and the daemon is still up.
+    env.import(&generator.money(10));
+    env.wait_live("balance", "1");
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&env.stored_events()),
+        "balance beside hostile JavaScript and Python guests",
+    );
+    daemon.assert_running();
+    daemon.stop();
+
+    // An uncaught Python exception is contained the same way, here at deploy time: the
+    // deploy is refused with the event named and nothing goes live.
+    let env = Env::new(Backend::Sqlite);
+    env.import(&generator.money(5));
+    let raise_id = env.head() + 1;
+    env.import(&[crate::support::NewEvent::new(
+        "Raise",
+        None,
+        serde_json::json!({}),
+    )]);
+    let err = env.fail(&["projector", "deploy", "py-alloc", &g.py_alloc]);
+    assert!(err.contains(&format!("event {raise_id}")), "{err}");
+    assert!(!env.table_exists("py_seen"), "nothing went live");
+}
