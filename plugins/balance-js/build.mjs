@@ -26,10 +26,13 @@ const output = bundled ? join(root, "plugins", "target", "js", `balance_${versio
 const inputs = [source, join(here, "common.js"), join(here, "build.mjs"), join(here, "package-lock.json"), join(wit, "projector.wit")];
 
 if (!existsSync(join(here, "node_modules", "@bytecodealliance", "componentize-js"))) {
-  console.error("balance-js: installing the pinned npm packages (npm ci)");
-  const npm = spawnSync("npm", ["ci", "--no-audit", "--no-fund"], { cwd: here, stdio: ["ignore", "inherit", "inherit"] });
+  // `npm ci` would be the natural choice, but npm 11 refuses lock files that list
+  // platform-specific optional packages without a version (npm/cli#4828); `npm install`
+  // with `--no-save` installs the locked versions and leaves the lock file alone.
+  console.error("balance-js: installing the pinned npm packages (npm install --no-save)");
+  const npm = spawnSync("npm", ["install", "--no-save", "--no-audit", "--no-fund"], { cwd: here, stdio: ["ignore", "inherit", "inherit"] });
   if (npm.status !== 0) {
-    console.error("balance-js: error: npm ci failed; check that the npm registry is reachable");
+    console.error("balance-js: error: npm install failed; check that the npm registry is reachable");
     process.exit(1);
   }
 }

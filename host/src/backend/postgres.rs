@@ -52,7 +52,7 @@ const INIT_LOCK: i64 = 0x7a64_7269;
 const CHANNEL: &str = "zdr_events";
 
 /// How long a promote's table moves wait for readers before giving up (and being retried).
-const RENAME_LOCK_TIMEOUT: &str = "250ms";
+const RENAME_LOCK_TIMEOUT: &str = "100ms";
 
 /// The longest any one statement may run on a zdr connection: bounds what a guest's query
 /// can cost the database, since the Wasm deadline cannot interrupt a statement in flight.
@@ -576,6 +576,40 @@ impl PgStore {
         Ok(())
     }
 
+    /// The statement that appends one event, with each text value cast to the type its
+    /// column has: zdr's own table uses `text` and `jsonb`, a Laravel one `uuid`, `json` or
+    /// `timestamp(0)`, and a parameter sent as text converts to any of them.
+    fn event_insert(&self) -> Result<String, StoreError> {
+        let mut conn = lock(&self.conn);
+        let types: Vec<(String, String)> = self
+            .rt
+            .block_on(
+                sqlx::query_as(
+                    "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute \
+                     WHERE attrelid = to_regclass('stored_events') AND attnum > 0 AND NOT attisdropped",
+                )
+                .fetch_all(&mut *conn),
+            )
+            .context("inspecting stored_events")?;
+        let type_of = |column: &str| {
+            types
+                .iter()
+                .find(|(name, _)| name.eq_ignore_ascii_case(column))
+                .map(|(_, ty)| ty.clone())
+                .ok_or_else(|| StoreError::EventTable(column.to_string()))
+        };
+        Ok(format!(
+            "INSERT INTO stored_events (aggregate_uuid, aggregate_version, event_version, event_class, \
+             event_properties, meta_data, created_at) \
+             VALUES ($1::text::{}, $2, $3, $4, $5::text::{}, $6::text::{}, \
+             COALESCE($7::text::{created}, localtimestamp::{created})) RETURNING id",
+            type_of("aggregate_uuid")?,
+            type_of("event_properties")?,
+            type_of("meta_data")?,
+            created = type_of("created_at")?,
+        ))
+    }
+
     /// The transaction horizon of a fresh snapshot.
     fn horizon(&self, conn: &mut PgConnection) -> Result<Horizon, StoreError> {
         let (xmin, xmax): (i64, i64) = self
@@ -794,26 +828,23 @@ impl Store for PgStore {
     }
 
     fn append_events(&self, events: &[NewEvent]) -> Result<Option<(i64, i64)>, StoreError> {
+        let insert = self.event_insert()?;
         let mut conn = lock(&self.conn);
         self.rt
             .block_on(async {
                 let mut tx = conn.begin().await?;
                 let mut range = None;
                 for e in events {
-                    let id: i64 = sqlx::query_scalar(
-                        "INSERT INTO stored_events (aggregate_uuid, aggregate_version, event_version, event_class, \
-                         event_properties, meta_data, created_at) \
-                         VALUES ($1, $2, $3, $4, $5::jsonb, $6::jsonb, COALESCE($7::timestamp, localtimestamp)) RETURNING id",
-                    )
-                    .bind(&e.aggregate_uuid)
-                    .bind(e.aggregate_version)
-                    .bind(i16::try_from(e.event_version).unwrap_or(i16::MAX))
-                    .bind(&e.event_class)
-                    .bind(&e.event_properties)
-                    .bind(&e.meta_data)
-                    .bind(&e.created_at)
-                    .fetch_one(&mut *tx)
-                    .await?;
+                    let id: i64 = sqlx::query_scalar(sql(insert.as_str()))
+                        .bind(&e.aggregate_uuid)
+                        .bind(e.aggregate_version)
+                        .bind(i16::try_from(e.event_version).unwrap_or(i16::MAX))
+                        .bind(&e.event_class)
+                        .bind(&e.event_properties)
+                        .bind(&e.meta_data)
+                        .bind(&e.created_at)
+                        .fetch_one(&mut *tx)
+                        .await?;
                     range = Some(range.map_or((id, id), |(first, _)| (first, id)));
                 }
                 tx.commit().await?;
