@@ -28,6 +28,51 @@ use crate::events::{Event, NewEvent};
 use crate::model::{Description, ReplayState, Role, Target};
 use crate::sandbox::{Checked, Dialect, Guard, StatementKind};
 
+/// The version of zdr's own tables this binary writes; a database with a higher one is refused.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Columns of Spatie's `stored_events` that zdr reads.
+const EVENT_COLUMNS: [&str; 8] = [
+    "id",
+    "aggregate_uuid",
+    "aggregate_version",
+    "event_version",
+    "event_class",
+    "event_properties",
+    "meta_data",
+    "created_at",
+];
+
+/// Refuses a database whose `zdr_*` tables a newer zdr wrote (`found` is their version).
+fn refuse_newer(found: Option<i64>) -> Result<(), StoreError> {
+    match found {
+        Some(found) if found > SCHEMA_VERSION => Err(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Whether a database with tables of version `found` is ready for use.
+fn readiness(found: Option<i64>, url: &str) -> Result<(), StoreError> {
+    match found {
+        None => Err(StoreError::NotInitialised(url.to_string())),
+        Some(_) => refuse_newer(found),
+    }
+}
+
+/// Checks that an event table with these columns has every column zdr reads.
+fn check_event_columns(columns: &[String]) -> Result<(), StoreError> {
+    match EVENT_COLUMNS
+        .iter()
+        .find(|needed| !columns.iter().any(|c| c.eq_ignore_ascii_case(needed)))
+    {
+        Some(missing) => Err(StoreError::EventTable(missing.to_string())),
+        None => Ok(()),
+    }
+}
+
 /// The most rows one guest query may return; more answers `limit-exceeded`.
 pub const MAX_QUERY_ROWS: usize = 10_000;
 

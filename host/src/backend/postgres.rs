@@ -33,14 +33,12 @@ use sqlx::{Decode, Postgres, ValueRef};
 
 use super::highwater::{HighWater, Horizon, Scan};
 use super::{
-    DbError, GuestConnection, MAX_QUERY_ROWS, ReplayRow, RowSet, RunLock, Store, StoreError, Value,
+    DbError, GuestConnection, MAX_QUERY_ROWS, ReplayRow, RowSet, RunLock, SCHEMA_VERSION, Store,
+    StoreError, Value, check_event_columns, readiness, refuse_newer,
 };
 use crate::events::{Event, NewEvent};
 use crate::model::{Description, Failure, ReplayState, Role, Target};
 use crate::sandbox::{Dialect, Guard, GuardCache, Mode, PhysicalName};
-
-/// The version of zdr's own tables this binary writes; a database with a higher one is refused.
-const SCHEMA_VERSION: i64 = 1;
 
 /// The advisory lock key of zdr's writer lock (`'zdr!'` as a number).
 const WRITER_LOCK: i64 = 0x7a64_7221;
@@ -57,18 +55,6 @@ const RENAME_LOCK_TIMEOUT: &str = "100ms";
 /// The longest any one statement may run on a zdr connection: bounds what a guest's query
 /// can cost the database, since the Wasm deadline cannot interrupt a statement in flight.
 const STATEMENT_TIMEOUT: &str = "30s";
-
-/// Columns of Spatie's `stored_events` that zdr reads.
-const EVENT_COLUMNS: [&str; 8] = [
-    "id",
-    "aggregate_uuid",
-    "aggregate_version",
-    "event_version",
-    "event_class",
-    "event_properties",
-    "meta_data",
-    "created_at",
-];
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS zdr_meta (
@@ -568,12 +554,7 @@ impl PgStore {
                 .fetch_all(&mut *conn),
             )
             .context("inspecting stored_events")?;
-        for needed in EVENT_COLUMNS {
-            if !columns.iter().any(|c| c.eq_ignore_ascii_case(needed)) {
-                return Err(StoreError::EventTable(needed.to_string()));
-            }
-        }
-        Ok(())
+        check_event_columns(&columns)
     }
 
     /// The statement that appends one event, with each text value cast to the type its
@@ -729,14 +710,7 @@ impl Store for PgStore {
     }
 
     fn init(&self) -> Result<(), StoreError> {
-        if let Some(found) = self.schema_version()?
-            && found > SCHEMA_VERSION
-        {
-            return Err(StoreError::SchemaTooNew {
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
+        refuse_newer(self.schema_version()?)?;
         let had_events = {
             let mut conn = lock(&self.conn);
             self.rt
@@ -768,14 +742,7 @@ impl Store for PgStore {
     }
 
     fn ensure_ready(&self) -> Result<(), StoreError> {
-        match self.schema_version()? {
-            None => Err(StoreError::NotInitialised(self.url.clone())),
-            Some(found) if found > SCHEMA_VERSION => Err(StoreError::SchemaTooNew {
-                found,
-                supported: SCHEMA_VERSION,
-            }),
-            Some(_) => Ok(()),
-        }
+        readiness(self.schema_version()?, &self.url)
     }
 
     fn try_lock(&self, name: &str) -> Result<Option<RunLock>, StoreError> {

@@ -21,31 +21,16 @@ use rusqlite::types::{ToSqlOutput, ValueRef};
 use rusqlite::{Connection, OptionalExtension, ToSql, params};
 
 use super::{
-    Context, DbError, GuestConnection, MAX_QUERY_ROWS, ReplayRow, RowSet, RunLock, Store,
-    StoreError, Value,
+    Context, DbError, GuestConnection, MAX_QUERY_ROWS, ReplayRow, RowSet, RunLock, SCHEMA_VERSION,
+    Store, StoreError, Value, check_event_columns, readiness, refuse_newer,
 };
 use crate::events::{Event, NewEvent};
 use crate::model::{Description, Failure, ReplayState, Role, Target};
 use crate::sandbox::{Dialect, Guard, GuardCache, Mode, PhysicalName};
 
-/// The version of zdr's own tables this binary writes; a database with a higher one is refused.
-pub const SCHEMA_VERSION: i64 = 1;
-
 /// How long a writer waits for SQLite's write lock before giving up. Batches are short (ms),
 /// so a wait this long means something is stuck.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Columns of Spatie's `stored_events` that zdr reads.
-const EVENT_COLUMNS: [&str; 8] = [
-    "id",
-    "aggregate_uuid",
-    "aggregate_version",
-    "event_version",
-    "event_class",
-    "event_properties",
-    "meta_data",
-    "created_at",
-];
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS zdr_meta (
@@ -292,14 +277,7 @@ impl Store for SqliteStore {
 
     fn init(&self) -> Result<(), StoreError> {
         let conn = lock(&self.conn);
-        if let Some(found) = schema_version(&conn)?
-            && found > SCHEMA_VERSION
-        {
-            return Err(StoreError::SchemaTooNew {
-                found,
-                supported: SCHEMA_VERSION,
-            });
-        }
+        refuse_newer(schema_version(&conn)?)?;
         conn.execute_batch(&format!("BEGIN IMMEDIATE; {EVENT_TABLE} {SCHEMA} COMMIT;"))
             .context("creating zdr tables")?;
         conn.execute(
@@ -312,14 +290,7 @@ impl Store for SqliteStore {
 
     fn ensure_ready(&self) -> Result<(), StoreError> {
         let conn = lock(&self.conn);
-        match schema_version(&conn)? {
-            None => Err(StoreError::NotInitialised(self.url.clone())),
-            Some(found) if found > SCHEMA_VERSION => Err(StoreError::SchemaTooNew {
-                found,
-                supported: SCHEMA_VERSION,
-            }),
-            Some(_) => Ok(()),
-        }
+        readiness(schema_version(&conn)?, &self.url)
     }
 
     fn try_lock(&self, name: &str) -> Result<Option<RunLock>, StoreError> {
@@ -893,12 +864,7 @@ fn check_event_table(conn: &Connection) -> Result<(), StoreError> {
         .context("inspecting stored_events")?
         .collect::<Result<Vec<_>, _>>()
         .context("inspecting stored_events")?;
-    for needed in EVENT_COLUMNS {
-        if !columns.iter().any(|c| c.eq_ignore_ascii_case(needed)) {
-            return Err(StoreError::EventTable(needed.to_string()));
-        }
-    }
-    Ok(())
+    check_event_columns(&columns)
 }
 
 /// A guest's handle onto one target, running on the worker's shared connection.
