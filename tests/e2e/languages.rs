@@ -139,7 +139,7 @@ fn a_python_v2_promoted_over_a_rust_v1_is_served_by_the_same_daemon() {
 }
 
 #[test]
-fn plugin_new_then_plugin_build_then_deploy_works_for_every_language() {
+fn plugin_new_then_plugin_test_build_and_deploy_work_for_every_language() {
     let env = Env::new(Backend::Sqlite);
     let mut generator = Generator::new(7);
     env.import(&generator.open_accounts(3));
@@ -157,6 +157,42 @@ fn plugin_new_then_plugin_build_then_deploy_works_for_every_language() {
             "{out}"
         );
         assert!(env.dir().join(&name).join("zdr-plugin.toml").is_file());
+
+        // The scaffold's own tests pass out of the box, and they test something: a projector
+        // that counts every event under the wrong class fails them.
+        let out = env.ok(&["plugin", "test", &name]);
+        assert!(out.starts_with(&format!("tested {name}: `")), "{out}");
+        let (source, right, wrong, failing_test) = match lang {
+            "rust" => (
+                "src/lib.rs",
+                "Value::Text(event.event_class.clone())",
+                "Value::Text(String::new())",
+                "counts_each_event_under_its_class",
+            ),
+            "js" => (
+                "projector.js",
+                "val: event.eventClass",
+                "val: \"\"",
+                "counts each event under its class",
+            ),
+            _ => (
+                "app.py",
+                "types.Value_Text(event.event_class)",
+                "types.Value_Text(\"\")",
+                "test_counts_each_event_under_its_class",
+            ),
+        };
+        let source = env.dir().join(&name).join(source);
+        let original = std::fs::read_to_string(&source).unwrap();
+        assert_eq!(original.matches(right).count(), 1, "{lang}: {right}");
+        std::fs::write(&source, original.replace(right, wrong)).unwrap();
+        // Not `env.fail`: the test runner's own output (a Rust test's panic) is expected here.
+        let output = env.zdr(&["plugin", "test", &name]);
+        let err = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{lang}: {err}");
+        assert!(err.contains("error: the test command `"), "{err}");
+        assert!(err.contains(failing_test), "{lang}: {err}");
+        std::fs::write(&source, &original).unwrap();
 
         let out = env.ok(&["plugin", "build", &name]);
         let output = out

@@ -1,5 +1,6 @@
 //! `zdr plugin`: author projectors. `new` scaffolds one from a template, `build` runs its
-//! manifest's build command and checks the result, `inspect` shows what a component is.
+//! manifest's build command and checks the result, `test` runs its manifest's test command,
+//! `inspect` shows what a component is.
 //! A hidden `bench-cache` measures cold compiles against warm loads from the compiled cache.
 
 use std::path::PathBuf;
@@ -23,6 +24,9 @@ pub enum PluginCommand {
     /// Build the plugin in DIR (default: the current folder) as its zdr-plugin.toml says,
     /// and check the component it produced.
     Build(Build),
+    /// Run the tests of the plugin in DIR (default: the current folder) with the `test`
+    /// command of its zdr-plugin.toml.
+    Test(Test),
     /// Show a component's name, version, tables, handled events, imports and exports, and
     /// whether it matches the host's world.
     Inspect(Inspect),
@@ -40,6 +44,7 @@ impl PluginCommand {
         match self {
             PluginCommand::New(cmd) => cmd.run(),
             PluginCommand::Build(cmd) => cmd.run(settings).await,
+            PluginCommand::Test(cmd) => cmd.run().await,
             PluginCommand::Inspect(cmd) => cmd.run(settings).await,
             PluginCommand::BenchCache(cmd) => cmd.run(settings).await,
         }
@@ -73,7 +78,7 @@ impl New {
             println!("  {file}");
         }
         println!(
-            "next: zdr plugin build {0}, then zdr projector deploy {1} <the output it prints>",
+            "next: zdr plugin test {0}, zdr plugin build {0}, then zdr projector deploy {1} <the output it prints>",
             done.dir.display(),
             self.name
         );
@@ -101,6 +106,23 @@ impl Build {
             built.manifest.language,
             built.output.display()
         );
+        Ok(())
+    }
+}
+
+/// `zdr plugin test [DIR]`.
+#[derive(Debug, Args)]
+pub struct Test {
+    /// The plugin's folder, holding zdr-plugin.toml.
+    #[arg(default_value = ".")]
+    dir: PathBuf,
+}
+
+impl Test {
+    async fn run(self) -> anyhow::Result<()> {
+        let dir = self.dir;
+        let (manifest, command) = blocking(move || Ok(plugin::test(&dir)?)).await?;
+        println!("tested {}: `{command}` passed", manifest.name);
         Ok(())
     }
 }

@@ -1,6 +1,6 @@
-//! `zdr plugin build`: runs the manifest's build command in the plugin's folder, then checks
-//! that the output exists, is a component of the `projector` world and describes itself with
-//! the manifest's name.
+//! `zdr plugin build` and `zdr plugin test`: run the manifest's build or test command in the
+//! plugin's folder. A build's output is then checked: it must exist, be a component of the
+//! `projector` world and describe itself with the manifest's name.
 
 use std::os::fd::AsFd as _;
 use std::path::{Path, PathBuf};
@@ -29,29 +29,7 @@ pub struct Built {
 /// or an output that is not a projector of the host's world (with the runtime's reason).
 pub fn build(runtime: &Runtime, dir: &Path) -> Result<Built, PluginError> {
     let manifest = Manifest::load(dir)?;
-    let spawn_error = |source| PluginError::Spawn {
-        command: manifest.build.clone(),
-        dir: dir.to_path_buf(),
-        source,
-    };
-    let stderr = std::io::stderr()
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(spawn_error)?;
-    let status = Command::new("sh")
-        .arg("-c")
-        .arg(&manifest.build)
-        .current_dir(dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(stderr))
-        .status()
-        .map_err(spawn_error)?;
-    if !status.success() {
-        return Err(PluginError::BuildFailed {
-            command: manifest.build.clone(),
-            status,
-        });
-    }
+    run(dir, "build", &manifest.build)?;
     let output = dir.join(&manifest.output);
     if !output.is_file() {
         return Err(PluginError::NoOutput { output });
@@ -73,6 +51,55 @@ pub fn build(runtime: &Runtime, dir: &Path) -> Result<Built, PluginError> {
         output,
         description,
     })
+}
+
+/// Runs the tests of the plugin in `dir` with its manifest's `test` command; their output
+/// goes to stderr. Returns the manifest and the command that passed.
+///
+/// # Errors
+/// A missing or bad manifest, a manifest without a `test` command, or a test command that
+/// cannot start or fails.
+pub fn test(dir: &Path) -> Result<(Manifest, String), PluginError> {
+    let manifest = Manifest::load(dir)?;
+    let Some(command) = manifest.test.clone() else {
+        return Err(PluginError::NoTestCommand {
+            path: dir.join(super::MANIFEST_FILE),
+        });
+    };
+    run(dir, "test", &command)?;
+    Ok((manifest, command))
+}
+
+/// Runs the shell command `command` (the manifest's `what` command) in `dir`, its output
+/// going to stderr so that stdout stays for zdr's answer.
+fn run(dir: &Path, what: &'static str, command: &str) -> Result<(), PluginError> {
+    let spawn_error = |source| PluginError::Spawn {
+        what,
+        command: command.to_owned(),
+        dir: dir.to_path_buf(),
+        source,
+    };
+    let stderr = std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(spawn_error)?;
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(stderr))
+        .status()
+        .map_err(spawn_error)?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(PluginError::CommandFailed {
+            what,
+            command: command.to_owned(),
+            status,
+        })
+    }
 }
 
 /// Loads `path` as a projector and returns its description.

@@ -1,5 +1,6 @@
-//! The `zdr-plugin.toml` manifest: a projector's name, language, build command and the path
-//! of the component the build produces (relative to the manifest's folder).
+//! The `zdr-plugin.toml` manifest: a projector's name, language, build command, the path of
+//! the component the build produces (relative to the manifest's folder) and, optionally, the
+//! command that runs the plugin's own tests.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -47,6 +48,10 @@ pub struct Manifest {
     pub build: String,
     /// The component the build produces, relative to the manifest's folder.
     pub output: PathBuf,
+    /// The shell command that runs the plugin's own tests (`zdr plugin test`), run in the
+    /// manifest's folder; none when the plugin has no tests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<String>,
 }
 
 impl Manifest {
@@ -81,6 +86,16 @@ impl Manifest {
         if manifest.output.as_os_str().is_empty() {
             return Err("`output` is empty; give the path of the built .wasm file".into());
         }
+        if manifest
+            .test
+            .as_deref()
+            .is_some_and(|test| test.trim().is_empty())
+        {
+            return Err(
+                "`test` is empty; give the command that runs the tests, or leave the key out"
+                    .into(),
+            );
+        }
         Ok(manifest)
     }
 }
@@ -97,6 +112,12 @@ mod tests {
         .unwrap();
         assert_eq!(m.language, Language::Js);
         assert_eq!(m.output, PathBuf::from("out.wasm"));
+        assert_eq!(m.test, None);
+        let m = Manifest::parse(
+            "name = \"c\"\nlanguage = \"python\"\nbuild = \"bash build.sh\"\noutput = \"o.wasm\"\ntest = \"bash test.sh\"\n",
+        )
+        .unwrap();
+        assert_eq!(m.test.as_deref(), Some("bash test.sh"));
     }
 
     #[test]
@@ -117,6 +138,10 @@ mod tests {
             (
                 "name = \"a\"\nlanguage = \"rust\"\nbuild = \" \"\noutput = \"o\"\n",
                 "`build` is empty",
+            ),
+            (
+                "name = \"a\"\nlanguage = \"rust\"\nbuild = \"b\"\noutput = \"o\"\ntest = \"\"\n",
+                "`test` is empty",
             ),
         ];
         for (text, expected) in cases {

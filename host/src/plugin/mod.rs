@@ -1,5 +1,5 @@
-//! Authoring projectors: the `zdr-plugin.toml` manifest, building a plugin with the command it
-//! names, scaffolding a new projector in Rust, JavaScript or Python from templates embedded in
+//! Authoring projectors: the `zdr-plugin.toml` manifest, building and testing a plugin with
+//! the commands it names, scaffolding a new projector in Rust, JavaScript or Python from templates embedded in
 //! the binary, and inspecting a built component.
 //!
 //! This module runs build tools and reads files; it uses [`crate::runtime`] only to compile a
@@ -12,7 +12,7 @@ mod scaffold;
 
 use std::path::PathBuf;
 
-pub use build::{Built, build};
+pub use build::{Built, build, test};
 pub use inspect::{Inspection, inspect};
 pub use manifest::{Language, MANIFEST_FILE, Manifest};
 pub use scaffold::{Scaffolded, scaffold};
@@ -37,23 +37,35 @@ pub enum PluginError {
         /// What is wrong, with the key where there is one.
         message: String,
     },
-    /// The build command could not be started.
-    #[error("cannot run the build command `{command}` in {dir}: {source}")]
+    /// The build or test command could not be started.
+    #[error("cannot run the {what} command `{command}` in {dir}: {source}")]
     Spawn {
-        /// The manifest's build command.
+        /// Which of the manifest's commands: `build` or `test`.
+        what: &'static str,
+        /// The manifest's command.
         command: String,
         /// Where it was run.
         dir: PathBuf,
         /// The operating system's error.
         source: std::io::Error,
     },
-    /// The build command ran and failed.
-    #[error("the build command `{command}` failed ({status}); its output is above")]
-    BuildFailed {
-        /// The manifest's build command.
+    /// The build or test command ran and failed.
+    #[error("the {what} command `{command}` failed ({status}); its output is above")]
+    CommandFailed {
+        /// Which of the manifest's commands: `build` or `test`.
+        what: &'static str,
+        /// The manifest's command.
         command: String,
         /// How it exited.
         status: std::process::ExitStatus,
+    },
+    /// `plugin test` on a plugin whose manifest names no test command.
+    #[error(
+        "{path} has no `test` command; add one, e.g. test = \"cargo test\", to run the plugin's tests"
+    )]
+    NoTestCommand {
+        /// The manifest file.
+        path: PathBuf,
     },
     /// The build succeeded but left no file where the manifest says.
     #[error(

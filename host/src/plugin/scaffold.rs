@@ -34,6 +34,18 @@ fn template(language: Language) -> &'static [(&'static str, &'static str)] {
             ),
             ("build.mjs", include_str!("../../templates/js/build.mjs")),
             (
+                "test/projector.test.mjs",
+                include_str!("../../templates/js/test/projector.test.mjs"),
+            ),
+            (
+                "test/wit-hooks.mjs",
+                include_str!("../../templates/js/test/wit-hooks.mjs"),
+            ),
+            (
+                "test/fake-host.mjs",
+                include_str!("../../templates/js/test/fake-host.mjs"),
+            ),
+            (
                 "projector.js",
                 include_str!("../../templates/js/projector.js"),
             ),
@@ -48,7 +60,13 @@ fn template(language: Language) -> &'static [(&'static str, &'static str)] {
                 "requirements.txt",
                 include_str!("../../templates/python/requirements.txt"),
             ),
+            ("venv.sh", include_str!("../../templates/python/venv.sh")),
             ("build.sh", include_str!("../../templates/python/build.sh")),
+            ("test.sh", include_str!("../../templates/python/test.sh")),
+            (
+                "test_app.py",
+                include_str!("../../templates/python/test_app.py"),
+            ),
             ("app.py", include_str!("../../templates/python/app.py")),
             (
                 "zdr-plugin.toml",
@@ -131,6 +149,7 @@ mod tests {
             let manifest = super::super::Manifest::load(&target).unwrap();
             assert_eq!(manifest.name, "my-counter");
             assert_eq!(manifest.language, language);
+            assert!(manifest.test.is_some(), "{language}: no test command");
             let wit = std::fs::read_to_string(target.join("wit/projector.wit")).unwrap();
             assert!(wit.contains("world projector"));
         }
