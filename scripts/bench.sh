@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Benchmark: replay throughput and memory of the release build on SQLite.
 #
-#   bash scripts/bench.sh [EVENTS]        (default 200000)
+#   bash scripts/bench.sh [EVENTS [BATCH]]   (default 200000 events, zdr's default batch size)
 #
 # Generates EVENTS balance events (50,000 accounts), imports them, then measures:
 #   - deploy of balance v1 (a new projector is built from the whole history),
 #   - replay start of balance v2 into a clone (the zero-downtime rebuild),
 # each as wall time, events/s and peak resident memory (GNU time). Run twice with different
-# EVENTS to see that memory stays flat in the length of history. Results are printed as a
+# EVENTS to see that memory stays flat in the length of history; BATCH sets `batch_size` (events
+# per transaction). Results are printed as a
 # Markdown table row for docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -22,6 +23,12 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 export ZDR_DATABASE_URL="sqlite://$work/bench.db"
 export ZDR_CACHE_DIR="$work/cache"
+config="$work/zdr.toml"
+touch "$config"
+if [[ -n "${2:-}" ]]; then
+    echo "batch_size = $2" >"$config"
+fi
+zdr="$zdr --config $config"
 
 awk -v n="$events" 'BEGIN {
     accounts = 50000; if (accounts > n) accounts = n;

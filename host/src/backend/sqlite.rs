@@ -32,6 +32,22 @@ use crate::sandbox::{Dialect, Guard, GuardCache, Mode, PhysicalName};
 /// so a wait this long means something is stuck.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Settings of zdr's own connection that make a replay cheaper. They are per connection: the
+/// application's connections to the same file keep their own.
+///
+/// - `cache_size`: a page cache of at most 16 MiB instead of SQLite's 2 MiB, so a batch of
+///   updates spread over a read model larger than 2 MiB stops re-reading its pages from the
+///   operating system. Memory stays bounded, whatever the length of history.
+/// - `wal_autocheckpoint`: checkpoint after 10,000 WAL pages (about 40 MiB) instead of 1,000.
+///   A batch rewrites mostly the same pages as the one before it, and a checkpoint copies each
+///   page once however many times the WAL holds it, so rarer checkpoints copy far less.
+/// - `journal_size_limit`: once a checkpoint has emptied the WAL, cut the file back to 64 MiB.
+///
+/// Measured in `docs/benchmarks.md`.
+const REPLAY_PRAGMAS: &str = "PRAGMA cache_size = -16384; \
+     PRAGMA wal_autocheckpoint = 10000; \
+     PRAGMA journal_size_limit = 67108864;";
+
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS zdr_meta (
     key TEXT PRIMARY KEY,
@@ -153,6 +169,7 @@ impl SqliteStore {
         }
         conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;")
             .map_err(open_err)?;
+        conn.execute_batch(REPLAY_PRAGMAS).map_err(open_err)?;
         conn.set_prepared_statement_cache_capacity(256);
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
