@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Benchmark: replay throughput and memory of the release build on SQLite.
+# Benchmark: replay throughput and memory of the release build, on SQLite or PostgreSQL.
 #
 #   bash scripts/bench.sh [EVENTS [BATCH]]   (default 200000 events, zdr's default batch size)
+#   ZDR_BENCH_POSTGRES=postgres://USER@HOST:PORT bash scripts/bench.sh [EVENTS [BATCH]]
+#
+# On SQLite the database is a file in a temporary folder. With ZDR_BENCH_POSTGRES (a server URL
+# without a database name) the script creates a database of its own there with psql and drops
+# it at the end.
 #
 # Generates EVENTS balance events (50,000 accounts), imports them, then measures:
 #   - deploy of balance v1 (a new projector is built from the whole history),
 #   - replay start of balance v2 into a clone (the zero-downtime rebuild),
 # each as wall time, events/s and peak resident memory (GNU time). Run twice with different
 # EVENTS to see that memory stays flat in the length of history; BATCH sets `batch_size` (events
-# per transaction). Results are printed as a
-# Markdown table row for docs/benchmarks.md.
+# per transaction). Results are printed as Markdown table rows for docs/benchmarks.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 events="${1:-200000}"
@@ -20,8 +24,16 @@ zdr=target/release/zdr
 v1=plugins/target/wasm32-wasip2/release/balance_v1.wasm
 v2=plugins/target/wasm32-wasip2/release/balance_v2.wasm
 work="$(mktemp -d)"
-trap 'rm -rf "$work"' EXIT
-export ZDR_DATABASE_URL="sqlite://$work/bench.db"
+if [[ -n "${ZDR_BENCH_POSTGRES:-}" ]]; then
+    server="${ZDR_BENCH_POSTGRES%/}"
+    database="zdr_bench_$$"
+    psql -q "$server/postgres" -c "CREATE DATABASE $database"
+    trap 'rm -rf "$work"; psql -q "$server/postgres" -c "DROP DATABASE IF EXISTS $database WITH (FORCE)"' EXIT
+    export ZDR_DATABASE_URL="$server/$database"
+else
+    trap 'rm -rf "$work"' EXIT
+    export ZDR_DATABASE_URL="sqlite://$work/bench.db"
+fi
 export ZDR_CACHE_DIR="$work/cache"
 config="$work/zdr.toml"
 touch "$config"

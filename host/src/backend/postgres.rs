@@ -149,40 +149,49 @@ CREATE TRIGGER zdr_notify_events AFTER INSERT ON stored_events
 /// How a timestamp column is shown: the same ISO form the SQLite backend stores.
 const ISO: &str = r#"'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'"#;
 
-/// Runs futures to completion from synchronous code.
+/// Runs futures to completion from synchronous code, on a current-thread runtime of the
+/// store's own.
+///
+/// The store's connections are registered with this runtime, so the thread that waits for a
+/// reply also reads it from the socket. On the process's shared runtime every round trip also
+/// needed a hand-off between threads (the I/O driver's thread wakes the waiting one); without
+/// it a replay is 5–20% faster (`docs/benchmarks.md`). Several threads may call
+/// [`Rt::block_on`] at once: the first drives the I/O and wakes the others.
 struct Rt {
-    handle: tokio::runtime::Handle,
-    /// A private runtime, when the store was opened outside any tokio runtime.
-    owned: Option<tokio::runtime::Runtime>,
+    /// Always `Some`; taken only by `drop`.
+    runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Rt {
     fn new() -> Result<Rt, std::io::Error> {
-        match tokio::runtime::Handle::try_current() {
-            Ok(handle) => Ok(Rt {
-                handle,
-                owned: None,
-            }),
-            Err(_) => {
-                let runtime = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?;
-                Ok(Rt {
-                    handle: runtime.handle().clone(),
-                    owned: Some(runtime),
-                })
-            }
-        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        Ok(Rt {
+            runtime: Some(runtime),
+        })
     }
 
-    /// Drives `future` to completion on this thread. On a runtime worker thread the thread is
-    /// first handed over to blocking work; on a blocking thread it simply blocks.
+    /// Drives `future` to completion on this thread. On a worker thread of another runtime
+    /// the thread is first handed over to blocking work, as a runtime may not be entered from
+    /// inside another one's task; on any other thread it simply blocks.
     fn block_on<F: Future>(&self, future: F) -> F::Output {
-        if let Some(runtime) = &self.owned {
-            // Only the runtime itself drives a current-thread runtime's I/O and timers.
-            runtime.block_on(future)
+        // Invariant: `runtime` is `Some` until `drop`, and `drop` has `&mut self`.
+        let runtime = self.runtime.as_ref().expect("the runtime lives until drop");
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokio::task::block_in_place(|| runtime.block_on(future))
         } else {
-            tokio::task::block_in_place(|| self.handle.block_on(future))
+            runtime.block_on(future)
+        }
+    }
+}
+
+impl Drop for Rt {
+    fn drop(&mut self) {
+        // A plain drop waits for the runtime's tasks, which panics on another runtime's worker
+        // thread. This runtime spawns no tasks, so there is nothing to wait for.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
         }
     }
 }
