@@ -115,3 +115,48 @@ fn check(runtime: &Runtime, path: &Path) -> Result<Description, PluginError> {
             message: format!("{err:#}"),
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A plugin folder whose manifest has the given `test` line (or none).
+    fn plugin(test: Option<&str>) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let mut manifest =
+            "name = \"p\"\nlanguage = \"rust\"\nbuild = \"true\"\noutput = \"p.wasm\"\n".to_owned();
+        if let Some(test) = test {
+            manifest.push_str(&format!("test = {test:?}\n"));
+        }
+        std::fs::write(dir.path().join(super::super::MANIFEST_FILE), manifest).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_passing_test_command_runs_in_the_plugin_folder() {
+        let dir = plugin(Some("test -f zdr-plugin.toml"));
+        let (manifest, command) = test(dir.path()).unwrap();
+        assert_eq!(manifest.name, "p");
+        assert_eq!(command, "test -f zdr-plugin.toml");
+    }
+
+    #[test]
+    fn a_failing_or_missing_test_command_says_what_to_do() {
+        let err = test(plugin(Some("exit 3")).path()).unwrap_err();
+        assert!(
+            matches!(&err, PluginError::CommandFailed { what: "test", status, .. } if status.code() == Some(3)),
+            "{err:?}"
+        );
+        assert!(
+            err.to_string().contains("the test command `exit 3` failed"),
+            "{err}"
+        );
+
+        let err = test(plugin(None).path()).unwrap_err();
+        assert!(matches!(err, PluginError::NoTestCommand { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("has no `test` command; add one"),
+            "{err}"
+        );
+    }
+}
