@@ -28,6 +28,38 @@ pub struct Event {
     pub created_at: String,
 }
 
+/// A row of the event store as read: an event, or a row zdr cannot decode (a column of the
+/// wrong type, text that is not UTF-8). An undecodable row stops a projector at its id like
+/// any other bad event, with the reason recorded, instead of failing the whole read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReadEvent {
+    /// A decoded event.
+    Event(Event),
+    /// A row that could not be decoded.
+    Undecodable(Undecodable),
+}
+
+/// A row of the event store that zdr could not decode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undecodable {
+    /// Its id.
+    pub id: i64,
+    /// Its class, when that column could be read.
+    pub event_class: Option<String>,
+    /// Which column is wrong and how, e.g. `aggregate_uuid is a BLOB, not text`.
+    pub reason: String,
+}
+
+impl ReadEvent {
+    /// The row's id.
+    pub fn id(&self) -> i64 {
+        match self {
+            ReadEvent::Event(event) => event.id,
+            ReadEvent::Undecodable(row) => row.id,
+        }
+    }
+}
+
 /// An event to append; the store assigns `id` and, when absent, `created_at`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEvent {

@@ -12,8 +12,9 @@
 //! thread, never on the async runtime.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
-use crate::backend::{Db, ReplayRow, RunLock, StoreError};
+use crate::backend::{Db, ReplayRow, RunLock, SkipRecord, StoreError, WorkerReport, WorkerState};
 use crate::model::{self, Description, ReplayState, Role, Target};
 use crate::projection::{Progress, Projection, ProjectionError};
 use crate::runtime::{Runtime, content_hash};
@@ -434,23 +435,31 @@ pub fn start(
     let mut total = 0;
     for target in db.replay_targets(key)? {
         let outcome = projection.catch_up(target.id, progress);
-        let to = db
-            .target(target.id)?
-            .map_or(target.checkpoint, |t| t.checkpoint);
+        let to = match db.target(target.id) {
+            Ok(found) => found.map_or(target.checkpoint, |t| t.checkpoint),
+            Err(err) if outcome.is_err() => {
+                tracing::debug!("cannot read the checkpoint after a failed run: {err}");
+                target.checkpoint
+            }
+            Err(err) => return Err(err.into()),
+        };
         let applied = *outcome.as_ref().unwrap_or(&0);
         let result = match &outcome {
             Ok(_) => "ok".to_string(),
             Err(err) => format!("failed: {err}"),
         };
-        db.record_run(
+        let recorded = db.record_run(
             &target,
             "start",
             target.checkpoint,
             to,
             applied as i64,
             &result,
-        )?;
+        );
+        // The run's own error says why it stopped; a failure to record it (often the same
+        // cause, seen second) must not hide it.
         total += outcome?;
+        recorded?;
     }
     Ok(total)
 }
@@ -498,6 +507,10 @@ pub fn project(
     let mut projection = Projection::new(runtime, db, batch_size);
     for target in db.replay_targets(key)? {
         projection.catch_up(target.id, progress)?;
+        // Both versions are compiled before the write lock is taken, never under it.
+        if let Some(live) = db.live_target(&target.projector)? {
+            projection.prepare(&[live, target])?;
+        }
     }
     db.write(|db| {
         let head = db.head()?;
@@ -556,6 +569,17 @@ pub fn promote(runtime: &Runtime, db: &Db, key: &str) -> Result<Vec<Target>> {
     }
     let _lock = run_lock(db, key)?;
     let mut projection = Projection::new(runtime, db, crate::projection::DEFAULT_BATCH_SIZE);
+    // The new version is compiled and instantiated before the write lock is taken: a
+    // component not yet in the compile cache takes seconds, and every writer would wait.
+    for clone in db.replay_targets(key)? {
+        projection.prepare(std::slice::from_ref(&clone))?;
+        projection.instance(&clone).map_err(|err| {
+            LifecycleError::WrongState(format!(
+                "cannot start version {} of {} to promote it: {err}",
+                clone.version, clone.projector
+            ))
+        })?;
+    }
     retry_on_lock_timeout(|| promote_once(&mut projection, db, key))
 }
 
@@ -642,6 +666,12 @@ pub fn remove(runtime: &Runtime, db: &Db, key: &str, force: bool) -> Result<usiz
     }
     let _lock = run_lock(db, key)?;
     let mut projection = Projection::new(runtime, db, 1);
+    // Compiled outside the write lock, to call `remove-target` inside it.
+    for target in db.replay_targets(key)? {
+        if let Err(err) = projection.prepare(std::slice::from_ref(&target)) {
+            tracing::warn!(projector = %target.projector, "cannot load the version to call remove(): {err}");
+        }
+    }
     db.write(|db| {
         let targets = db.replay_targets(key)?;
         for target in &targets {
@@ -682,6 +712,10 @@ pub struct ReplayPart {
     pub live_version: Option<String>,
     /// The live target's checkpoint.
     pub live_checkpoint: Option<i64>,
+    /// Whether the live projector moves: while projecting, the clone moves with it.
+    pub live_status: Option<ServingStatus>,
+    /// Why the live projector is stopped, stuck or unserved.
+    pub live_status_reason: Option<String>,
     /// The recorded failure, if any.
     pub failure: Option<model::Failure>,
     /// Physical table names.
@@ -731,10 +765,19 @@ pub fn list(db: &Db) -> Result<Vec<ReplayStatus>> {
 
 fn status_of(db: &Db, row: ReplayRow) -> Result<ReplayStatus> {
     let head = db.head()?;
+    let reports = db.worker_reports()?;
     let mut projectors = Vec::new();
     for target in db.replay_targets(&row.key)? {
         let live = db.live_target(&target.projector)?;
         let description = db.description(target.version_id)?;
+        let (live_status, live_status_reason) = match &live {
+            Some(live) => {
+                let report = reports.iter().find(|r| r.projector == live.projector);
+                let (status, reason, _) = serving_status(live, report);
+                (Some(status), reason)
+            }
+            None => (None, None),
+        };
         projectors.push(ReplayPart {
             projector: target.projector.clone(),
             version: target.version.clone(),
@@ -743,6 +786,8 @@ fn status_of(db: &Db, row: ReplayRow) -> Result<ReplayStatus> {
             lag: (head - target.checkpoint).max(0),
             live_version: live.as_ref().map(|l| l.version.clone()),
             live_checkpoint: live.as_ref().map(|l| l.checkpoint),
+            live_status,
+            live_status_reason,
             failure: target.failure.clone(),
             tables: db.physical_names(
                 &target,
@@ -765,6 +810,79 @@ fn status_of(db: &Db, row: ReplayRow) -> Result<ReplayStatus> {
     })
 }
 
+/// How long a worker may stay silent before its projector counts as stuck: several
+/// heartbeats, and longer than the longest batch (its time budget plus one guest call).
+pub const STALE_AFTER: Duration = Duration::from_secs(15);
+
+/// Whether a live projector is moving, and if not, why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServingStatus {
+    /// A daemon projects it: events are applied as they arrive.
+    Running,
+    /// Stopped at a failure on an event until resumed, skipped past or replaced.
+    Stopped,
+    /// Its daemon cannot make progress (a lost connection, a database error), or has gone
+    /// quiet: events wait.
+    Stuck,
+    /// No `zdr serve` projects it: new events wait until one does.
+    Unserved,
+}
+
+impl std::fmt::Display for ServingStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ServingStatus::Running => "running",
+            ServingStatus::Stopped => "stopped",
+            ServingStatus::Stuck => "stuck",
+            ServingStatus::Unserved => "unserved",
+        })
+    }
+}
+
+/// The status of live target `live` given its worker's last report: the status, why, and
+/// since when.
+fn serving_status(
+    live: &Target,
+    report: Option<&WorkerReport>,
+) -> (ServingStatus, Option<String>, Option<String>) {
+    if let Some(failure) = &live.failure {
+        return (
+            ServingStatus::Stopped,
+            Some(format!(
+                "at event {}: {}",
+                failure.event_id, failure.message
+            )),
+            None,
+        );
+    }
+    match report {
+        None => (
+            ServingStatus::Unserved,
+            Some("no `zdr serve` is projecting it".into()),
+            None,
+        ),
+        Some(report) if report.seen_secs_ago > STALE_AFTER.as_secs_f64() => (
+            ServingStatus::Stuck,
+            Some(format!(
+                "no word from its daemon {} since {} ({:.0} s ago): it stopped or cannot reach the database",
+                report.daemon, report.seen_at, report.seen_secs_ago
+            )),
+            Some(report.seen_at.clone()),
+        ),
+        Some(WorkerReport {
+            state: WorkerState::Stuck(reason),
+            since,
+            ..
+        }) => (
+            ServingStatus::Stuck,
+            Some(reason.clone()),
+            Some(since.clone()),
+        ),
+        Some(report) => (ServingStatus::Running, None, Some(report.since.clone())),
+    }
+}
+
 /// A live projector, for `projector list`.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct ProjectorStatus {
@@ -780,10 +898,18 @@ pub struct ProjectorStatus {
     pub tables: Vec<String>,
     /// Handled event classes (empty: all).
     pub handles: Vec<String>,
-    /// `running`, or `stopped` at a failure.
-    pub status: String,
+    /// Whether it moves.
+    pub status: ServingStatus,
+    /// Why it is stopped, stuck or unserved.
+    pub status_reason: Option<String>,
+    /// Since when it is in that status, where known (ISO-8601, UTC).
+    pub status_since: Option<String>,
+    /// The daemon serving it (`host:pid`), if one reports.
+    pub daemon: Option<String>,
     /// The failure it is stopped at.
     pub failure: Option<model::Failure>,
+    /// Events an operator let it pass, oldest first.
+    pub skipped: Vec<SkipRecord>,
 }
 
 /// Every live projector with its version, checkpoint and status.
@@ -792,9 +918,12 @@ pub struct ProjectorStatus {
 /// A database failure.
 pub fn projectors(db: &Db) -> Result<Vec<ProjectorStatus>> {
     let head = db.head()?;
+    let reports = db.worker_reports()?;
     let mut out = Vec::new();
     for live in db.live_targets()? {
         let description = db.description(live.version_id)?;
+        let report = reports.iter().find(|r| r.projector == live.projector);
+        let (status, status_reason, status_since) = serving_status(&live, report);
         out.push(ProjectorStatus {
             name: live.projector.clone(),
             version: live.version.clone(),
@@ -802,14 +931,109 @@ pub fn projectors(db: &Db) -> Result<Vec<ProjectorStatus>> {
             lag: (head - live.checkpoint).max(0),
             tables: description.table_names(),
             handles: description.handles.clone(),
-            status: if live.failure.is_some() {
-                "stopped"
-            } else {
-                "running"
-            }
-            .into(),
+            status,
+            status_reason,
+            status_since,
+            daemon: report.map(|r| r.daemon.clone()),
             failure: live.failure.clone(),
+            skipped: db.skips(live.id)?,
         });
     }
     Ok(out)
+}
+
+/// Lets live projector `name`, stopped at event `event_id`, pass that event: the skip is
+/// recorded with `reason` and `by`, the failure cleared, and the daemon goes on after it. Only
+/// live projectors skip; a replay must be exact, so it fails at the same event until the
+/// projector handles it.
+///
+/// # Errors
+/// No such projector, one that is not stopped or stopped at another event, an empty reason,
+/// or a database failure.
+pub fn skip_event(db: &Db, name: &str, event_id: i64, reason: &str, by: &str) -> Result<Target> {
+    if reason.trim().is_empty() {
+        return Err(LifecycleError::Invalid(
+            "say why the event is skipped with --reason; it is recorded with the skip".into(),
+        ));
+    }
+    db.write(|db| {
+        let live = db.live_target(name)?.ok_or_else(|| {
+            LifecycleError::NotFound(format!(
+                "no live projector named {name:?}; see `zdr projector list`"
+            ))
+        })?;
+        match &live.failure {
+            None => Err(LifecycleError::WrongState(format!(
+                "projector {name} is not stopped; only the event a projector is stopped at can be skipped"
+            ))),
+            Some(failure) if failure.event_id != event_id => {
+                Err(LifecycleError::WrongState(format!(
+                    "projector {name} is stopped at event {}, not {event_id}; skip that one, or fix it",
+                    failure.event_id
+                )))
+            }
+            Some(_) => {
+                db.skip_event(&live, event_id, reason.trim(), by)?;
+                Ok(live)
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Failure;
+
+    fn live(failure: Option<Failure>) -> Target {
+        Target {
+            id: 1,
+            projector: "balance".into(),
+            version_id: 1,
+            version: "1".into(),
+            role: Role::Live,
+            replay_key: None,
+            checkpoint: 10,
+            failure,
+            skip_event_id: None,
+        }
+    }
+
+    fn report(state: WorkerState, seen_secs_ago: f64) -> WorkerReport {
+        WorkerReport {
+            projector: "balance".into(),
+            daemon: "host:1".into(),
+            state,
+            since: "2026-11-30T10:00:00.000Z".into(),
+            seen_at: "2026-11-30T10:00:05.000Z".into(),
+            seen_secs_ago,
+        }
+    }
+
+    #[test]
+    fn nothing_reads_running_unless_a_daemon_says_so_recently() {
+        let running = report(WorkerState::Running, 1.0);
+        assert_eq!(
+            serving_status(&live(None), Some(&running)).0,
+            ServingStatus::Running
+        );
+        assert_eq!(serving_status(&live(None), None).0, ServingStatus::Unserved);
+        let quiet = report(WorkerState::Running, STALE_AFTER.as_secs_f64() + 1.0);
+        let (status, reason, since) = serving_status(&live(None), Some(&quiet));
+        assert_eq!(status, ServingStatus::Stuck);
+        assert!(reason.is_some_and(|r| r.contains("host:1") && r.contains("since")));
+        assert_eq!(since.as_deref(), Some("2026-11-30T10:00:05.000Z"));
+        let stuck = report(WorkerState::Stuck("lost the connection".into()), 1.0);
+        let (status, reason, since) = serving_status(&live(None), Some(&stuck));
+        assert_eq!(status, ServingStatus::Stuck);
+        assert_eq!(reason.as_deref(), Some("lost the connection"));
+        assert_eq!(since.as_deref(), Some("2026-11-30T10:00:00.000Z"));
+        let failed = live(Some(Failure {
+            event_id: 11,
+            message: "boom".into(),
+        }));
+        let (status, reason, _) = serving_status(&failed, Some(&running));
+        assert_eq!(status, ServingStatus::Stopped);
+        assert_eq!(reason.as_deref(), Some("at event 11: boom"));
+    }
 }

@@ -1,6 +1,7 @@
 //! The `zdr` binary: parse the command line, set up logging, run the command, print the error
 //! chain and choose the exit code. Everything else lives in the library.
 
+use std::io::Write as _;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -14,7 +15,10 @@ fn main() -> ExitCode {
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("error: cannot start the async runtime: {err}");
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: cannot start the async runtime: {err}"
+            );
             return ExitCode::FAILURE;
         }
     };
@@ -25,9 +29,11 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("error: {err}");
+            // A closed stderr must not turn an error into a panic.
+            let mut stderr = std::io::stderr().lock();
+            let _ = writeln!(stderr, "error: {err}");
             for cause in err.chain().skip(1) {
-                eprintln!("  caused by: {cause}");
+                let _ = writeln!(stderr, "  caused by: {cause}");
             }
             ExitCode::FAILURE
         }

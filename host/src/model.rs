@@ -100,6 +100,9 @@ pub struct Target {
     pub checkpoint: i64,
     /// Set when the projector failed on an event here; the target is stopped until resumed.
     pub failure: Option<Failure>,
+    /// The largest id of the events an operator let this (live) target pass with
+    /// `zdr projector skip` (listed in `zdr_skips`): those are not handed to the projector.
+    pub skip_event_id: Option<i64>,
 }
 
 /// A recorded projector failure: the event it stopped at and why.
@@ -158,6 +161,33 @@ impl fmt::Display for ReplayState {
     }
 }
 
+/// A time given as seconds since the Unix epoch, as ISO-8601 text in UTC with milliseconds
+/// (`2026-11-30T09:29:36.123Z`), the form zdr shows every time in.
+pub fn iso_utc(seconds: f64) -> String {
+    let millis_total = (seconds * 1000.0).round() as i64;
+    let (days, millis) = (
+        millis_total.div_euclid(86_400_000),
+        millis_total.rem_euclid(86_400_000),
+    );
+    // Howard Hinnant's civil-from-days: the proleptic Gregorian date of a day count.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        millis / 3_600_000,
+        millis / 60_000 % 60,
+        millis / 1000 % 60,
+        millis % 1000
+    )
+}
+
 /// The longest replay key: it becomes part of physical table names.
 pub const MAX_KEY_LEN: usize = 32;
 /// The longest projector name.
@@ -204,6 +234,13 @@ pub fn validate_projector_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_shown_in_iso_utc() {
+        assert_eq!(iso_utc(0.0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso_utc(951_782_400.5), "2000-02-29T00:00:00.500Z");
+        assert_eq!(iso_utc(1_795_944_576.123), "2026-11-29T09:29:36.123Z");
+    }
 
     #[test]
     fn keys_are_checked() {

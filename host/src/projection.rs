@@ -7,18 +7,32 @@
 //! checkpoint consistent. A projector error on event X rolls the batch back and records
 //! (target, X, message): nothing is skipped silently, and the target resumes from its
 //! checkpoint once fixed.
+//!
+//! What counts as a failure on event X: the guest returned an error or trapped; the row could
+//! not be decoded; or one of the guest's statements failed in a way that aborted the
+//! transaction (PostgreSQL), even if the guest swallowed the error and carried on.
+//!
+//! Two rules keep the write lock short: a batch stops taking events after
+//! [`BATCH_TIME_BUDGET`] (it commits what it has, the rest comes next), and components are
+//! compiled before a write transaction begins ([`Projection::prepare`]), never inside one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crate::backend::{Db, StoreError};
-use crate::events::Event;
+use crate::events::ReadEvent;
 use crate::model::{Description, ReplayState, Role, Target};
 use crate::runtime::{GuestError, Instance, LoadedComponent, Runtime};
 
 /// Events per transaction: large enough to amortise the commit, small enough that the write
 /// lock is held for milliseconds and a failed batch costs little to redo.
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
+
+/// How long a batch goes on taking events: after this it commits what it applied, so that a
+/// slow projector (each of its calls within its own deadline) never holds the write lock for
+/// long; the application's writers wait at most this plus one call.
+pub const BATCH_TIME_BUDGET: Duration = Duration::from_secs(1);
 
 /// Why projecting stopped.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +63,21 @@ pub enum ProjectionError {
         /// What the guest did.
         error: GuestError,
     },
+    /// A row of the event store could not be decoded; the failure is recorded on the target.
+    #[error(
+        "projector {projector} ({target}) cannot read event {event_id}: {reason}; fix the row, \
+         or let live pass it with `zdr projector skip {projector} --event {event_id} --reason …`"
+    )]
+    BadEvent {
+        /// Projector name.
+        projector: String,
+        /// Which target.
+        target: String,
+        /// The row's id.
+        event_id: i64,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// The target is stopped at a recorded failure.
     #[error("projector {projector} ({target}) is stopped at event {event_id}: {message}")]
     Stopped {
@@ -61,6 +90,22 @@ pub enum ProjectionError {
         /// The recorded message.
         message: String,
     },
+}
+
+impl ProjectionError {
+    /// The event this failure stops its target at, and the message to record: for a guest
+    /// failure or an undecodable row; `None` for anything else (the database, a load).
+    pub fn failed_event(&self) -> Option<(i64, String)> {
+        match self {
+            ProjectionError::Guest {
+                event_id, error, ..
+            } => Some((*event_id, error.to_string())),
+            ProjectionError::BadEvent {
+                event_id, reason, ..
+            } => Some((*event_id, format!("the event cannot be decoded: {reason}"))),
+            _ => None,
+        }
+    }
 }
 
 /// Progress of a catch-up, reported after every committed batch.
@@ -81,6 +126,9 @@ pub enum LiveBatch {
     Idle,
     /// The live target is stopped at a failure.
     Paused,
+    /// A target to write was of a version not loaded yet: nothing was done; load it outside
+    /// the write lock ([`Projection::prepare`]) and run the batch again.
+    NeedsLoad(Vec<Target>),
     /// Events applied to live (and to `clones` projecting clones) up to `checkpoint`.
     Applied {
         /// Events in the batch.
@@ -116,6 +164,9 @@ pub struct Projection<'a> {
     versions: HashMap<i64, Loaded>,
     /// Keyed by (target id, role): a role change renames the tables, so it needs a new binding.
     instances: HashMap<(i64, Role), Instance>,
+    /// The events skipped on a target, by target id, with the largest skipped id they were
+    /// read for.
+    skipped: HashMap<i64, (i64, Vec<i64>)>,
 }
 
 impl<'a> Projection<'a> {
@@ -127,19 +178,67 @@ impl<'a> Projection<'a> {
             batch_size: batch_size.max(1),
             versions: HashMap::new(),
             instances: HashMap::new(),
+            skipped: HashMap::new(),
         }
     }
 
-    /// The description of a target's projector version (loaded once per version).
+    /// The events above its checkpoint an operator let `target` pass (read when its largest
+    /// skipped id changes).
+    fn skipped(&mut self, target: &Target) -> Result<&[i64], ProjectionError> {
+        let Some(largest) = target.skip_event_id.filter(|id| *id > target.checkpoint) else {
+            return Ok(&[]);
+        };
+        let stale = self
+            .skipped
+            .get(&target.id)
+            .is_none_or(|(read_for, _)| *read_for != largest);
+        if stale {
+            let ids = self.db.skipped_after(target.id, 0)?;
+            self.skipped.insert(target.id, (largest, ids));
+        }
+        Ok(self
+            .skipped
+            .get(&target.id)
+            .map_or(&[][..], |(_, ids)| ids.as_slice()))
+    }
+
+    /// The description of a target's projector version: from the loaded component when there
+    /// is one, otherwise from the database (no compile).
     ///
     /// # Errors
-    /// When the version cannot be read or compiled.
+    /// When the version cannot be read.
     pub fn description(&mut self, target: &Target) -> Result<Arc<Description>, ProjectionError> {
-        Ok(self.loaded(target)?.description.clone())
+        match self.versions.get(&target.version_id) {
+            Some(loaded) => Ok(loaded.description.clone()),
+            None => Ok(Arc::new(self.db.description(target.version_id)?)),
+        }
+    }
+
+    /// Compiles (or loads from the compile cache) the versions of `targets` that are not
+    /// loaded yet. Call it before a write transaction: a compile can take seconds, and every
+    /// writer would wait for it inside one.
+    ///
+    /// # Errors
+    /// When a version cannot be read or compiled.
+    pub fn prepare(&mut self, targets: &[Target]) -> Result<(), ProjectionError> {
+        for target in targets {
+            self.loaded(target)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `target`'s version is loaded (its instance can be made without a compile).
+    fn is_loaded(&self, target: &Target) -> bool {
+        self.versions.contains_key(&target.version_id)
     }
 
     fn loaded(&mut self, target: &Target) -> Result<&Loaded, ProjectionError> {
         if !self.versions.contains_key(&target.version_id) {
+            if self.db.in_write() {
+                // A bug to fix, not a failure: say so loudly, then do what was asked.
+                tracing::warn!(projector = %target.projector, version = %target.version,
+                    "loading a component inside the write lock; every writer waits for the compile");
+            }
             let (description, _hash, wasm) = self.db.version(target.version_id)?;
             let component = self
                 .runtime
@@ -204,34 +303,90 @@ impl<'a> Projection<'a> {
             .retain(|(id, role), _| keep.iter().any(|t| t.id == *id && t.role == *role));
     }
 
-    /// Applies `events` to `target` inside the caller's transaction, skipping the classes the
-    /// projector does not handle. Returns the id of the last event.
+    /// Applies `events` to `target` inside the caller's transaction, in order, until they are
+    /// done or `until` has passed. Events of classes the projector does not handle, and the
+    /// event an operator let this target skip, are passed over. Returns the id of the last
+    /// event applied or passed over (the target's checkpoint when none was).
     ///
     /// # Errors
-    /// [`ProjectionError::Guest`] naming the event the projector failed on.
-    pub fn apply(&mut self, target: &Target, events: &[Event]) -> Result<i64, ProjectionError> {
+    /// [`ProjectionError::Guest`] or [`ProjectionError::BadEvent`] naming the event.
+    pub fn apply(
+        &mut self,
+        target: &Target,
+        events: &[ReadEvent],
+        until: Option<Instant>,
+    ) -> Result<i64, ProjectionError> {
         let description = self.loaded(target)?.description.clone();
-        let instance = self.instance(target)?;
+        let skipped = self.skipped(target)?.to_vec();
         let mut last = target.checkpoint;
-        for event in events {
-            if description.handles(&event.event_class) {
-                instance
-                    .handle_event(event)
-                    .map_err(|error| ProjectionError::Guest {
-                        projector: target.projector.clone(),
-                        target: target_label(target),
-                        event_id: event.id,
-                        error,
-                    })?;
+        for row in events {
+            if until.is_some_and(|until| Instant::now() >= until) {
+                break;
             }
-            last = event.id;
+            let id = row.id();
+            if skipped.binary_search(&id).is_ok() {
+                tracing::info!(projector = %target.projector, event_id = id, "passing over an event skipped by an operator");
+                last = id;
+                continue;
+            }
+            match row {
+                ReadEvent::Event(event) if description.handles(&event.event_class) => {
+                    let instance = self.instance(target)?;
+                    let outcome = instance.handle_event(event);
+                    // Asked even when the guest failed, so the next event starts clean.
+                    let aborted = instance.take_aborted();
+                    if let Some(lost) = aborted.as_ref().filter(|e| e.is_connection_lost()) {
+                        // Not the projector's failure: the batch is retried once reconnected.
+                        return Err(StoreError::ConnectionLost {
+                            context: format!(
+                                "running a statement of projector {} on event {id}",
+                                target.projector
+                            ),
+                            message: lost.to_string(),
+                        }
+                        .into());
+                    }
+                    let error = match (outcome, aborted) {
+                        (Err(error), _) => Some(error),
+                        (Ok(()), Some(database)) => {
+                            Some(GuestError::Swallowed(database.to_string()))
+                        }
+                        (Ok(()), None) => None,
+                    };
+                    if let Some(error) = error {
+                        return Err(ProjectionError::Guest {
+                            projector: target.projector.clone(),
+                            target: target_label(target),
+                            event_id: id,
+                            error,
+                        });
+                    }
+                }
+                ReadEvent::Event(_) => {}
+                ReadEvent::Undecodable(bad) => {
+                    let handled = bad
+                        .event_class
+                        .as_deref()
+                        .is_none_or(|class| description.handles(class));
+                    if handled {
+                        return Err(ProjectionError::BadEvent {
+                            projector: target.projector.clone(),
+                            target: target_label(target),
+                            event_id: id,
+                            reason: bad.reason.clone(),
+                        });
+                    }
+                }
+            }
+            last = id;
         }
         Ok(last)
     }
 
     /// Brings `target` to `head` inside the caller's transaction (the last gap before a switch
     /// that must happen under the lock), reading in batches so memory stays bounded, and moves
-    /// its checkpoint. Returns the new checkpoint.
+    /// its checkpoint. Returns the new checkpoint. Load the target's version first
+    /// ([`Projection::prepare`]).
     ///
     /// # Errors
     /// [`ProjectionError::Guest`] naming the event, or a database failure.
@@ -246,7 +401,7 @@ impl<'a> Projection<'a> {
                 checkpoint,
                 ..target.clone()
             };
-            checkpoint = self.apply(&at, &events)?;
+            checkpoint = self.apply(&at, &events, None)?;
         }
         if checkpoint != target.checkpoint {
             self.db.set_checkpoint(target.id, checkpoint)?;
@@ -259,13 +414,16 @@ impl<'a> Projection<'a> {
     /// next call resumes from the checkpoint.
     ///
     /// # Errors
-    /// A recorded guest failure (the target is stopped), or a database failure.
+    /// A recorded failure (the target is stopped), or a database failure.
     pub fn catch_up(
         &mut self,
         target_id: i64,
         progress: &mut dyn FnMut(&Target, Progress),
     ) -> Result<u64, ProjectionError> {
         let mut applied = 0u64;
+        if let Some(target) = self.db.target(target_id)? {
+            self.prepare(std::slice::from_ref(&target))?;
+        }
         loop {
             let db = self.db;
             let batch = db.write(|db| {
@@ -285,9 +443,11 @@ impl<'a> Projection<'a> {
                 if events.is_empty() {
                     return Ok(None);
                 }
-                let last = self.apply(&target, &events)?;
+                let until = Instant::now() + BATCH_TIME_BUDGET;
+                let last = self.apply(&target, &events, Some(until))?;
+                let count = events.iter().take_while(|e| e.id() <= last).count();
                 db.set_checkpoint(target.id, last)?;
-                Ok(Some((target, events.len(), last, head)))
+                Ok(Some((target, count, last, head)))
             });
             match batch {
                 Ok(None) => return Ok(applied),
@@ -303,26 +463,31 @@ impl<'a> Projection<'a> {
                     );
                 }
                 Err(err) => {
-                    self.record(target_id, &err)?;
+                    self.record_or_log(target_id, &err);
                     return Err(err);
                 }
             }
         }
     }
 
-    /// Records a guest failure on its target in a transaction of its own (the batch that
-    /// failed was rolled back).
+    /// Records a failure as [`Projection::record`] does; a failure to record it is logged, so
+    /// that it never hides the failure itself (the target then retries the event).
+    fn record_or_log(&mut self, target_id: i64, err: &ProjectionError) {
+        if let Err(recording) = self.record(target_id, err) {
+            tracing::error!("cannot record the failure ({err}): {recording}");
+        }
+    }
+
+    /// Records a failure on an event on its target, in a transaction of its own (the batch
+    /// that failed was rolled back); a clone's replay goes to `failed`.
     fn record(&mut self, target_id: i64, err: &ProjectionError) -> Result<(), ProjectionError> {
-        let ProjectionError::Guest {
-            event_id, error, ..
-        } = err
-        else {
+        let Some((event_id, message)) = err.failed_event() else {
             return Ok(());
         };
         let db = self.db;
         db.write(|db| {
             if let Some(target) = db.target(target_id)? {
-                db.record_failure(&target, *event_id, &error.to_string())?;
+                db.record_failure(&target, event_id, &message)?;
                 if let (Role::Clone, Some(key)) = (target.role, &target.replay_key) {
                     db.transition(
                         key,
@@ -341,18 +506,42 @@ impl<'a> Projection<'a> {
         Ok(())
     }
 
+    /// Stops live target `live_id` at event `event_id` with `message`, in a transaction of its
+    /// own: for a failure found outside a batch (an event written after the store's head had
+    /// passed its id).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn stop_live(
+        &mut self,
+        live_id: i64,
+        event_id: i64,
+        message: &str,
+    ) -> Result<(), ProjectionError> {
+        self.db.write(|db| {
+            if let Some(target) = db.target(live_id)?
+                && target.failure.is_none()
+            {
+                db.record_failure(&target, event_id, message)?;
+            }
+            Ok::<_, StoreError>(())
+        })?;
+        Ok(())
+    }
+
     /// One live batch of `projector`, inside the per-projector lock (the write transaction):
     /// the next events go to the live target and, in the same transaction, to every projecting
     /// clone, each clone under a savepoint so that a failing clone drops out without stalling
     /// live. The live target is read afresh each batch: after a promote it is another target
-    /// with another version, and the new instance is loaded here (the hot swap).
+    /// with another version, and the new instance is made here (the hot swap); a version not
+    /// loaded yet is reported ([`LiveBatch::NeedsLoad`]) instead of compiled under the lock.
     ///
     /// # Errors
-    /// A live guest failure (recorded; the projector is paused) or a database failure.
+    /// A live failure on an event (recorded; the projector is paused) or a database failure.
     pub fn live_batch(&mut self, projector: &str) -> Result<LiveBatch, ProjectionError> {
         let db = self.db;
         let mut live_id = None;
-        let outcome = db.write(|db| {
+        let outcome = db.write(|db| -> Result<LiveBatch, ProjectionError> {
             let Some(live) = db.live_target(projector)? else {
                 return Ok(LiveBatch::Idle);
             };
@@ -360,9 +549,17 @@ impl<'a> Projection<'a> {
             if live.failure.is_some() {
                 return Ok(LiveBatch::Paused);
             }
+            let mut clones = db.projecting_clones(projector)?;
+            let unloaded: Vec<Target> = std::iter::once(&live)
+                .chain(&clones)
+                .filter(|t| !self.is_loaded(t))
+                .cloned()
+                .collect();
+            if !unloaded.is_empty() {
+                return Ok(LiveBatch::NeedsLoad(unloaded));
+            }
             let head = db.head()?;
             let events = db.read_events(live.checkpoint, head, self.batch_size)?;
-            let mut clones = db.projecting_clones(projector)?;
             // Instances of targets that are no longer written here (promoted, removed) go.
             self.retain_targets(&std::iter::once(&live).chain(&clones).collect::<Vec<_>>());
             if events.is_empty() {
@@ -375,32 +572,44 @@ impl<'a> Projection<'a> {
                 tracing::error!(projector, clone = %target_label(clone), "clone checkpoint {} differs from live {}; dropping it from projecting", clone.checkpoint, live.checkpoint);
                 false
             });
+            let until = Instant::now() + BATCH_TIME_BUDGET;
+            let mut last = live.checkpoint;
+            let mut applied = 0;
             let mut last_ok: Vec<i64> = clones.iter().map(|c| c.checkpoint).collect();
             let mut failed: Vec<Option<(i64, String)>> = vec![None; clones.len()];
             for event in &events {
-                self.apply(&live, std::slice::from_ref(event))?;
+                if applied > 0 && Instant::now() >= until {
+                    break;
+                }
+                let one = std::slice::from_ref(event);
+                let live_at = Target { checkpoint: last, ..live.clone() };
+                self.apply(&live_at, one, None)?;
                 for (i, clone) in clones.iter().enumerate() {
                     if failed[i].is_some() {
                         continue;
                     }
+                    let clone_at = Target { checkpoint: last_ok[i], ..clone.clone() };
                     db.savepoint("zdr_clone")?;
-                    match self.apply(clone, std::slice::from_ref(event)) {
-                        Ok(_) => {
-                            db.release("zdr_clone")?;
-                            last_ok[i] = event.id;
+                    let outcome = self
+                        .apply(&clone_at, one, None)
+                        .and_then(|_| db.release("zdr_clone").map_err(ProjectionError::from));
+                    match outcome {
+                        Ok(()) => last_ok[i] = event.id(),
+                        Err(ProjectionError::Store(err)) if err.is_connection_lost() || err.is_fatal() => {
+                            return Err(err.into());
                         }
-                        Err(ProjectionError::Guest { error, .. }) => {
+                        Err(err) => {
                             db.rollback_to("zdr_clone")?;
-                            failed[i] = Some((event.id, error.to_string()));
-                        }
-                        Err(other) => {
-                            db.rollback_to("zdr_clone")?;
-                            failed[i] = Some((event.id, other.to_string()));
+                            failed[i] = Some(
+                                err.failed_event()
+                                    .unwrap_or_else(|| (event.id(), err.to_string())),
+                            );
                         }
                     }
                 }
+                last = event.id();
+                applied += 1;
             }
-            let last = events.last().map_or(live.checkpoint, |e| e.id);
             db.set_checkpoint(live.id, last)?;
             let mut written = 0;
             for (i, clone) in clones.iter().enumerate() {
@@ -422,15 +631,15 @@ impl<'a> Projection<'a> {
                 }
             }
             Ok(LiveBatch::Applied {
-                events: events.len(),
+                events: applied,
                 checkpoint: last,
                 clones: written,
             })
         });
         match outcome {
-            Err(err @ ProjectionError::Guest { .. }) => {
+            Err(err) if err.failed_event().is_some() => {
                 if let Some(id) = live_id {
-                    self.record(id, &err)?;
+                    self.record_or_log(id, &err);
                 }
                 Err(err)
             }

@@ -11,6 +11,7 @@ mod support;
 mod concurrency;
 mod crash;
 mod demo;
+mod faults;
 mod hostile;
 mod languages;
 mod lifecycle;

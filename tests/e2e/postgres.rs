@@ -63,6 +63,57 @@ fn append_slowly(url: &str, seed: u64, accounts: Vec<String>, events: u64) -> Ap
     done
 }
 
+/// The ways a writer can hold an event id it has not written yet, each slower than the
+/// appenders around it.
+#[derive(Debug, Clone, Copy)]
+enum SlowShape {
+    /// The id is drawn, then a value takes a while to compute.
+    SlowValue,
+    /// One statement inserts many rows: the first row's id is drawn long before the last.
+    MultiRow,
+    /// A long first statement, then the insert, in one transaction.
+    LongFirstStatement,
+}
+
+/// Writes `rounds` slow inserts of `shape` for `account`; returns the events committed.
+fn append_slow_shape(url: &str, shape: SlowShape, account: String, rounds: u64) -> u64 {
+    const COLUMNS: &str = "INSERT INTO stored_events (aggregate_uuid, event_class, event_properties, meta_data, created_at)";
+    let mut client = postgres_connect(url);
+    let mut committed = 0;
+    for _ in 0..rounds {
+        let mut tx = client
+            .transaction()
+            .unwrap_or_else(|e| panic!("a slow writer cannot begin: {}", pg_error(&e)));
+        let written = match shape {
+            SlowShape::SlowValue => tx.execute(
+                &format!(
+                    "{COLUMNS} VALUES ($1, 'MoneyAdded', \
+                     (SELECT '{{\"amount\": 7}}' FROM pg_sleep(0.2))::jsonb, '{{}}', clock_timestamp())"
+                ),
+                &[&account],
+            ),
+            SlowShape::MultiRow => tx.execute(
+                &format!(
+                    "{COLUMNS} SELECT $1, 'MoneyAdded', jsonb_build_object('amount', g % 7 + 1), '{{}}', \
+                     clock_timestamp() FROM generate_series(1, 3000) AS g"
+                ),
+                &[&account],
+            ),
+            SlowShape::LongFirstStatement => tx.execute("SELECT pg_sleep(0.2)", &[]).and_then(|_| {
+                tx.execute(
+                    PG_APPEND,
+                    &[&account, &"MoneyAdded", &"{\"amount\": 7}"],
+                )
+            }),
+        }
+        .unwrap_or_else(|e| panic!("a slow writer ({shape:?}) failed: {}", pg_error(&e)));
+        tx.commit()
+            .unwrap_or_else(|e| panic!("a slow writer cannot commit: {}", pg_error(&e)));
+        committed += written;
+    }
+    committed
+}
+
 #[test]
 fn eight_appenders_committing_out_of_order_lose_no_event_and_repeat_none() {
     const APPENDERS: u64 = 8;
@@ -81,21 +132,43 @@ fn eight_appenders_committing_out_of_order_lose_no_event_and_repeat_none() {
             std::thread::spawn(move || append_slowly(&url, 3_200 + i, accounts, EVENTS / APPENDERS))
         })
         .collect();
+    // Writers that hold an id they have not written yet, of every shape, among the appenders.
+    let slow: Vec<JoinHandle<u64>> = [
+        (SlowShape::SlowValue, 40),
+        (SlowShape::MultiRow, 3),
+        (SlowShape::LongFirstStatement, 40),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, (shape, rounds))| {
+        let (url, account) = (env.url().to_string(), generator.accounts()[i].clone());
+        std::thread::spawn(move || append_slow_shape(&url, shape, account, rounds))
+    })
+    .collect();
     let done: Vec<Appended> = appenders
         .into_iter()
         .map(|a| a.join().expect("an appender panicked"))
         .collect();
+    let slow_events: u64 = slow
+        .into_iter()
+        .map(|s| s.join().expect("a slow writer panicked"))
+        .sum();
     let committed: u64 = done.iter().map(|d| d.committed_events).sum();
     let rolled_back: u64 = done.iter().map(|d| d.rolled_back_transactions).sum();
     let transactions: u64 = done.iter().map(|d| d.committed_transactions).sum();
     assert_eq!(committed, EVENTS, "test bug: the appenders' accounting");
+    assert_eq!(
+        slow_events,
+        40 + 3 * 3000 + 40,
+        "test bug: the slow writers' accounting"
+    );
 
     env.wait_live("balance", "1");
     let events = env.stored_events();
     let head = env.head();
     assert_eq!(
         events.len() as u64,
-        ACCOUNTS as u64 + EVENTS,
+        ACCOUNTS as u64 + EVENTS + slow_events,
         "every committed event is stored, and nothing else"
     );
     assert!(

@@ -418,9 +418,15 @@ impl Env {
 
     /// A `zdr` command with this env's database, working directory and cache.
     pub fn command(&self, args: &[&str]) -> Command {
+        self.command_as(&self.url, args)
+    }
+
+    /// A `zdr` command with this env's working directory and cache on the database `url`
+    /// (this env's database reached another way, e.g. as another PostgreSQL role).
+    pub fn command_as(&self, url: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_zdr"));
         cmd.arg("--database-url")
-            .arg(&self.url)
+            .arg(url)
             .args(args)
             .current_dir(self.dir())
             .env("ZDR_CACHE_DIR", cache_dir())
@@ -566,6 +572,12 @@ impl Env {
 
     /// Starts `zdr serve --poll-interval-ms 20`, its log in `log` in the temporary directory.
     pub fn serve_with_log(&self, log: &str) -> Daemon {
+        self.serve_as(&self.url, log)
+    }
+
+    /// Starts `zdr serve --poll-interval-ms 20` on the database `url`, its log in `log` in the
+    /// temporary directory.
+    pub fn serve_as(&self, url: &str, log: &str) -> Daemon {
         let log = self.dir().join(log);
         let file = File::options()
             .create(true)
@@ -573,7 +585,7 @@ impl Env {
             .open(&log)
             .expect("cannot create the serve log");
         let child = self
-            .command(&["serve", "--poll-interval-ms", "20"])
+            .command_as(url, &["serve", "--poll-interval-ms", "20"])
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
@@ -724,13 +736,18 @@ impl Env {
 
     /// Every stored event, in id order, as the projectors see them.
     pub fn stored_events(&self) -> Vec<StoredEvent> {
+        self.stored_events_where("TRUE")
+    }
+
+    /// The stored events that match the SQL condition `condition`, in id order.
+    pub fn stored_events_where(&self, condition: &str) -> Vec<StoredEvent> {
         match self.backend {
             Backend::Sqlite => {
                 let conn = self.read();
                 let mut stmt = conn
                     .prepare(
-                        "SELECT id, aggregate_uuid, event_class, event_properties, CAST(created_at AS TEXT) \
-                         FROM stored_events ORDER BY id",
+                        &format!("SELECT id, aggregate_uuid, event_class, event_properties, CAST(created_at AS TEXT) \
+                         FROM stored_events WHERE {condition} ORDER BY id"),
                     )
                     .expect("preparing the event read");
                 stmt.query_map([], |r| {
@@ -751,7 +768,7 @@ impl Env {
                 .query(
                     &format!(
                         "SELECT id, aggregate_uuid::text, event_class, event_properties::text, {PG_CREATED_AT} \
-                         FROM stored_events ORDER BY id"
+                         FROM stored_events WHERE {condition} ORDER BY id"
                     ),
                     &[],
                 )
@@ -778,7 +795,8 @@ impl Env {
         sorted(self.rows(&format!("SELECT {V2_COLUMNS} FROM {table}")))
     }
 
-    /// Waits until live projector `name` runs `version` and has applied every stored event.
+    /// Waits until live projector `name` runs `version` and has applied every stored event,
+    /// neither stopped nor stuck (`running` under a daemon, `unserved` without one).
     pub fn wait_live(&self, name: &str, version: &str) {
         wait_for(
             PATIENCE,
@@ -788,7 +806,7 @@ impl Env {
                 let live = self.projector(name);
                 let done = live["version"] == version
                     && live["checkpoint"] == head
-                    && live["status"] == "running";
+                    && (live["status"] == "running" || live["status"] == "unserved");
                 if done {
                     Ok(())
                 } else {
@@ -1018,6 +1036,25 @@ impl Daemon {
             "no clean shutdown in the log:\n{log}"
         );
         log
+    }
+
+    /// Waits for the daemon to exit by itself and returns its exit status and log; panics
+    /// (after killing it) when it is still running after `timeout`.
+    pub fn wait_exit(mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let started = Instant::now();
+        loop {
+            let child = self.child.as_mut().expect("the daemon is running");
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                self.child = None;
+                return (status, self.log());
+            }
+            assert!(
+                started.elapsed() < timeout,
+                "zdr serve was still running after {timeout:?}; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Kills the daemon with SIGKILL (a crash) and returns its log.

@@ -1,35 +1,46 @@
 //! The safe high-water mark of a PostgreSQL event store: the id up to which reading events
 //! can never skip one that commits late.
 //!
-//! Event ids come from a sequence, and sequence values are handed out when an `INSERT` runs,
+//! Event ids come from a sequence, and sequence values are handed out while an `INSERT` runs,
 //! not when its transaction commits. Writer A can take id 10, writer B id 11, B commits first:
 //! a reader that sees 11 and moves its checkpoint past it would never see 10. The largest
 //! visible id is therefore not safe; a *gap* (an id below it that is not visible) may be an
 //! insert still in flight, or a value lost for ever (a rolled-back insert, a sequence cache).
 //!
-//! The mark works like this, per reader:
-//! - `settled` is an id up to which every id that will ever exist is visible. Ids above it with
-//!   no gap below them are safe at once (every id up to the largest is visible).
-//! - When a gap is seen, the head stops just before it. The gap's holder, if it still runs,
-//!   took its id before the gap was seen. A confirmation snapshot taken [`CONFIRM_DELAY`]
-//!   later records `xmax`, the first transaction id not yet started; once the oldest running
-//!   transaction (`xmin`) is at or past it, every transaction that could hold the gap has
-//!   ended, so ids up to the largest id seen with the gap are final and `settled` moves there.
-//!   If the holder commits meanwhile, the gap fills and the head simply moves on.
+//! Who can still fill a gap? Every writer that holds an id it has not written yet holds a
+//! lock on the event table or on its sequence, and has held it since before it drew the id:
+//! an `INSERT` (of any shape: a slow value, many rows, after a long first statement) takes
+//! `ROW EXCLUSIVE` on the table before it evaluates the id's default, `nextval` takes it on
+//! the sequence, and both are kept until the transaction ends. Ids from a sequence without
+//! a cache are drawn in increasing order, so a missing id below a visible one was drawn
+//! before the scan that saw the gap. So:
 //!
-//! The delay covers the instant between an insert drawing its id and its transaction getting
-//! a transaction id; an insert stalled there for longer (say a `BEFORE INSERT` trigger that
-//! sleeps) could still be overtaken. `docs/architecture.md` discusses the choice.
+//! - `settled` is an id up to which every id that will ever exist is visible. Ids above it
+//!   with no gap below them are safe at once.
+//! - When a scan finds a gap, the head stops just before it and the backend records the
+//!   writers holding those locks right after the scan ([`HighWater::wait_for`]). The gap's
+//!   holder, if it still runs, is one of them. Once all of them have ended (and reads from
+//!   then on see everything they committed), every id up to the largest seen with the gap is
+//!   final and `settled` moves there. With no such writer at all the gap is final at once.
+//! - The set is fixed when the gap is seen: writers that arrive later hold only larger ids, so
+//!   a busy store never starves the mark; the next gap gets a set of its own.
 //!
-//! The backend waits out the delay inside the call that first sees a gap, so a gap left by a
-//! long-gone rollback costs one reader [`CONFIRM_DELAY`] once, not a stop; a gap whose
-//! holder still runs holds the head until it ends. This module is the pure decision; the
-//! PostgreSQL backend runs the queries.
+//! Not covered, by construction (`docs/architecture.md` lists them and how zdr reports them):
+//! a writer that calls `nextval` in one transaction and inserts the value in another, ids not
+//! drawn from the table's sequence, and a sequence with `CACHE` above 1. `zdr init` warns about
+//! the last two; an id that appears below a head already returned is reported as late
+//! ([`HighWater::late_candidates`]).
+//!
+//! This module is the pure decision; the PostgreSQL backend runs the queries.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// How long after a gap is first seen its confirmation snapshot is taken.
-pub const CONFIRM_DELAY: Duration = Duration::from_millis(50);
+/// How many final gaps are remembered to notice an event that commits after all.
+const REMEMBERED_GAPS: usize = 10_000;
+
+/// How long a final gap is remembered.
+const REMEMBER_FOR: Duration = Duration::from_secs(600);
 
 /// What one look at the event store found, above the current `settled` mark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,24 +51,28 @@ pub struct Scan {
     pub first_gap: Option<i64>,
 }
 
-/// The transaction horizon of a snapshot: `pg_snapshot_xmin` and `pg_snapshot_xmax`.
+/// What the backend must do after [`HighWater::observe`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Horizon {
-    /// The oldest transaction still running.
-    pub xmin: i64,
-    /// The first transaction id not yet assigned.
-    pub xmax: i64,
+pub enum Observed {
+    /// The head is known.
+    Head(i64),
+    /// A new gap: record the writers holding the event table's locks now and pass them to
+    /// [`HighWater::wait_for`] with `up_to`.
+    Gap {
+        /// The head until the gap is resolved.
+        head: i64,
+        /// The largest id seen with the gap.
+        up_to: i64,
+    },
 }
 
-/// Gaps seen but not yet known to be final.
-#[derive(Clone, Copy, Debug)]
+/// A gap seen and the writers it waits for.
+#[derive(Clone, Debug)]
 struct Pending {
-    /// The largest id seen together with the gap: final once the gap is.
+    /// The largest id seen together with the gap: final once the writers have ended.
     up_to: i64,
-    /// When the gap was first seen.
-    seen_at: Instant,
-    /// `xmax` of the confirmation snapshot, once taken.
-    confirm_xmax: Option<i64>,
+    /// The virtual transaction ids of the writers that held the locks when the gap was seen.
+    writers: Vec<String>,
 }
 
 /// One reader's high-water mark.
@@ -65,63 +80,102 @@ struct Pending {
 pub struct HighWater {
     settled: i64,
     pending: Option<Pending>,
+    /// Ids given up as never to be written, with when, to notice one that is written after
+    /// all (a writer the mark cannot see).
+    finals: VecDeque<(i64, Instant)>,
 }
 
 impl HighWater {
-    /// The id below which the next [`Scan`] must start.
+    /// The id above which the next [`Scan`] must look.
     pub fn settled(&self) -> i64 {
         self.settled
     }
 
-    /// Settles pending gaps whose holders have all ended, given a fresh snapshot horizon.
-    /// Call before scanning.
-    pub fn resolve(&mut self, horizon: Horizon, now: Instant) {
-        let Some(pending) = &mut self.pending else {
-            return;
-        };
-        match pending.confirm_xmax {
-            Some(xmax) if horizon.xmin >= xmax => {
-                self.settled = self.settled.max(pending.up_to);
-                self.pending = None;
-            }
-            Some(_) => {}
-            None if now.duration_since(pending.seen_at) >= CONFIRM_DELAY => {
-                pending.confirm_xmax = Some(horizon.xmax);
-            }
-            None => {}
-        }
+    /// The writers a pending gap waits for, if one does: check whether any still runs before
+    /// the next scan, and call [`HighWater::writers_ended`] when none does.
+    pub fn awaited(&self) -> Option<&[String]> {
+        self.pending.as_ref().map(|p| p.writers.as_slice())
     }
 
-    /// How long until the pending gap's confirmation snapshot is due, when one is awaited.
-    pub fn confirmation_due(&self, now: Instant) -> Option<Duration> {
-        let pending = self.pending.as_ref()?;
-        if pending.confirm_xmax.is_some() {
-            return None;
-        }
-        Some(CONFIRM_DELAY.saturating_sub(now.duration_since(pending.seen_at)))
+    /// Every writer the pending gap waited for has ended: ids up to its mark are final.
+    /// Returns the range whose missing ids are now given up, `(from, to]`.
+    pub fn writers_ended(&mut self) -> Option<(i64, i64)> {
+        let pending = self.pending.take()?;
+        self.settle(pending.up_to)
     }
 
-    /// Takes a scan made from `settled()` and returns the safe head.
-    pub fn observe(&mut self, scan: Scan, now: Instant) -> i64 {
+    /// Takes a scan made above `settled()` and says what the head is, or that a new gap needs
+    /// its writers recorded.
+    pub fn observe(&mut self, scan: Scan) -> Observed {
         match scan.first_gap {
             None => {
                 self.settled = self.settled.max(scan.max_id);
-                if self.pending.is_some_and(|p| p.up_to <= self.settled) {
+                if self
+                    .pending
+                    .as_ref()
+                    .is_some_and(|p| p.up_to <= self.settled)
+                {
                     self.pending = None;
                 }
+                Observed::Head(self.settled)
             }
             Some(gap) => {
                 self.settled = self.settled.max(gap - 1);
-                if self.pending.is_none() {
-                    self.pending = Some(Pending {
+                if self.pending.is_some() {
+                    Observed::Head(self.settled)
+                } else {
+                    Observed::Gap {
+                        head: self.settled,
                         up_to: scan.max_id,
-                        seen_at: now,
-                        confirm_xmax: None,
-                    });
+                    }
                 }
             }
         }
-        self.settled
+    }
+
+    /// Records the writers that held the event table's locks right after the scan that found
+    /// a gap below `up_to`. With none, the gap is final at once. Returns the head and, when
+    /// ids were given up, their range `(from, to]`.
+    pub fn wait_for(&mut self, up_to: i64, writers: Vec<String>) -> (i64, Option<(i64, i64)>) {
+        if writers.is_empty() {
+            let given_up = self.settle(up_to);
+            return (self.settled, given_up);
+        }
+        self.pending = Some(Pending { up_to, writers });
+        (self.settled, None)
+    }
+
+    fn settle(&mut self, up_to: i64) -> Option<(i64, i64)> {
+        let from = self.settled;
+        self.settled = self.settled.max(up_to);
+        (self.settled > from).then_some((from, self.settled))
+    }
+
+    /// Remembers ids given up, to notice later whether one of them was written after all.
+    pub fn remember_final_gaps(&mut self, ids: &[i64], now: Instant) {
+        for id in ids {
+            if self.finals.len() == REMEMBERED_GAPS {
+                self.finals.pop_front();
+            }
+            self.finals.push_back((*id, now));
+        }
+    }
+
+    /// The ids given up recently, to look for in the store.
+    pub fn late_candidates(&mut self, now: Instant) -> Vec<i64> {
+        while self
+            .finals
+            .front()
+            .is_some_and(|(_, at)| now.duration_since(*at) > REMEMBER_FOR)
+        {
+            self.finals.pop_front();
+        }
+        self.finals.iter().map(|(id, _)| *id).collect()
+    }
+
+    /// Forgets ids found in the store (reported once).
+    pub fn found_late(&mut self, ids: &[i64]) {
+        self.finals.retain(|(id, _)| !ids.contains(id));
     }
 }
 
@@ -129,152 +183,120 @@ impl HighWater {
 mod tests {
     use super::*;
 
-    fn idle(x: i64) -> Horizon {
-        Horizon { xmin: x, xmax: x }
+    fn writers(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
     }
 
     #[test]
     fn no_gap_is_safe_at_once() {
         let mut hw = HighWater::default();
-        let now = Instant::now();
-        hw.resolve(idle(5), now);
-        let head = hw.observe(
-            Scan {
-                max_id: 10,
-                first_gap: None,
-            },
-            now,
-        );
-        assert_eq!(head, 10);
+        let seen = hw.observe(Scan {
+            max_id: 10,
+            first_gap: None,
+        });
+        assert_eq!(seen, Observed::Head(10));
         assert_eq!(hw.settled(), 10);
+        assert!(hw.awaited().is_none());
     }
 
     #[test]
-    fn a_gap_holds_the_head_until_its_holders_end() {
+    fn a_gap_holds_the_head_until_the_writers_seen_with_it_end() {
         let mut hw = HighWater::default();
-        let t0 = Instant::now();
-        // Ids 1..=4 visible, 5 missing, 6..=8 visible; transaction 100 may hold 5.
+        // Ids 1..=4 visible, 5 missing, 6..=8 visible.
         let scan = Scan {
             max_id: 8,
             first_gap: Some(5),
         };
-        hw.resolve(
-            Horizon {
-                xmin: 100,
-                xmax: 103,
-            },
-            t0,
+        assert_eq!(hw.observe(scan), Observed::Gap { head: 4, up_to: 8 });
+        assert_eq!(hw.wait_for(8, writers(&["3/7", "4/2"])), (4, None));
+        assert_eq!(hw.awaited(), Some(writers(&["3/7", "4/2"]).as_slice()));
+        // While they run, later scans keep the head before the gap and record nothing new.
+        assert_eq!(
+            hw.observe(Scan {
+                max_id: 12,
+                first_gap: Some(5)
+            }),
+            Observed::Head(4)
         );
-        assert_eq!(hw.observe(scan, t0), 4);
-        // Too soon to confirm: nothing moves.
-        hw.resolve(
-            Horizon {
-                xmin: 100,
-                xmax: 103,
-            },
-            t0,
-        );
-        assert_eq!(hw.observe(scan, t0), 4);
-        // The confirmation snapshot: transactions below 104 may still hold the gap.
-        let t1 = t0 + CONFIRM_DELAY;
-        hw.resolve(
-            Horizon {
-                xmin: 100,
-                xmax: 104,
-            },
-            t1,
-        );
-        assert_eq!(hw.observe(scan, t1), 4);
-        // 100 still runs: still held.
-        hw.resolve(
-            Horizon {
-                xmin: 101,
-                xmax: 106,
-            },
-            t1,
-        );
-        assert_eq!(hw.observe(scan, t1), 4);
-        // Everything that ran at confirmation has ended: the gap is final.
-        hw.resolve(
-            Horizon {
-                xmin: 104,
-                xmax: 106,
-            },
-            t1,
-        );
+        // They ended: everything up to 8 is final; 9..=12 come with the next scan.
+        assert_eq!(hw.writers_ended(), Some((4, 8)));
         assert_eq!(hw.settled(), 8);
-        let head = hw.observe(
-            Scan {
-                max_id: 9,
-                first_gap: None,
-            },
-            t1,
+        assert_eq!(
+            hw.observe(Scan {
+                max_id: 12,
+                first_gap: None
+            }),
+            Observed::Head(12)
         );
-        assert_eq!(head, 9);
+    }
+
+    #[test]
+    fn a_gap_with_no_writer_left_is_final_at_once() {
+        let mut hw = HighWater::default();
+        assert_eq!(
+            hw.observe(Scan {
+                max_id: 8,
+                first_gap: Some(5)
+            }),
+            Observed::Gap { head: 4, up_to: 8 }
+        );
+        assert_eq!(hw.wait_for(8, Vec::new()), (8, Some((4, 8))));
+        assert!(hw.awaited().is_none());
     }
 
     #[test]
     fn a_gap_that_fills_moves_on_without_waiting() {
         let mut hw = HighWater::default();
-        let t0 = Instant::now();
-        hw.resolve(idle(10), t0);
-        assert_eq!(
-            hw.observe(
-                Scan {
-                    max_id: 8,
-                    first_gap: Some(5)
-                },
-                t0
-            ),
-            4
-        );
+        hw.observe(Scan {
+            max_id: 8,
+            first_gap: Some(5),
+        });
+        hw.wait_for(8, writers(&["3/7"]));
         // The holder committed id 5: the next scan from 4 finds no gap.
-        hw.resolve(Horizon { xmin: 10, xmax: 12 }, t0);
         assert_eq!(
-            hw.observe(
-                Scan {
-                    max_id: 8,
-                    first_gap: None
-                },
-                t0
-            ),
-            8
+            hw.observe(Scan {
+                max_id: 8,
+                first_gap: None
+            }),
+            Observed::Head(8)
         );
-        assert!(hw.pending.is_none());
+        assert!(hw.awaited().is_none());
     }
 
     #[test]
-    fn a_later_gap_waits_for_its_own_confirmation() {
+    fn a_later_gap_gets_writers_of_its_own() {
+        let mut hw = HighWater::default();
+        hw.observe(Scan {
+            max_id: 8,
+            first_gap: Some(5),
+        });
+        hw.wait_for(8, writers(&["3/7"]));
+        hw.writers_ended();
+        assert_eq!(
+            hw.observe(Scan {
+                max_id: 20,
+                first_gap: Some(12)
+            }),
+            Observed::Gap {
+                head: 11,
+                up_to: 20
+            }
+        );
+        hw.wait_for(20, writers(&["5/1"]));
+        assert_eq!(hw.awaited(), Some(writers(&["5/1"]).as_slice()));
+    }
+
+    #[test]
+    fn given_up_ids_are_remembered_for_a_while_and_reported_once() {
         let mut hw = HighWater::default();
         let t0 = Instant::now();
-        hw.observe(
-            Scan {
-                max_id: 8,
-                first_gap: Some(5),
-            },
-            t0,
+        hw.remember_final_gaps(&[5, 9], t0);
+        assert_eq!(hw.late_candidates(t0), [5, 9]);
+        hw.found_late(&[5]);
+        assert_eq!(hw.late_candidates(t0), [9]);
+        assert!(
+            hw.late_candidates(t0 + REMEMBER_FOR + Duration::from_secs(1))
+                .is_empty()
         );
-        let t1 = t0 + CONFIRM_DELAY;
-        hw.resolve(Horizon { xmin: 50, xmax: 60 }, t1);
-        hw.resolve(Horizon { xmin: 60, xmax: 61 }, t1);
-        assert_eq!(hw.settled(), 8);
-        // A new gap above the settled mark: the head stops before it again.
-        let head = hw.observe(
-            Scan {
-                max_id: 20,
-                first_gap: Some(12),
-            },
-            t1,
-        );
-        assert_eq!(head, 11);
-        hw.resolve(Horizon { xmin: 61, xmax: 61 }, t1);
-        assert_eq!(hw.settled(), 11, "the new gap is not confirmed yet");
-        assert_eq!(hw.confirmation_due(t1), Some(CONFIRM_DELAY));
-        assert_eq!(
-            hw.confirmation_due(t1 + CONFIRM_DELAY),
-            Some(Duration::ZERO)
-        );
-        hw.resolve(Horizon { xmin: 61, xmax: 62 }, t1 + CONFIRM_DELAY);
-        assert_eq!(hw.confirmation_due(t1 + CONFIRM_DELAY), None);
     }
 }

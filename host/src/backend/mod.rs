@@ -12,24 +12,31 @@
 //! statement. The PostgreSQL backend drives sqlx's async connection from that thread.
 //! Nothing here knows about Wasm: a guest's statements arrive through [`GuestConnection`].
 
+mod bookkeeping;
+mod guest;
 mod highwater;
 mod postgres;
 mod sqlite;
 mod value;
 
-use std::any::Any;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+pub use bookkeeping::{SkipRecord, WorkerReport, WorkerState};
+pub use guest::{Call, GuestConnection, MAX_QUERY_ROWS, MAX_RESULT_BYTES, MAX_VALUE_BYTES};
 pub use value::{DbError, RowSet, Value};
 
-use crate::events::{Event, NewEvent};
+use crate::events::{NewEvent, ReadEvent};
 use crate::model::{Description, ReplayState, Role, Target};
-use crate::sandbox::{Checked, Dialect, Guard, StatementKind};
+use crate::sandbox::{Dialect, Guard};
 
-/// The version of zdr's own tables this binary writes; a database with a higher one is refused.
-pub const SCHEMA_VERSION: i64 = 1;
+/// The version of zdr's own tables this binary writes; a database with a higher one is
+/// refused, one with a lower one is upgraded by `zdr init`.
+///
+/// 2: `zdr_workers` (what each daemon worker reports), `zdr_skips` (events an operator let a
+/// live projector pass) and `zdr_targets.skip_event_id`.
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Columns of Spatie's `stored_events` that zdr reads.
 const EVENT_COLUMNS: [&str; 8] = [
@@ -58,6 +65,10 @@ fn refuse_newer(found: Option<i64>) -> Result<(), StoreError> {
 fn readiness(found: Option<i64>, url: &str) -> Result<(), StoreError> {
     match found {
         None => Err(StoreError::NotInitialised(url.to_string())),
+        Some(found) if found < SCHEMA_VERSION => Err(StoreError::SchemaTooOld {
+            found,
+            current: SCHEMA_VERSION,
+        }),
         Some(_) => refuse_newer(found),
     }
 }
@@ -73,25 +84,6 @@ fn check_event_columns(columns: &[String]) -> Result<(), StoreError> {
     }
 }
 
-/// The most rows one guest query may return; more answers `limit-exceeded`.
-pub const MAX_QUERY_ROWS: usize = 10_000;
-
-/// A guest's database handle as the runtime sees it: one target's tables, inside the current
-/// batch transaction. Statements pass the SQL guard before they reach the database.
-pub trait GuestConnection: Send {
-    /// Runs one INSERT, UPDATE or DELETE and returns the rows changed.
-    ///
-    /// # Errors
-    /// [`DbError`]: denied by the guard, invalid SQL, a constraint, a limit, or another failure.
-    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError>;
-
-    /// Runs one SELECT and returns its rows (at most [`MAX_QUERY_ROWS`]).
-    ///
-    /// # Errors
-    /// As [`GuestConnection::execute`].
-    fn query(&mut self, sql: &str, params: &[Value]) -> Result<RowSet, DbError>;
-}
-
 /// One open database: everything zdr reads and writes, whatever the backend.
 ///
 /// Physical names are backend-specific strings: `zdr_r_v2__balances` on SQLite,
@@ -102,11 +94,29 @@ pub trait Store: Send + Sync {
     fn url(&self) -> &str;
     /// The SQL dialect guest statements are checked and rewritten for.
     fn dialect(&self) -> Dialect;
-    /// Creates zdr's tables and, when absent, the event store. Idempotent; an existing
-    /// `stored_events` (a Laravel database) is checked and used as it is.
-    fn init(&self) -> Result<(), StoreError>;
+    /// Creates zdr's tables (or upgrades those an older zdr made) and, when absent, the event
+    /// store. Idempotent; an existing `stored_events` (a Laravel database) is checked and used
+    /// as it is. Returns warnings the operator should read: writers of the event store that
+    /// zdr cannot read safely (see [`Store::head`]).
+    fn init(&self) -> Result<Vec<String>, StoreError>;
     /// Checks that `init` has run and the schema is one this binary understands.
     fn ensure_ready(&self) -> Result<(), StoreError>;
+    /// Writers of the event store that the gap-safe read cannot cover, as warnings (empty when
+    /// every writer that draws ids from the table's sequence is covered).
+    fn event_writer_warnings(&self) -> Result<Vec<String>, StoreError>;
+    /// Checks that what this store opened is still there: on SQLite, that the database file
+    /// was neither deleted nor replaced since it was opened (a connection to a deleted file
+    /// would go on writing into a file nobody can open).
+    ///
+    /// # Errors
+    /// [`StoreError::FileGone`].
+    fn verify_open(&self) -> Result<(), StoreError>;
+    /// Replaces a connection the server dropped with a new one (PostgreSQL); the next
+    /// statement runs on it. Transactions open on the old one are gone.
+    ///
+    /// # Errors
+    /// When the server cannot be reached or refuses the login: the cause, in its words.
+    fn reconnect(&self) -> Result<(), StoreError>;
     /// Takes the lock named `name` (e.g. `replay-v2`) if no other process holds it; the lock
     /// is released when the returned value is dropped or the process dies.
     fn try_lock(&self, name: &str) -> Result<Option<RunLock>, StoreError>;
@@ -131,8 +141,18 @@ pub trait Store: Send + Sync {
     /// The safe high-water mark: every event with an id at or below it is committed and
     /// visible, and no event with a lower id can commit later.
     fn head(&self) -> Result<i64, StoreError>;
-    /// Reads up to `limit` events with `after < id <= up_to`, in id order.
-    fn read_events(&self, after: i64, up_to: i64, limit: usize) -> Result<Vec<Event>, StoreError>;
+    /// Ids that became visible below a head this store already returned: events whose
+    /// writer the gap-safe read could not see (see `docs/architecture.md`), found since the
+    /// last call. Empty on SQLite, where ids commit in order.
+    fn late_events(&self) -> Result<Vec<i64>, StoreError>;
+    /// Reads up to `limit` events with `after < id <= up_to`, in id order. A row that cannot
+    /// be decoded is returned as such, with the reason, so the projection can stop there.
+    fn read_events(
+        &self,
+        after: i64,
+        up_to: i64,
+        limit: usize,
+    ) -> Result<Vec<ReadEvent>, StoreError>;
 
     /// Stores a component's bytes (once per content hash) and registers it as a version of
     /// `description.name`; returns the version id (the existing one when already registered).
@@ -227,13 +247,15 @@ pub trait Store: Send + Sync {
         role: Role,
         key: Option<&str>,
     ) -> Vec<String>;
-    /// A guest connection bound to `target`, sharing this database's connection (and so its
-    /// current transaction).
-    fn guest_connection(
-        &self,
-        target: &Target,
-        description: &Description,
-    ) -> Box<dyn GuestConnection>;
+    /// The raw side of a guest connection bound to this database's connection (and so its
+    /// current transaction): it runs statements the guard already checked and rewrote.
+    /// [`Db::guest_connection`] puts the guard and the limits in front of it.
+    fn raw_guest_connection(&self) -> Box<dyn guest::RawGuestConnection>;
+    /// Runs one of zdr's own statements written for both backends (placeholders `$1…`, see
+    /// [`bookkeeping`]) and returns the rows it changed.
+    fn sql_execute(&self, sql: &str, params: &[Value]) -> Result<u64, StoreError>;
+    /// Runs one of zdr's own queries written for both backends and returns its rows.
+    fn sql_rows(&self, sql: &str, params: &[Value]) -> Result<RowSet, StoreError>;
     /// Runs a trusted, host-written SELECT (never guest SQL) and returns its rows: for the
     /// demo and for tests that compare read models.
     fn read_rows(&self, sql: &str) -> Result<RowSet, StoreError>;
@@ -266,24 +288,58 @@ pub trait Store: Send + Sync {
 /// It dereferences to [`Store`] for every operation.
 pub struct Db {
     store: Box<dyn Store>,
+    /// Whether a [`Db::write`] transaction is open on this database's connection.
+    in_write: AtomicBool,
 }
 
 impl Db {
-    /// Opens the database named by `url`: `sqlite://PATH` (created if needed) or
-    /// `postgres://USER@HOST:PORT/DATABASE` (also `postgresql://`).
+    /// Opens the existing database named by `url`: `sqlite://PATH` or
+    /// `postgres://USER@HOST:PORT/DATABASE` (also `postgresql://`). A SQLite file that does
+    /// not exist is an error: only [`Db::create`] (`zdr init`) makes one.
     ///
     /// # Errors
     /// An unsupported URL, or a database that cannot be opened or reached.
     pub fn open(url: &str) -> Result<Db, StoreError> {
-        let store: Box<dyn Store> =
-            if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-                Box::new(postgres::PgStore::open(url)?)
-            } else if url.starts_with("sqlite:") {
-                Box::new(sqlite::SqliteStore::open(url)?)
-            } else {
-                return Err(StoreError::Url(url.to_string()));
-            };
-        Ok(Db { store })
+        Self::connect(url, false)
+    }
+
+    /// Opens the database named by `url`, creating the SQLite file when it does not exist:
+    /// for `zdr init` and the demo.
+    ///
+    /// # Errors
+    /// As [`Db::open`].
+    pub fn create(url: &str) -> Result<Db, StoreError> {
+        Self::connect(url, true)
+    }
+
+    fn connect(url: &str, create: bool) -> Result<Db, StoreError> {
+        let store: Box<dyn Store> = match Backend::of(url)? {
+            Backend::Postgres => Box::new(postgres::PgStore::open(url)?),
+            Backend::Sqlite => Box::new(sqlite::SqliteStore::open(url, create)?),
+        };
+        Ok(Db {
+            store,
+            in_write: AtomicBool::new(false),
+        })
+    }
+
+    /// Whether a [`Db::write`] transaction is open: what must not happen inside one (a
+    /// compile, a wait) can check.
+    pub fn in_write(&self) -> bool {
+        self.in_write.load(Ordering::Relaxed)
+    }
+
+    /// A guest connection bound to `target`: the guard, the call limits and the byte caps in
+    /// front of this database's connection, inside its current transaction.
+    pub fn guest_connection(
+        &self,
+        target: &Target,
+        description: &Description,
+    ) -> Box<dyn GuestConnection> {
+        Box::new(guest::GuardedConnection::new(
+            self.store.raw_guest_connection(),
+            crate::sandbox::GuardCache::new(self.store.guard_for(target, description)),
+        ))
     }
 
     /// Runs `f` in one write transaction, committing when it returns `Ok` and rolling back
@@ -297,8 +353,10 @@ impl Db {
         &self,
         f: impl FnOnce(&Db) -> Result<T, E>,
     ) -> Result<T, E> {
+        self.store.verify_open().map_err(E::from)?;
         self.store.begin_write().map_err(E::from)?;
-        match f(self) {
+        self.in_write.store(true, Ordering::Relaxed);
+        let outcome = match f(self) {
             Ok(value) => match self.store.commit() {
                 Ok(()) => Ok(value),
                 Err(err) => {
@@ -310,7 +368,48 @@ impl Db {
                 let _ = self.store.rollback();
                 Err(err)
             }
+        };
+        self.in_write.store(false, Ordering::Relaxed);
+        outcome
+    }
+}
+
+/// The database systems zdr runs on, named by the URL's scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// `sqlite://PATH` or `sqlite:PATH`.
+    Sqlite,
+    /// `postgres://…` or `postgresql://…`.
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a URL names.
+    ///
+    /// # Errors
+    /// [`StoreError::Url`] for any other scheme.
+    pub fn of(url: &str) -> Result<Backend, StoreError> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else {
+            Err(StoreError::Url(redact(url)))
         }
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
     }
 }
 
@@ -324,17 +423,44 @@ impl Deref for Db {
 
 /// A lock held for as long as this value lives, released when the process dies: the
 /// per-replay run lock of `replay start` and the per-projector ownership of a daemon. On
-/// SQLite it is an OS file lock; on PostgreSQL a session advisory lock on its own connection.
+/// SQLite it is an OS file lock; on PostgreSQL a session advisory lock on its own connection,
+/// which the server releases when that connection is cut, so [`RunLock::is_held`] tells.
 pub struct RunLock {
-    _held: Box<dyn Any + Send>,
+    held: Box<dyn HeldLock>,
+}
+
+/// Whatever keeps a [`RunLock`] held.
+trait HeldLock: Send {
+    /// Whether the lock is still held (its connection is alive).
+    fn is_held(&mut self) -> bool;
 }
 
 impl RunLock {
     /// Wraps whatever keeps the lock held.
-    fn new(held: impl Any + Send) -> Self {
+    fn new(held: impl HeldLock + 'static) -> Self {
         RunLock {
-            _held: Box::new(held),
+            held: Box::new(held),
         }
+    }
+
+    /// Whether the lock is still held: `false` once the server dropped the connection that
+    /// held it (another process may take it now).
+    pub fn is_held(&mut self) -> bool {
+        self.held.is_held()
+    }
+
+    /// A lock that is not held: for an owner that lost its lock and could not take it again
+    /// yet; [`RunLock::is_held`] says so, and the owner tries again.
+    pub fn unheld() -> RunLock {
+        RunLock::new(Unheld)
+    }
+}
+
+struct Unheld;
+
+impl HeldLock for Unheld {
+    fn is_held(&mut self) -> bool {
+        false
     }
 }
 
@@ -383,26 +509,59 @@ pub enum StoreError {
         /// The newest this binary knows.
         supported: i64,
     },
+    /// zdr's tables were written by an older zdr and need `zdr init` to be upgraded.
+    #[error(
+        "database schema version {found} is older than this zdr's ({current}); run `zdr init` to upgrade it (nothing is lost)"
+    )]
+    SchemaTooOld {
+        /// The version in `zdr_meta`.
+        found: i64,
+        /// The version this binary writes.
+        current: i64,
+    },
     /// An existing `stored_events` table lacks a required column.
     #[error(
         "the existing stored_events table has no column {0:?}; zdr expects Spatie's stored_events schema"
     )]
     EventTable(String),
-    /// A driver error during an operation.
-    #[error("{context}: {source}")]
-    Sqlite {
+    /// The database refused or failed an operation: what zdr was doing and the database's
+    /// own words (with its SQLSTATE where it has one).
+    #[error("{context}: {message}")]
+    Database {
         /// What zdr was doing.
         context: String,
-        /// The driver's error.
-        source: rusqlite::Error,
+        /// The database's message.
+        message: String,
     },
-    /// A PostgreSQL error during an operation.
-    #[error("{context}: {source}")]
-    Postgres {
+    /// The connection to the server broke (a restart, a failover, an administrator, the
+    /// network); a new connection may succeed. `message` keeps the server's reason.
+    #[error("{context}: lost the connection to the database: {message}")]
+    ConnectionLost {
         /// What zdr was doing.
         context: String,
-        /// The driver's error.
-        source: sqlx::Error,
+        /// Why, in the server's or the operating system's words.
+        message: String,
+    },
+    /// The SQLite file is damaged: nothing more may be written to it.
+    #[error(
+        "the database file is damaged ({message}): stop every process that uses it, check it with \
+         `sqlite3 FILE 'PRAGMA integrity_check'` and restore it from a backup"
+    )]
+    Damaged {
+        /// SQLite's message and, where known, the file.
+        message: String,
+    },
+    /// The SQLite file was deleted or replaced while zdr had it open.
+    #[error(
+        "the database file {path} was {what} while zdr had it open; zdr stopped so that nothing \
+         is written to a file nobody can read. Restore it from a backup (or run `zdr init` for a \
+         new one) and start zdr again"
+    )]
+    FileGone {
+        /// The file.
+        path: String,
+        /// `deleted` or `replaced by another file`.
+        what: String,
     },
     /// A lock could not be taken within the lock timeout (readers or a long transaction held
     /// the tables); the operation was rolled back and can be retried.
@@ -416,49 +575,23 @@ pub enum StoreError {
     Ddl(String),
 }
 
-/// Adds what zdr was doing to a driver error.
-pub(crate) trait Context<T> {
-    fn context(self, what: impl Into<String>) -> Result<T, StoreError>;
-}
+impl StoreError {
+    /// Whether the connection broke: reconnecting, then carrying on from the checkpoint, is
+    /// the way forward.
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, StoreError::ConnectionLost { .. })
+    }
 
-impl<T> Context<T> for Result<T, rusqlite::Error> {
-    fn context(self, what: impl Into<String>) -> Result<T, StoreError> {
-        self.map_err(|source| StoreError::Sqlite {
-            context: what.into(),
-            source,
-        })
+    /// Whether nothing more may be done with this database until an operator acts: a
+    /// damaged, deleted or replaced file, or a schema this binary does not write.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Damaged { .. }
+                | StoreError::FileGone { .. }
+                | StoreError::SchemaTooNew { .. }
+                | StoreError::SchemaTooOld { .. }
+                | StoreError::NotInitialised(_)
+        )
     }
-}
-
-/// Checks a guarded statement against how the guest called it: `query` takes a SELECT,
-/// `execute` anything else, and the parameters must match the placeholders.
-pub(crate) fn check_call(
-    checked: &Arc<Checked>,
-    params: &[Value],
-    want_rows: bool,
-) -> Result<(), DbError> {
-    let is_query = matches!(checked.kind, StatementKind::Query);
-    if want_rows && !is_query {
-        return Err(DbError::InvalidSql {
-            message: "query() takes a SELECT; use execute() for INSERT, UPDATE and DELETE".into(),
-            sqlstate: None,
-        });
-    }
-    if !want_rows && is_query {
-        return Err(DbError::InvalidSql {
-            message: "execute() takes INSERT, UPDATE or DELETE; use query() for SELECT".into(),
-            sqlstate: None,
-        });
-    }
-    if params.len() != checked.param_count {
-        return Err(DbError::InvalidSql {
-            message: format!(
-                "the statement has {} placeholder(s) but {} parameter(s) were bound",
-                checked.param_count,
-                params.len()
-            ),
-            sqlstate: None,
-        });
-    }
-    Ok(())
 }

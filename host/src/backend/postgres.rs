@@ -10,35 +10,48 @@
 //!   `zdr_p_<key>.<table>`, a projector being built `zdr_b<target>.<table>`. A promote moves
 //!   tables between schemas with `ALTER TABLE … SET SCHEMA` under a short `lock_timeout`, so a
 //!   reader waits milliseconds at most; indexes and sequences move with their table.
-//! - **Reading events.** [`Store::head`] is the gap-safe high-water mark of [`super::highwater`].
+//! - **Reading events.** [`Store::head`] is the gap-safe high-water mark of [`super::highwater`]:
+//!   a gap is waited out until every writer that held a lock on the event table or its
+//!   sequence when the gap was seen has ended (their virtual transaction ids in `pg_locks`).
 //! - **Waking.** `zdr init` installs a statement trigger on `stored_events` that sends
 //!   `NOTIFY zdr_events`; [`Store::wait_for_events`] listens for it and falls back to sleeping
 //!   when the trigger is absent.
 //! - **Locks.** A [`RunLock`] is a session advisory lock held on its own connection: it dies
 //!   with the connection, so a killed daemon's projectors are free for another one at once.
 //!
+//! - **Faults.** Errors keep the server's own words and SQLSTATE; a connection the server
+//!   dropped is [`StoreError::ConnectionLost`], and [`Store::reconnect`] replaces it. A guest's
+//!   statement still running at the guest's deadline is cancelled from a second connection
+//!   (`pg_cancel_backend`), and no result row longer than [`MAX_VALUE_BYTES`] leaves the
+//!   server.
+//!
 //! The interface is synchronous: each call drives the async connection to completion on the
 //! calling thread (a blocking thread of the tokio runtime, or a private runtime when there is
 //! none).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use sha2::{Digest, Sha256};
-use sqlx::postgres::{PgConnectOptions, PgListener, PgRow, PgTypeInfo, PgValueRef};
+use sqlx::postgres::{
+    PgConnectOptions, PgDatabaseError, PgListener, PgRow, PgTypeInfo, PgValueRef,
+};
 use sqlx::{AssertSqlSafe, Column, ConnectOptions, Connection, PgConnection, Row, TypeInfo};
 use sqlx::{Decode, Postgres, ValueRef};
 
-use super::highwater::{HighWater, Horizon, Scan};
+use super::bookkeeping::SCHEMA_V2;
+use super::guest::{MAX_VALUE_BYTES, RawGuestConnection, RowCollector};
+use super::highwater::{HighWater, Observed, Scan};
 use super::{
-    DbError, GuestConnection, MAX_QUERY_ROWS, ReplayRow, RowSet, RunLock, SCHEMA_VERSION, Store,
-    StoreError, Value, check_event_columns, readiness, refuse_newer,
+    DbError, HeldLock, ReplayRow, RowSet, RunLock, SCHEMA_VERSION, Store, StoreError, Value,
+    check_event_columns, readiness, redact, refuse_newer,
 };
-use crate::events::{Event, NewEvent};
+use crate::events::{Event, NewEvent, ReadEvent, Undecodable};
 use crate::model::{Description, Failure, ReplayState, Role, Target};
-use crate::sandbox::{Dialect, Guard, GuardCache, Mode, PhysicalName};
+use crate::sandbox::{Checked, Dialect, Guard, Mode, PhysicalName};
 
 /// The advisory lock key of zdr's writer lock (`'zdr!'` as a number).
 const WRITER_LOCK: i64 = 0x7a64_7221;
@@ -52,9 +65,18 @@ const CHANNEL: &str = "zdr_events";
 /// How long a promote's table moves wait for readers before giving up (and being retried).
 const RENAME_LOCK_TIMEOUT: &str = "100ms";
 
-/// The longest any one statement may run on a zdr connection: bounds what a guest's query
-/// can cost the database, since the Wasm deadline cannot interrupt a statement in flight.
+/// The longest any one statement may run on a zdr connection: a backstop for zdr's own
+/// statements. A guest's statement is cancelled at the guest's deadline, long before.
 const STATEMENT_TIMEOUT: &str = "30s";
+
+/// How long connecting may take before zdr gives up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a daemon that lost its notification connection polls before listening again.
+const LISTEN_RETRY: Duration = Duration::from_secs(10);
+
+/// How often the store looks for events written below a head it already returned.
+const LATE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 const SCHEMA: &str = r#"
 CREATE TABLE IF NOT EXISTS zdr_meta (
@@ -146,6 +168,18 @@ CREATE TRIGGER zdr_notify_events AFTER INSERT ON stored_events
     FOR EACH STATEMENT EXECUTE FUNCTION zdr_notify_events();
 "#;
 
+/// Raises the error a guest's query gets when one of its result rows is longer than
+/// [`MAX_VALUE_BYTES`]: the server refuses to send it (see [`capped_select`]).
+const ROW_CAP_FUNCTION: &str = r#"
+CREATE OR REPLACE FUNCTION zdr_row_too_large(size bigint, cap bigint) RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE AS $$
+BEGIN
+    RAISE EXCEPTION 'a result row of % bytes is longer than the limit of % bytes', size, cap
+        USING ERRCODE = '54000';
+END
+$$;
+"#;
+
 /// How a timestamp column is shown: the same ISO form the SQLite backend stores.
 const ISO: &str = r#"'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'"#;
 
@@ -197,7 +231,11 @@ impl Drop for Rt {
 }
 
 /// A connection shared between the batch driver and the guest handles of one worker thread.
+/// [`Store::reconnect`] replaces the connection inside it, so every holder moves with it.
 type Shared = Arc<Mutex<PgConnection>>;
+
+/// The server process of the shared connection, for cancelling a guest's statement.
+type BackendPid = Arc<AtomicI32>;
 
 fn lock(conn: &Shared) -> MutexGuard<'_, PgConnection> {
     // A poisoned mutex means a panic while a statement ran; the connection is still usable
@@ -208,6 +246,7 @@ fn lock(conn: &Shared) -> MutexGuard<'_, PgConnection> {
 /// One open PostgreSQL database.
 pub struct PgStore {
     conn: Shared,
+    pid: BackendPid,
     rt: Arc<Rt>,
     options: PgConnectOptions,
     /// The URL as given, with any password removed.
@@ -215,6 +254,10 @@ pub struct PgStore {
     /// The schema of the live tables, zdr's tables and `stored_events`.
     schema: String,
     high_water: Mutex<HighWater>,
+    /// The relations whose lock holders a gap waits for: `stored_events` and its sequence.
+    event_relations: Mutex<Option<Vec<i64>>>,
+    /// When the store last looked for late events.
+    late_checked: Mutex<Option<Instant>>,
     listener: Mutex<Listening>,
 }
 
@@ -224,28 +267,71 @@ enum Listening {
     Unknown,
     /// Listening on its own connection.
     On(Box<PgListener>),
-    /// No trigger (or listening failed): sleep and poll.
-    Off,
+    /// No trigger, or listening failed: sleep and poll (until the given time, then try again).
+    Off(Option<Instant>),
 }
 
-/// Adds what zdr was doing to a driver error; a lock timeout becomes its own error.
+/// Adds what zdr was doing to a driver error: the server's own words and SQLSTATE are kept, a
+/// broken connection and a lock timeout become errors of their own.
 trait PgContext<T> {
     fn context(self, what: impl Into<String>) -> Result<T, StoreError>;
 }
 
 impl<T> PgContext<T> for Result<T, sqlx::Error> {
     fn context(self, what: impl Into<String>) -> Result<T, StoreError> {
-        self.map_err(|source| {
-            let what = what.into();
-            if sqlstate(&source).as_deref() == Some("55P03") {
-                StoreError::LockTimeout(what)
-            } else {
-                StoreError::Postgres {
-                    context: what,
-                    source,
+        self.map_err(|source| store_error(&source, what.into()))
+    }
+}
+
+fn store_error(err: &sqlx::Error, context: String) -> StoreError {
+    let message = describe(err);
+    if sqlstate(err).as_deref() == Some("55P03") {
+        StoreError::LockTimeout(context)
+    } else if connection_lost(err) {
+        StoreError::ConnectionLost { context, message }
+    } else {
+        StoreError::Database { context, message }
+    }
+}
+
+/// Whether the error means the connection is gone: the network, the server restarting or
+/// shutting down, an administrator terminating the session.
+fn connection_lost(err: &sqlx::Error) -> bool {
+    match err {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        sqlx::Error::Database(_) => sqlstate(err).is_some_and(|code| {
+            code.starts_with("08") || matches!(code.as_str(), "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
+    }
+}
+
+/// An error as the user should read it: the server's message with its detail, hint and
+/// SQLSTATE, or the driver's description of what failed.
+fn describe(err: &sqlx::Error) -> String {
+    match err {
+        sqlx::Error::Database(db) => {
+            let mut text = db.message().to_string();
+            if let Some(pg) = db.try_downcast_ref::<PgDatabaseError>() {
+                if let Some(detail) = pg.detail() {
+                    text.push_str(&format!("; {detail}"));
+                }
+                if let Some(hint) = pg.hint() {
+                    text.push_str(&format!("; hint: {hint}"));
                 }
             }
-        })
+            match db.code() {
+                Some(code) => format!("{text} (SQLSTATE {code})"),
+                None => text,
+            }
+        }
+        sqlx::Error::Io(io) => format!("network error: {io}"),
+        other => other.to_string(),
     }
 }
 
@@ -265,6 +351,23 @@ fn sql(text: impl Into<String>) -> AssertSqlSafe<String> {
 /// Quotes an identifier.
 fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
+}
+
+/// Connects (within [`CONNECT_TIMEOUT`]) and asks for the server process id of the new
+/// session; the error is the server's reason, in its words.
+async fn connect(options: &PgConnectOptions) -> Result<(PgConnection, i32), String> {
+    let connecting = async {
+        let mut conn = PgConnection::connect_with(options).await?;
+        let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+            .fetch_one(&mut conn)
+            .await?;
+        Ok::<_, sqlx::Error>((conn, pid))
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        Ok(Ok(connected)) => Ok(connected),
+        Ok(Err(err)) => Err(describe(&err)),
+        Err(_) => Err(format!("no answer within {} s", CONNECT_TIMEOUT.as_secs())),
+    }
 }
 
 /// A stable advisory-lock key for a lock name.
@@ -308,20 +411,6 @@ fn split_schema(url: &str) -> Result<(String, String), StoreError> {
     Ok((driver_url, schema))
 }
 
-/// The URL without its password, for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let userinfo = &url[scheme + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 impl PgStore {
     /// Connects to the database named by `url` (`postgres://USER[:PASSWORD]@HOST:PORT/DB`,
     /// optionally `?schema=NAME` for the live tables).
@@ -346,27 +435,21 @@ impl PgStore {
             ])
             .disable_statement_logging();
         let rt = Rt::new().map_err(|e| open_err(format!("cannot start an I/O runtime: {e}")))?;
-        let conn = rt
-            .block_on(async {
-                tokio::time::timeout(
-                    Duration::from_secs(10),
-                    PgConnection::connect_with(&options),
-                )
-                .await
-            })
-            .map_err(|_| open_err("no answer within 10 s; is the server running?".into()))?
-            .map_err(|e| {
-                open_err(format!(
-                    "{e}; is the server running and the database created?"
-                ))
-            })?;
+        let (conn, pid) = rt.block_on(connect(&options)).map_err(|message| {
+            open_err(format!(
+                "{message}; is the server running and the database created?"
+            ))
+        })?;
         Ok(PgStore {
             conn: Arc::new(Mutex::new(conn)),
+            pid: Arc::new(AtomicI32::new(pid)),
             rt: Arc::new(rt),
             options,
             url: shown,
             schema,
             high_water: Mutex::new(HighWater::default()),
+            event_relations: Mutex::new(None),
+            late_checked: Mutex::new(None),
             listener: Mutex::new(Listening::Unknown),
         })
     }
@@ -439,8 +522,8 @@ impl PgStore {
     fn targets_where(&self, condition: &str, arg: Arg<'_>) -> Result<Vec<Target>, StoreError> {
         let text = format!(
             "SELECT t.id, t.projector, t.version_id, v.version, t.role, t.replay_key, t.checkpoint, \
-             t.error_event_id, t.error FROM zdr_targets t JOIN zdr_versions v ON v.id = t.version_id \
-             WHERE {condition} ORDER BY t.projector, t.id"
+             t.error_event_id, t.error, t.skip_event_id FROM zdr_targets t \
+             JOIN zdr_versions v ON v.id = t.version_id WHERE {condition} ORDER BY t.projector, t.id"
         );
         let query = arg.bind(sqlx::query(sql(text)));
         let rows = {
@@ -471,6 +554,7 @@ impl PgStore {
                             event_id,
                             message: error.unwrap_or_default(),
                         }),
+                        skip_event_id: r.try_get(9)?,
                     })
                 };
                 read().context("reading targets")
@@ -600,19 +684,92 @@ impl PgStore {
         ))
     }
 
-    /// The transaction horizon of a fresh snapshot.
-    fn horizon(&self, conn: &mut PgConnection) -> Result<Horizon, StoreError> {
-        let (xmin, xmax): (i64, i64) = self
+    /// The relations whose writers a gap waits for: `stored_events` and the sequence its ids
+    /// come from (looked up once).
+    fn event_relations(&self, conn: &mut PgConnection) -> Result<Vec<i64>, StoreError> {
+        let mut known = self
+            .event_relations
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(relations) = &*known {
+            return Ok(relations.clone());
+        }
+        let (table, sequence): (Option<i64>, Option<i64>) = self
             .rt
             .block_on(
                 sqlx::query_as(
-                    "SELECT pg_snapshot_xmin(s)::text::bigint, pg_snapshot_xmax(s)::text::bigint \
-                     FROM pg_current_snapshot() AS s",
+                    "SELECT to_regclass('stored_events')::oid::bigint, \
+                     to_regclass(pg_get_serial_sequence('stored_events', 'id'))::oid::bigint",
                 )
                 .fetch_one(conn),
             )
-            .context("reading the transaction horizon")?;
-        Ok(Horizon { xmin, xmax })
+            .context("looking up stored_events and its id sequence")?;
+        let relations: Vec<i64> = table.into_iter().chain(sequence).collect();
+        *known = Some(relations.clone());
+        Ok(relations)
+    }
+
+    /// The virtual transaction ids of the sessions (but this one) that hold a write lock on
+    /// the event table or its sequence now: every writer that may hold an id it has not
+    /// written yet.
+    fn event_writers(&self, conn: &mut PgConnection) -> Result<Vec<String>, StoreError> {
+        let relations = self.event_relations(conn)?;
+        self.rt
+            .block_on(
+                sqlx::query_scalar(
+                    "SELECT DISTINCT virtualtransaction FROM pg_locks WHERE locktype = 'relation' \
+                     AND relation::bigint = ANY($1) AND mode <> 'AccessShareLock' \
+                     AND pid IS DISTINCT FROM pg_backend_pid()",
+                )
+                .bind(relations)
+                .fetch_all(conn),
+            )
+            .context("looking for writers of stored_events")
+    }
+
+    /// Whether any of `writers` still holds a write lock on the event table or its sequence.
+    fn any_still_writing(
+        &self,
+        conn: &mut PgConnection,
+        writers: &[String],
+    ) -> Result<bool, StoreError> {
+        let relations = self.event_relations(conn)?;
+        self.rt
+            .block_on(
+                sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'relation' \
+                     AND relation::bigint = ANY($1) AND mode <> 'AccessShareLock' \
+                     AND virtualtransaction = ANY($2))",
+                )
+                .bind(relations)
+                .bind(writers)
+                .fetch_one(conn),
+            )
+            .context("looking for writers of stored_events")
+    }
+
+    /// Remembers the ids in `(from, to]` that are missing now that they are final (at most a
+    /// thousand), to notice one written after all.
+    fn remember_given_up(
+        &self,
+        conn: &mut PgConnection,
+        high_water: &mut HighWater,
+        (from, to): (i64, i64),
+    ) -> Result<(), StoreError> {
+        let missing: Vec<i64> = self
+            .rt
+            .block_on(
+                sqlx::query_scalar(
+                    "SELECT g FROM generate_series($1 + 1, LEAST($2, $1 + 100000)) AS g \
+                     WHERE NOT EXISTS (SELECT 1 FROM stored_events WHERE id = g) ORDER BY g LIMIT 1000",
+                )
+                .bind(from)
+                .bind(to)
+                .fetch_all(conn),
+            )
+            .context("listing event ids never written")?;
+        high_water.remember_final_gaps(&missing, Instant::now());
+        Ok(())
     }
 
     /// The smallest id in `(settled, max_id]` that is not visible, if any.
@@ -659,11 +816,11 @@ impl PgStore {
                 tracing::info!(
                     "no notify trigger on stored_events (run `zdr init` to install it): polling for new events"
                 );
-                return Listening::Off;
+                return Listening::Off(None);
             }
             Err(err) => {
                 tracing::warn!("cannot look for the notify trigger, polling instead: {err}");
-                return Listening::Off;
+                return Listening::Off(None);
             }
         }
         let listen = async {
@@ -682,8 +839,11 @@ impl PgStore {
                 Listening::On(Box::new(listener))
             }
             Err(err) => {
-                tracing::warn!("cannot LISTEN for new events, polling instead: {err}");
-                Listening::Off
+                tracing::warn!(
+                    "cannot LISTEN for new events, polling instead: {}",
+                    describe(&err)
+                );
+                Listening::Off(Some(Instant::now() + LISTEN_RETRY))
             }
         }
     }
@@ -718,7 +878,7 @@ impl Store for PgStore {
         Dialect::Postgres
     }
 
-    fn init(&self) -> Result<(), StoreError> {
+    fn init(&self) -> Result<Vec<String>, StoreError> {
         refuse_newer(self.schema_version()?)?;
         let had_events = {
             let mut conn = lock(&self.conn);
@@ -734,9 +894,12 @@ impl Store for PgStore {
         self.batch(
             format!(
                 "BEGIN; SELECT pg_advisory_xact_lock({INIT_LOCK}); \
-                 CREATE SCHEMA IF NOT EXISTS {schema}; {EVENT_TABLE} {SCHEMA} {NOTIFY_TRIGGER} \
+                 CREATE SCHEMA IF NOT EXISTS {schema}; {EVENT_TABLE} {SCHEMA} {SCHEMA_V2} \
+                 ALTER TABLE zdr_targets ADD COLUMN IF NOT EXISTS skip_event_id BIGINT; \
+                 {NOTIFY_TRIGGER} {ROW_CAP_FUNCTION} \
                  INSERT INTO zdr_meta (key, value) VALUES ('schema_version', '{SCHEMA_VERSION}') \
-                 ON CONFLICT (key) DO NOTHING; COMMIT;",
+                 ON CONFLICT (key) DO UPDATE SET value = excluded.value \
+                 WHERE zdr_meta.value::bigint < excluded.value::bigint; COMMIT;",
                 schema = quote(&self.schema)
             ),
             "creating zdr tables",
@@ -747,11 +910,67 @@ impl Store for PgStore {
         if had_events {
             tracing::debug!("using the existing stored_events table");
         }
-        self.check_event_table()
+        self.check_event_table()?;
+        self.event_writer_warnings()
     }
 
     fn ensure_ready(&self) -> Result<(), StoreError> {
         readiness(self.schema_version()?, &self.url)
+    }
+
+    fn event_writer_warnings(&self) -> Result<Vec<String>, StoreError> {
+        let mut conn = lock(&self.conn);
+        let (sequence, cache): (Option<String>, Option<i64>) = self
+            .rt
+            .block_on(
+                sqlx::query_as(
+                    "SELECT pg_get_serial_sequence('stored_events', 'id'), \
+                     (SELECT seqcache FROM pg_sequence \
+                      WHERE seqrelid = to_regclass(pg_get_serial_sequence('stored_events', 'id')))",
+                )
+                .fetch_one(&mut *conn),
+            )
+            .context("inspecting the id sequence of stored_events")?;
+        Ok(match (sequence, cache) {
+            (None, _) => vec![
+                "stored_events.id takes its values from no sequence (no serial or identity column): \
+                 zdr cannot tell which writer still holds an id it has not written, so an event \
+                 committed late may be passed over. Give the column a sequence default \
+                 (see docs/architecture.md, \"Reading events\")"
+                    .to_string(),
+            ],
+            (Some(sequence), Some(cache)) if cache > 1 => vec![format!(
+                "sequence {sequence} caches {cache} ids per session, so ids are not drawn in \
+                 order and an event committed late may be passed over; run \
+                 `ALTER SEQUENCE {sequence} CACHE 1` (see docs/architecture.md, \"Reading events\")"
+            )],
+            _ => Vec::new(),
+        })
+    }
+
+    fn verify_open(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
+
+    fn reconnect(&self) -> Result<(), StoreError> {
+        let (fresh, pid) = self
+            .rt
+            .block_on(connect(&self.options))
+            .map_err(|message| StoreError::ConnectionLost {
+                context: format!("reconnecting to {}", self.url),
+                message,
+            })?;
+        let mut conn = lock(&self.conn);
+        let old = std::mem::replace(&mut *conn, fresh);
+        self.pid.store(pid, Ordering::Relaxed);
+        drop(conn);
+        // The old connection is dead; closing it would only wait on a broken socket.
+        drop(old);
+        *self
+            .listener
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Listening::Unknown;
+        Ok(())
     }
 
     fn try_lock(&self, name: &str) -> Result<Option<RunLock>, StoreError> {
@@ -766,16 +985,20 @@ impl Store for PgStore {
         });
         match taken.context(format!("taking lock {name}"))? {
             Some(conn) => Ok(Some(RunLock::new(HeldSession {
-                _conn: conn,
-                _rt: self.rt.clone(),
+                conn,
+                rt: self.rt.clone(),
             }))),
             None => Ok(None),
         }
     }
 
     fn begin_write(&self) -> Result<(), StoreError> {
+        // READ COMMITTED whatever the server's default: every statement of a batch must see
+        // what committed before it (the high-water mark relies on it).
         self.batch(
-            format!("BEGIN; SELECT pg_advisory_xact_lock({WRITER_LOCK})"),
+            format!(
+                "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({WRITER_LOCK})"
+            ),
             "beginning a write transaction",
         )
     }
@@ -844,7 +1067,14 @@ impl Store for PgStore {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut conn = lock(&self.conn);
-        high_water.resolve(self.horizon(&mut conn)?, Instant::now());
+        // The writers the pending gap waits for are checked before the scan, so that the scan
+        // and every read after it see whatever they committed.
+        if let Some(writers) = high_water.awaited()
+            && !self.any_still_writing(&mut conn, writers)?
+            && let Some(given_up) = high_water.writers_ended()
+        {
+            self.remember_given_up(&mut conn, &mut high_water, given_up)?;
+        }
         let settled = high_water.settled();
         let (max_id, count): (i64, i64) = self
             .rt
@@ -861,19 +1091,57 @@ impl Store for PgStore {
         } else {
             self.first_gap(&mut conn, settled, max_id)?
         };
-        let head = high_water.observe(Scan { max_id, first_gap }, Instant::now());
-        // A gap seen for the first time: wait out the confirmation delay now, so a gap that a
-        // rollback left long ago costs one short wait instead of stopping this reader there.
-        if let Some(wait) = high_water.confirmation_due(Instant::now()) {
-            std::thread::sleep(wait);
-            high_water.resolve(self.horizon(&mut conn)?, Instant::now());
-            high_water.resolve(self.horizon(&mut conn)?, Instant::now());
-            return Ok(high_water.settled().max(head));
+        match high_water.observe(Scan { max_id, first_gap }) {
+            Observed::Head(head) => Ok(head),
+            Observed::Gap { up_to, .. } => {
+                let writers = self.event_writers(&mut conn)?;
+                let (head, given_up) = high_water.wait_for(up_to, writers);
+                if let Some(given_up) = given_up {
+                    self.remember_given_up(&mut conn, &mut high_water, given_up)?;
+                }
+                Ok(head)
+            }
         }
-        Ok(head)
     }
 
-    fn read_events(&self, after: i64, up_to: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
+    fn late_events(&self) -> Result<Vec<i64>, StoreError> {
+        {
+            let mut checked = self
+                .late_checked
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if checked.is_some_and(|at| at.elapsed() < LATE_CHECK_INTERVAL) {
+                return Ok(Vec::new());
+            }
+            *checked = Some(Instant::now());
+        }
+        let mut high_water = self
+            .high_water
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let candidates = high_water.late_candidates(Instant::now());
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = lock(&self.conn);
+        let late: Vec<i64> = self
+            .rt
+            .block_on(
+                sqlx::query_scalar("SELECT id FROM stored_events WHERE id = ANY($1) ORDER BY id")
+                    .bind(&candidates)
+                    .fetch_all(&mut *conn),
+            )
+            .context("looking for events written late")?;
+        high_water.found_late(&late);
+        Ok(late)
+    }
+
+    fn read_events(
+        &self,
+        after: i64,
+        up_to: i64,
+        limit: usize,
+    ) -> Result<Vec<ReadEvent>, StoreError> {
         let mut conn = lock(&self.conn);
         let rows = self
             .rt
@@ -892,19 +1160,29 @@ impl Store for PgStore {
             .context("reading events")?;
         rows.iter()
             .map(|r| {
-                Ok(Event {
-                    id: r.try_get(0)?,
-                    aggregate_uuid: r.try_get(1)?,
-                    aggregate_version: r.try_get(2)?,
-                    event_version: r.try_get(3)?,
-                    event_class: r.try_get(4)?,
-                    event_properties: r.try_get(5)?,
-                    meta_data: r.try_get(6)?,
-                    created_at: r.try_get(7)?,
+                let id: i64 = r.try_get(0).context("reading events")?;
+                let decoded = (|| {
+                    Ok::<_, sqlx::Error>(Event {
+                        id,
+                        aggregate_uuid: r.try_get(1)?,
+                        aggregate_version: r.try_get(2)?,
+                        event_version: r.try_get(3)?,
+                        event_class: r.try_get(4)?,
+                        event_properties: r.try_get(5)?,
+                        meta_data: r.try_get(6)?,
+                        created_at: r.try_get(7)?,
+                    })
+                })();
+                Ok(match decoded {
+                    Ok(event) => ReadEvent::Event(event),
+                    Err(err) => ReadEvent::Undecodable(Undecodable {
+                        id,
+                        event_class: r.try_get(4).ok(),
+                        reason: describe(&err),
+                    }),
                 })
             })
-            .collect::<Result<Vec<_>, sqlx::Error>>()
-            .context("reading events")
+            .collect()
     }
 
     fn register_version(
@@ -1330,16 +1608,31 @@ impl Store for PgStore {
             .collect()
     }
 
-    fn guest_connection(
-        &self,
-        target: &Target,
-        description: &Description,
-    ) -> Box<dyn GuestConnection> {
+    fn raw_guest_connection(&self) -> Box<dyn RawGuestConnection> {
         Box::new(PgGuestConnection {
             conn: self.conn.clone(),
+            pid: self.pid.clone(),
             rt: self.rt.clone(),
-            guard: GuardCache::new(self.guard_for(target, description)),
+            options: self.options.clone(),
         })
+    }
+
+    fn sql_execute(&self, text: &str, params: &[Value]) -> Result<u64, StoreError> {
+        let mut conn = lock(&self.conn);
+        let done = self
+            .rt
+            .block_on(PgGuestConnection::bound(text, params).execute(&mut *conn))
+            .context(format!("running {text}"))?;
+        Ok(done.rows_affected())
+    }
+
+    fn sql_rows(&self, text: &str, params: &[Value]) -> Result<RowSet, StoreError> {
+        let mut conn = lock(&self.conn);
+        let rows = self
+            .rt
+            .block_on(PgGuestConnection::bound(text, params).fetch_all(&mut *conn))
+            .context(format!("running {text}"))?;
+        Ok(row_set(&rows))
     }
 
     fn read_rows(&self, text: &str) -> Result<RowSet, StoreError> {
@@ -1417,7 +1710,12 @@ impl Store for PgStore {
             .listener
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if matches!(*listening, Listening::Unknown) {
+        let retry = match &*listening {
+            Listening::Unknown => true,
+            Listening::Off(Some(at)) => Instant::now() >= *at,
+            _ => false,
+        };
+        if retry {
             *listening = self.start_listening();
         }
         match &mut *listening {
@@ -1428,14 +1726,18 @@ impl Store for PgStore {
                 {
                     Ok(Ok(_)) => true,
                     Ok(Err(err)) => {
-                        tracing::warn!("lost the LISTEN connection, polling instead: {err}");
-                        *listening = Listening::Off;
+                        tracing::warn!(
+                            "lost the LISTEN connection, polling for {} s: {}",
+                            LISTEN_RETRY.as_secs(),
+                            describe(&err)
+                        );
+                        *listening = Listening::Off(Some(Instant::now() + LISTEN_RETRY));
                         false
                     }
                     Err(_) => false,
                 }
             }
-            Listening::Off | Listening::Unknown => {
+            Listening::Off(_) | Listening::Unknown => {
                 std::thread::sleep(timeout);
                 false
             }
@@ -1445,16 +1747,141 @@ impl Store for PgStore {
 
 /// A session advisory lock: held while its connection is open.
 struct HeldSession {
-    _conn: PgConnection,
-    /// Keeps the runtime the connection is registered with alive as long as the connection.
-    _rt: Arc<Rt>,
+    conn: PgConnection,
+    /// The runtime the connection is registered with, kept as long as the connection.
+    rt: Arc<Rt>,
 }
 
-/// A guest's handle onto one target, running on the worker's shared connection.
+impl HeldLock for HeldSession {
+    fn is_held(&mut self) -> bool {
+        // The server releases a session lock with its session: a connection that still
+        // answers still holds it.
+        self.rt
+            .block_on(async {
+                tokio::time::timeout(
+                    CONNECT_TIMEOUT,
+                    sqlx::query("SELECT 1").execute(&mut self.conn),
+                )
+                .await
+            })
+            .is_ok_and(|answered| answered.is_ok())
+    }
+}
+
+/// The raw side of a guest's handle: runs checked statements on the worker's shared
+/// connection, cancels one still running at the guest's deadline, and keeps result rows
+/// longer than [`MAX_VALUE_BYTES`] on the server.
 struct PgGuestConnection {
     conn: Shared,
+    pid: BackendPid,
     rt: Arc<Rt>,
-    guard: GuardCache,
+    /// For the second connection that cancels a statement at the deadline.
+    options: PgConnectOptions,
+}
+
+/// A guest's query (a SELECT, or a write with RETURNING), wrapped so that the server refuses
+/// to send a row longer than [`MAX_VALUE_BYTES`]: each row is measured on the server with
+/// `pg_column_size` before it is sent. A common table expression takes either kind of
+/// statement; the rows keep the guest's order.
+fn capped_select(sql: &str) -> String {
+    format!(
+        "WITH zdr_q AS ({sql}) SELECT * FROM zdr_q WHERE pg_column_size(zdr_q.*) <= {MAX_VALUE_BYTES} \
+         OR zdr_row_too_large(pg_column_size(zdr_q.*)::bigint, {MAX_VALUE_BYTES})"
+    )
+}
+
+/// Runs `work` until `deadline`; past it, cancels the statement running in server process
+/// `pid` from a connection of its own, waits for `work` to wind up, and answers
+/// `limit-exceeded`.
+async fn until_deadline<T>(
+    work: impl Future<Output = Result<T, DbError>>,
+    deadline: Instant,
+    options: &PgConnectOptions,
+    pid: i32,
+) -> Result<T, DbError> {
+    let mut work = std::pin::pin!(work);
+    match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), &mut work).await {
+        Ok(done) => done,
+        Err(_) => {
+            let cancelled = async {
+                let mut conn = PgConnection::connect_with(options).await?;
+                sqlx::query("SELECT pg_cancel_backend($1)")
+                    .bind(pid)
+                    .execute(&mut conn)
+                    .await?;
+                conn.close().await
+            };
+            if let Err(err) = cancelled.await {
+                tracing::warn!(
+                    "could not cancel a guest statement past its deadline: {}",
+                    describe(&err)
+                );
+            }
+            // The statement ends with "canceling statement due to user request"; the
+            // connection is then ready for the rollback that follows.
+            let _ = work.await;
+            Err(DbError::LimitExceeded(
+                "the statement was cancelled: it ran past the deadline of the guest's call".into(),
+            ))
+        }
+    }
+}
+
+impl RawGuestConnection for PgGuestConnection {
+    fn failure_aborts_transaction(&self) -> bool {
+        true
+    }
+
+    fn execute(
+        &mut self,
+        checked: &Checked,
+        params: &[Value],
+        deadline: Instant,
+    ) -> Result<u64, DbError> {
+        let mut conn = lock(&self.conn);
+        let pid = self.pid.load(Ordering::Relaxed);
+        self.rt.block_on(until_deadline(
+            async {
+                Self::bound(&checked.sql, params)
+                    .execute(&mut *conn)
+                    .await
+                    .map(|done| done.rows_affected())
+                    .map_err(db_error)
+            },
+            deadline,
+            &self.options,
+            pid,
+        ))
+    }
+
+    fn query(
+        &mut self,
+        checked: &Checked,
+        params: &[Value],
+        deadline: Instant,
+        out: &mut RowCollector,
+    ) -> Result<(), DbError> {
+        let mut conn = lock(&self.conn);
+        let pid = self.pid.load(Ordering::Relaxed);
+        let text = capped_select(&checked.sql);
+        self.rt.block_on(until_deadline(
+            async {
+                let mut stream = Self::bound(&text, params).fetch(&mut *conn);
+                let mut first = true;
+                while let Some(row) = stream.try_next().await.map_err(db_error)? {
+                    if first {
+                        out.columns(row.columns().iter().map(|c| c.name().to_string()).collect());
+                        first = false;
+                    }
+                    out.push((0..row.len()).map(|i| value_of(&row, i)).collect())?;
+                }
+                Ok(())
+            },
+            deadline,
+            &self.options,
+            pid,
+        ))
+    }
 }
 
 /// The type a parameter is sent as; `None` for a NULL, which is sent untyped.
@@ -1479,17 +1906,6 @@ fn param_type(value: &Value) -> Option<ParamType> {
 }
 
 impl PgGuestConnection {
-    fn checked(
-        &mut self,
-        text: &str,
-        params: &[Value],
-        want_rows: bool,
-    ) -> Result<Arc<crate::sandbox::Checked>, DbError> {
-        let checked = self.guard.check(text, Mode::Data)?;
-        super::check_call(&checked, params, want_rows)?;
-        Ok(checked)
-    }
-
     /// The statement text to send: the guarded SQL plus a comment naming the type each
     /// parameter is sent as.
     ///
@@ -1530,37 +1946,6 @@ impl PgGuestConnection {
             };
         }
         query
-    }
-}
-
-impl GuestConnection for PgGuestConnection {
-    fn execute(&mut self, text: &str, params: &[Value]) -> Result<u64, DbError> {
-        let checked = self.checked(text, params, false)?;
-        let mut conn = lock(&self.conn);
-        let result = self
-            .rt
-            .block_on(Self::bound(&checked.sql, params).execute(&mut *conn))
-            .map_err(db_error)?;
-        Ok(result.rows_affected())
-    }
-
-    fn query(&mut self, text: &str, params: &[Value]) -> Result<RowSet, DbError> {
-        let checked = self.checked(text, params, true)?;
-        let mut conn = lock(&self.conn);
-        let rows = self.rt.block_on(async {
-            let mut stream = Self::bound(&checked.sql, params).fetch(&mut *conn);
-            let mut rows = Vec::new();
-            while let Some(row) = stream.try_next().await.map_err(db_error)? {
-                if rows.len() == MAX_QUERY_ROWS {
-                    return Err(DbError::LimitExceeded(format!(
-                        "a query may return at most {MAX_QUERY_ROWS} rows; add a LIMIT or aggregate in SQL"
-                    )));
-                }
-                rows.push(row);
-            }
-            Ok(rows)
-        })?;
-        Ok(row_set(&rows))
     }
 }
 
@@ -1626,10 +2011,12 @@ fn value_of(row: &PgRow, index: usize) -> Value {
 /// Maps a driver error onto the closed set a guest sees, keeping the server's message and
 /// SQLSTATE (they name the column or constraint the guest got wrong, never a host secret).
 fn db_error(err: sqlx::Error) -> DbError {
-    let code = sqlstate(&err);
+    // A broken connection is told apart by its SQLSTATE class (08, connection exception),
+    // so the projection treats it as the connection's failure, never the projector's.
+    let code = sqlstate(&err).or_else(|| connection_lost(&err).then(|| "08006".to_string()));
     let message = match &err {
         sqlx::Error::Database(db) => db.message().to_string(),
-        other => other.to_string(),
+        other => describe(other),
     };
     match code.as_deref() {
         Some(c) if c.starts_with("23") => DbError::Constraint {
@@ -1640,7 +2027,7 @@ fn db_error(err: sqlx::Error) -> DbError {
             message,
             sqlstate: code,
         },
-        Some("57014") | Some("54001") => DbError::LimitExceeded(message),
+        Some("57014") | Some("54001") | Some("54000") => DbError::LimitExceeded(message),
         _ => DbError::Other {
             message,
             sqlstate: code,
@@ -1750,7 +2137,7 @@ mod tests {
             .read_events(0, 2, 10)
             .expect("read")
             .iter()
-            .map(|e| e.id)
+            .map(ReadEvent::id)
             .collect();
         assert_eq!(ids, [1, 2]);
     }
@@ -1813,16 +2200,23 @@ mod tests {
             .expect("create");
         assert!(db.object_exists("zdr_r_k1.items").expect("exists"));
         let mut guest = db.guest_connection(&clone, &description);
-        guest
+        let call = || crate::backend::Call {
+            deadline: Instant::now() + Duration::from_secs(30),
+        };
+        let refused = guest
             .execute(
                 "INSERT INTO items (id, n) VALUES ($1, $2)",
                 &[Value::Text("a".into()), Value::Null],
+                call(),
             )
             .expect_err("NOT NULL holds");
+        // The failure is remembered: PostgreSQL aborts a transaction at its first failure.
+        assert_eq!(guest.take_aborted(), Some(refused));
         guest
             .execute(
                 "INSERT INTO items (id, n) VALUES ($1, $2)",
                 &[Value::Text("a".into()), Value::Integer(7)],
+                call(),
             )
             .expect("insert");
         // The same statement with a NULL first and a number after, and a real number where an
@@ -1831,21 +2225,59 @@ mod tests {
             .execute(
                 "UPDATE items SET n = $1 WHERE id = $2",
                 &[Value::Real(7.0), Value::Text("a".into())],
+                call(),
             )
             .expect("update with a real");
         guest
             .execute(
                 "UPDATE items SET n = $1 WHERE id = $2",
                 &[Value::Integer(7), Value::Text("a".into())],
+                call(),
             )
             .expect("update with an integer");
-        let rows = guest.query("SELECT id, n FROM items", &[]).expect("query");
+        let rows = guest
+            .query("SELECT id, n FROM items", &[], call())
+            .expect("query");
         assert_eq!(
             rows.rows,
             vec![vec![Value::Text("a".into()), Value::Integer(7)]]
         );
+        // A write with RETURNING is a query too, through the same row cap.
+        let returned = guest
+            .query(
+                "INSERT INTO items (id, n) VALUES ($1, $2) RETURNING id, n",
+                &[Value::Text("b".into()), Value::Integer(8)],
+                call(),
+            )
+            .expect("insert returning");
+        assert_eq!(returned.columns, ["id", "n"]);
+        assert_eq!(
+            returned.rows,
+            vec![vec![Value::Text("b".into()), Value::Integer(8)]]
+        );
+        let sorted = guest
+            .query("SELECT n FROM items ORDER BY n DESC", &[], call())
+            .expect("ordered query");
+        assert_eq!(
+            sorted.rows,
+            vec![vec![Value::Integer(8)], vec![Value::Integer(7)]]
+        );
+        let refused = guest
+            .query("SELECT format('%5000000s', id) FROM items", &[], call())
+            .expect_err("a row over the cap");
+        assert!(
+            matches!(&refused, DbError::LimitExceeded(m) if m.contains("longer than the limit"))
+        );
+        assert_eq!(guest.take_aborted(), Some(refused));
+        guest
+            .execute(
+                "DELETE FROM items WHERE id = $1",
+                &[Value::Text("b".into())],
+                call(),
+            )
+            .expect("delete");
         assert!(matches!(
-            guest.query("SELECT * FROM pg_catalog.pg_class", &[]),
+            guest.query("SELECT * FROM pg_catalog.pg_class", &[], call()),
             Err(DbError::Denied(_))
         ));
         db.write(|db| {

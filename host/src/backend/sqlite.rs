@@ -11,22 +11,32 @@
 //! new projector being built `zdr_b<target>__<table>`. SQLite index names are global and do
 //! not follow a renamed table, so every index is created as `zdr_i<target>_<index>`, unique
 //! for ever because target ids are never reused.
+//!
+//! Faults: only `zdr init` creates the file; a file deleted or replaced under an open store is
+//! noticed before the next write ([`Store::verify_open`]); a damaged file is an error of its
+//! own kind ([`StoreError::Damaged`]), never retried. A guest statement runs under a progress
+//! handler that interrupts it at the guest's deadline, and under a length limit on every
+//! string and blob it builds.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
+use rusqlite::limits::Limit;
 use rusqlite::types::{ToSqlOutput, ValueRef};
-use rusqlite::{Connection, OptionalExtension, ToSql, params};
+use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, ToSql, params};
 
+use super::bookkeeping::SCHEMA_V2;
+use super::guest::{MAX_VALUE_BYTES, RawGuestConnection, RowCollector};
 use super::{
-    Context, DbError, GuestConnection, MAX_QUERY_ROWS, ReplayRow, RowSet, RunLock, SCHEMA_VERSION,
-    Store, StoreError, Value, check_event_columns, readiness, refuse_newer,
+    DbError, HeldLock, ReplayRow, RowSet, RunLock, SCHEMA_VERSION, Store, StoreError, Value,
+    check_event_columns, readiness, refuse_newer,
 };
-use crate::events::{Event, NewEvent};
+use crate::events::{Event, NewEvent, ReadEvent, Undecodable};
 use crate::model::{Description, Failure, ReplayState, Role, Target};
-use crate::sandbox::{Dialect, Guard, GuardCache, Mode, PhysicalName};
+use crate::sandbox::{Checked, Dialect, Guard, Mode, PhysicalName};
 
 /// How long a writer waits for SQLite's write lock before giving up. Batches are short (ms),
 /// so a wait this long means something is stuck.
@@ -123,6 +133,9 @@ CREATE TABLE IF NOT EXISTS stored_events (
 );
 "#;
 
+/// How many SQLite virtual-machine steps pass between two looks at the guest's deadline.
+const PROGRESS_STEPS: std::os::raw::c_int = 1000;
+
 /// A connection shared between the batch driver and the guest handles of one worker thread.
 /// Only one thread uses it at a time; the mutex makes the sharing safe, never contended.
 pub type SqliteConnection = Arc<Mutex<Connection>>;
@@ -132,6 +145,90 @@ pub struct SqliteStore {
     conn: SqliteConnection,
     path: PathBuf,
     url: String,
+    /// The file's identity when it was opened, to notice a deletion or a replacement.
+    identity: Option<FileIdentity>,
+    /// The deadline of the guest statement running on `conn`, if one is (see [`Deadline`]).
+    deadline: Arc<Deadline>,
+}
+
+/// A device and inode: which file a path named when it was opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileIdentity {
+    device: u64,
+    inode: u64,
+}
+
+impl FileIdentity {
+    fn of(path: &Path) -> Option<FileIdentity> {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(path).ok().map(|m| FileIdentity {
+                device: m.dev(),
+                inode: m.ino(),
+            })
+        }
+        #[cfg(not(unix))]
+        {
+            std::fs::metadata(path).ok().map(|_| FileIdentity {
+                device: 0,
+                inode: 0,
+            })
+        }
+    }
+}
+
+/// The deadline of the guest statement running on a connection, read by its progress handler
+/// every [`PROGRESS_STEPS`] steps: nanoseconds after a process-wide origin, 0 for none.
+#[derive(Debug, Default)]
+struct Deadline(AtomicU64);
+
+impl Deadline {
+    fn origin() -> Instant {
+        static ORIGIN: OnceLock<Instant> = OnceLock::new();
+        *ORIGIN.get_or_init(Instant::now)
+    }
+
+    fn set(&self, deadline: Option<Instant>) {
+        let nanos = deadline.map_or(0, |d| {
+            u64::try_from(d.saturating_duration_since(Self::origin()).as_nanos())
+                .unwrap_or(u64::MAX)
+                .max(1)
+        });
+        self.0.store(nanos, Ordering::Relaxed);
+    }
+
+    fn passed(&self) -> bool {
+        let nanos = self.0.load(Ordering::Relaxed);
+        nanos != 0 && Self::origin().elapsed().as_nanos() >= u128::from(nanos)
+    }
+}
+
+/// Adds what zdr was doing to a driver error, and sorts out a damaged file.
+trait Context<T> {
+    fn context(self, what: impl Into<String>) -> Result<T, StoreError>;
+}
+
+impl<T> Context<T> for Result<T, rusqlite::Error> {
+    fn context(self, what: impl Into<String>) -> Result<T, StoreError> {
+        self.map_err(|err| store_error(err, what.into()))
+    }
+}
+
+fn store_error(err: rusqlite::Error, context: String) -> StoreError {
+    match &err {
+        rusqlite::Error::SqliteFailure(e, _)
+            if matches!(e.code, ErrorCode::DatabaseCorrupt | ErrorCode::NotADatabase) =>
+        {
+            StoreError::Damaged {
+                message: format!("{context}: {err}"),
+            }
+        }
+        _ => StoreError::Database {
+            context,
+            message: err.to_string(),
+        },
+    }
 }
 
 fn lock(conn: &SqliteConnection) -> MutexGuard<'_, Connection> {
@@ -141,23 +238,42 @@ fn lock(conn: &SqliteConnection) -> MutexGuard<'_, Connection> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the SQLite database named by `url` (`sqlite://PATH`,
-    /// `sqlite:PATH`), in WAL mode with a busy timeout.
+    /// Opens the SQLite database named by `url` (`sqlite://PATH`, `sqlite:PATH`), in WAL mode
+    /// with a busy timeout; creates the file only when `create` is set (`zdr init`).
     ///
     /// # Errors
-    /// An unsupported URL, or a file that cannot be opened as SQLite in WAL mode.
-    pub fn open(url: &str) -> Result<SqliteStore, StoreError> {
+    /// An unsupported URL, a missing file (without `create`), or a file that cannot be opened
+    /// as SQLite in WAL mode.
+    pub fn open(url: &str, create: bool) -> Result<SqliteStore, StoreError> {
         let path = url
             .strip_prefix("sqlite://")
             .or_else(|| url.strip_prefix("sqlite:"))
             .filter(|p| !p.is_empty())
             .ok_or_else(|| StoreError::Url(url.to_string()))?;
         let path = PathBuf::from(path.split('?').next().unwrap_or(path));
-        let open_err = |source: rusqlite::Error| StoreError::Open {
-            url: url.to_string(),
-            message: source.to_string(),
+        if !create && !path.exists() {
+            return Err(StoreError::Open {
+                url: url.to_string(),
+                message: format!(
+                    "there is no database file {}; run `zdr init` to create one (no other command creates it)",
+                    path.display()
+                ),
+            });
+        }
+        let open_err = |source: rusqlite::Error| match store_error(source, "opening".into()) {
+            damaged @ StoreError::Damaged { .. } => damaged,
+            other => StoreError::Open {
+                url: url.to_string(),
+                message: other.to_string(),
+            },
         };
-        let conn = Connection::open(&path).map_err(open_err)?;
+        let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        if create {
+            flags |= OpenFlags::SQLITE_OPEN_CREATE;
+        }
+        let conn = Connection::open_with_flags(&path, flags).map_err(open_err)?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(open_err)?;
         let mode: String = conn
             .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
@@ -171,10 +287,15 @@ impl SqliteStore {
             .map_err(open_err)?;
         conn.execute_batch(REPLAY_PRAGMAS).map_err(open_err)?;
         conn.set_prepared_statement_cache_capacity(256);
+        let deadline = Arc::new(Deadline::default());
+        let watched = deadline.clone();
+        conn.progress_handler(PROGRESS_STEPS, Some(move || watched.passed()));
         Ok(SqliteStore {
             conn: Arc::new(Mutex::new(conn)),
+            identity: FileIdentity::of(&path),
             path,
             url: url.to_string(),
+            deadline,
         })
     }
 
@@ -203,8 +324,8 @@ impl SqliteStore {
         let conn = lock(&self.conn);
         let sql = format!(
             "SELECT t.id, t.projector, t.version_id, v.version, t.role, t.replay_key, t.checkpoint, \
-             t.error_event_id, t.error FROM zdr_targets t JOIN zdr_versions v ON v.id = t.version_id \
-             WHERE {condition} ORDER BY t.projector, t.id"
+             t.error_event_id, t.error, t.skip_event_id FROM zdr_targets t \
+             JOIN zdr_versions v ON v.id = t.version_id WHERE {condition} ORDER BY t.projector, t.id"
         );
         let mut stmt = conn
             .prepare_cached(&sql)
@@ -227,6 +348,7 @@ impl SqliteStore {
                             event_id,
                             message: error.unwrap_or_default(),
                         }),
+                        skip_event_id: r.get(9)?,
                     },
                     role,
                 ))
@@ -292,22 +414,66 @@ impl Store for SqliteStore {
         Dialect::Sqlite
     }
 
-    fn init(&self) -> Result<(), StoreError> {
+    fn init(&self) -> Result<Vec<String>, StoreError> {
         let conn = lock(&self.conn);
+        self.check_integrity(&conn)?;
         refuse_newer(schema_version(&conn)?)?;
-        conn.execute_batch(&format!("BEGIN IMMEDIATE; {EVENT_TABLE} {SCHEMA} COMMIT;"))
-            .context("creating zdr tables")?;
+        conn.execute_batch(&format!(
+            "BEGIN IMMEDIATE; {EVENT_TABLE} {SCHEMA} {SCHEMA_V2} COMMIT;"
+        ))
+        .context("creating zdr tables")?;
+        let has_skip_column = conn
+            .query_row(
+                "SELECT 1 FROM pragma_table_info('zdr_targets') WHERE name = 'skip_event_id'",
+                [],
+                |_| Ok(()),
+            )
+            .optional()
+            .context("inspecting zdr_targets")?
+            .is_some();
+        if !has_skip_column {
+            conn.execute_batch("ALTER TABLE zdr_targets ADD COLUMN skip_event_id INTEGER")
+                .context("upgrading zdr_targets")?;
+        }
         conn.execute(
-            "INSERT INTO zdr_meta (key, value) VALUES ('schema_version', ?1) ON CONFLICT (key) DO NOTHING",
+            "INSERT INTO zdr_meta (key, value) VALUES ('schema_version', ?1) \
+             ON CONFLICT (key) DO UPDATE SET value = excluded.value \
+             WHERE CAST(zdr_meta.value AS INTEGER) < CAST(excluded.value AS INTEGER)",
             [SCHEMA_VERSION.to_string()],
         )
         .context("recording the schema version")?;
-        check_event_table(&conn)
+        check_event_table(&conn)?;
+        Ok(Vec::new())
     }
 
     fn ensure_ready(&self) -> Result<(), StoreError> {
         let conn = lock(&self.conn);
         readiness(schema_version(&conn)?, &self.url)
+    }
+
+    fn event_writer_warnings(&self) -> Result<Vec<String>, StoreError> {
+        // SQLite has one writer at a time: ids commit in order, whoever writes them.
+        Ok(Vec::new())
+    }
+
+    fn verify_open(&self) -> Result<(), StoreError> {
+        let Some(opened) = self.identity else {
+            return Ok(());
+        };
+        let what = match FileIdentity::of(&self.path) {
+            Some(now) if now == opened => return Ok(()),
+            Some(_) => "replaced by another file",
+            None => "deleted",
+        };
+        Err(StoreError::FileGone {
+            path: self.path.display().to_string(),
+            what: what.into(),
+        })
+    }
+
+    fn reconnect(&self) -> Result<(), StoreError> {
+        // An embedded database has no connection to lose; only the file can go.
+        self.verify_open()
     }
 
     fn try_lock(&self, name: &str) -> Result<Option<RunLock>, StoreError> {
@@ -323,7 +489,7 @@ impl Store for SqliteStore {
             .open(dir.join(format!("{name}.lock")))
             .map_err(io)?;
         match file.try_lock() {
-            Ok(()) => Ok(Some(RunLock::new(file))),
+            Ok(()) => Ok(Some(RunLock::new(FileLock(file)))),
             Err(std::fs::TryLockError::WouldBlock) => Ok(None),
             Err(std::fs::TryLockError::Error(e)) => Err(io(e)),
         }
@@ -407,7 +573,16 @@ impl Store for SqliteStore {
             .context("reading the last event id")
     }
 
-    fn read_events(&self, after: i64, up_to: i64, limit: usize) -> Result<Vec<Event>, StoreError> {
+    fn late_events(&self) -> Result<Vec<i64>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    fn read_events(
+        &self,
+        after: i64,
+        up_to: i64,
+        limit: usize,
+    ) -> Result<Vec<ReadEvent>, StoreError> {
         let conn = lock(&self.conn);
         let mut stmt = conn
             .prepare_cached(
@@ -417,18 +592,7 @@ impl Store for SqliteStore {
             )
             .context("preparing the event read")?;
         let rows = stmt
-            .query_map(params![after, up_to, limit as i64], |r| {
-                Ok(Event {
-                    id: r.get(0)?,
-                    aggregate_uuid: r.get(1)?,
-                    aggregate_version: r.get(2)?,
-                    event_version: r.get(3)?,
-                    event_class: r.get(4)?,
-                    event_properties: r.get(5)?,
-                    meta_data: r.get(6)?,
-                    created_at: r.get(7)?,
-                })
-            })
+            .query_map(params![after, up_to, limit as i64], decode_event)
             .context("reading events")?;
         rows.collect::<Result<Vec<_>, _>>()
             .context("reading events")
@@ -740,15 +904,43 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    fn guest_connection(
-        &self,
-        target: &Target,
-        description: &Description,
-    ) -> Box<dyn GuestConnection> {
+    fn raw_guest_connection(&self) -> Box<dyn RawGuestConnection> {
         Box::new(SqliteGuestConnection {
             conn: self.conn.clone(),
-            guard: GuardCache::new(self.guard_for(target, description)),
+            deadline: self.deadline.clone(),
         })
+    }
+
+    fn sql_execute(&self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
+        let changed = lock(&self.conn)
+            .prepare_cached(sql)
+            .and_then(|mut stmt| {
+                stmt.execute(rusqlite::params_from_iter(params.iter().map(SqlValue)))
+            })
+            .context(format!("running {sql}"))?;
+        Ok(changed as u64)
+    }
+
+    fn sql_rows(&self, sql: &str, params: &[Value]) -> Result<RowSet, StoreError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn
+            .prepare_cached(sql)
+            .context(format!("preparing {sql}"))?;
+        let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
+        let width = columns.len();
+        let rows = stmt
+            .query_map(
+                rusqlite::params_from_iter(params.iter().map(SqlValue)),
+                |row| {
+                    (0..width)
+                        .map(|i| row.get_ref(i).map(value_of))
+                        .collect::<Result<Vec<_>, _>>()
+                },
+            )
+            .context(format!("running {sql}"))?
+            .collect::<Result<Vec<_>, _>>()
+            .context(format!("running {sql}"))?;
+        Ok(RowSet { columns, rows })
     }
 
     fn read_rows(&self, sql: &str) -> Result<RowSet, StoreError> {
@@ -838,6 +1030,107 @@ fn lock_dir(db_path: &Path) -> PathBuf {
     db_path.with_file_name(name)
 }
 
+/// An OS file lock: held until the file is closed or the process dies.
+struct FileLock(#[allow(dead_code, reason = "held for its lock, never read")] File);
+
+impl HeldLock for FileLock {
+    fn is_held(&mut self) -> bool {
+        true
+    }
+}
+
+impl SqliteStore {
+    /// Runs SQLite's quick integrity check: a damaged file is refused with what to do.
+    fn check_integrity(&self, conn: &Connection) -> Result<(), StoreError> {
+        let problems: Vec<String> = conn
+            .prepare("PRAGMA quick_check(5)")
+            .and_then(|mut stmt| {
+                stmt.query_map([], |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .context("checking the database file")?;
+        if problems.iter().all(|p| p == "ok") {
+            return Ok(());
+        }
+        Err(StoreError::Damaged {
+            message: format!(
+                "{}: PRAGMA integrity_check finds: {}",
+                self.path.display(),
+                problems.join("; ")
+            ),
+        })
+    }
+}
+
+/// Decodes one row of the event read; a column of the wrong type or text that is not UTF-8
+/// makes the row [`ReadEvent::Undecodable`] with the reason.
+fn decode_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<ReadEvent> {
+    let id: i64 = row.get(0)?;
+    let class = text_column(row, 4, "event_class");
+    let decoded = (|| {
+        Ok::<_, String>(Event {
+            id,
+            aggregate_uuid: optional_text_column(row, 1, "aggregate_uuid")?,
+            aggregate_version: optional_integer_column(row, 2, "aggregate_version")?,
+            event_version: optional_integer_column(row, 3, "event_version")?.unwrap_or(1),
+            event_class: class.clone()?,
+            event_properties: text_column(row, 5, "event_properties")?,
+            meta_data: text_column(row, 6, "meta_data")?,
+            created_at: text_column(row, 7, "created_at")?,
+        })
+    })();
+    Ok(match decoded {
+        Ok(event) => ReadEvent::Event(event),
+        Err(reason) => ReadEvent::Undecodable(Undecodable {
+            id,
+            event_class: class.ok(),
+            reason,
+        }),
+    })
+}
+
+/// A text column that may not be NULL; `Err` holds why it cannot be read.
+fn text_column(row: &rusqlite::Row<'_>, index: usize, name: &str) -> Result<String, String> {
+    optional_text_column(row, index, name)?.ok_or_else(|| format!("{name} is NULL"))
+}
+
+fn optional_text_column(
+    row: &rusqlite::Row<'_>,
+    index: usize,
+    name: &str,
+) -> Result<Option<String>, String> {
+    match row.get_ref(index).map_err(|e| format!("{name}: {e}"))? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Text(bytes) => String::from_utf8(bytes.to_vec())
+            .map(Some)
+            .map_err(|_| format!("{name} is not valid UTF-8 text")),
+        ValueRef::Integer(v) => Ok(Some(v.to_string())),
+        ValueRef::Real(v) => Ok(Some(v.to_string())),
+        ValueRef::Blob(bytes) => Err(format!(
+            "{name} is a BLOB of {} bytes, not text",
+            bytes.len()
+        )),
+    }
+}
+
+fn optional_integer_column(
+    row: &rusqlite::Row<'_>,
+    index: usize,
+    name: &str,
+) -> Result<Option<i64>, String> {
+    match row.get_ref(index).map_err(|e| format!("{name}: {e}"))? {
+        ValueRef::Null => Ok(None),
+        ValueRef::Integer(v) => Ok(Some(v)),
+        ValueRef::Text(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .map(Some)
+            .ok_or_else(|| format!("{name} is text that is not an integer")),
+        ValueRef::Real(_) => Err(format!("{name} is a real number, not an integer")),
+        ValueRef::Blob(_) => Err(format!("{name} is a BLOB, not an integer")),
+    }
+}
+
 fn quote(identifier: &str) -> String {
     format!("\"{}\"", identifier.replace('"', "\"\""))
 }
@@ -884,29 +1177,59 @@ fn check_event_table(conn: &Connection) -> Result<(), StoreError> {
     check_event_columns(&columns)
 }
 
-/// A guest's handle onto one target, running on the worker's shared connection.
+/// The raw side of a guest's handle: runs checked statements on the worker's shared
+/// connection, under the guest's deadline and the value length cap.
 struct SqliteGuestConnection {
     conn: SqliteConnection,
-    guard: GuardCache,
+    deadline: Arc<Deadline>,
 }
 
-impl SqliteGuestConnection {
-    fn checked(
-        &mut self,
-        sql: &str,
-        params: &[Value],
-        want_rows: bool,
-    ) -> Result<std::sync::Arc<crate::sandbox::Checked>, DbError> {
-        let checked = self.guard.check(sql, Mode::Data)?;
-        super::check_call(&checked, params, want_rows)?;
-        Ok(checked)
+/// The guest's bounds on a connection for one statement: the deadline the progress handler
+/// watches and the longest string or blob SQLite may build. Both are lifted when dropped, so
+/// zdr's own statements (which read whole components) run unbounded.
+struct Bounded<'a> {
+    conn: &'a Connection,
+    deadline: &'a Deadline,
+    length: std::os::raw::c_int,
+}
+
+impl<'a> Bounded<'a> {
+    fn new(conn: &'a Connection, deadline: &'a Deadline, until: Instant) -> Self {
+        deadline.set(Some(until));
+        let cap =
+            std::os::raw::c_int::try_from(MAX_VALUE_BYTES).unwrap_or(std::os::raw::c_int::MAX);
+        let length = conn
+            .set_limit(Limit::SQLITE_LIMIT_LENGTH, cap)
+            .unwrap_or(cap);
+        Bounded {
+            conn,
+            deadline,
+            length,
+        }
     }
 }
 
-impl GuestConnection for SqliteGuestConnection {
-    fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, DbError> {
-        let checked = self.checked(sql, params, false)?;
+impl Drop for Bounded<'_> {
+    fn drop(&mut self) {
+        self.deadline.set(None);
+        let _ = self.conn.set_limit(Limit::SQLITE_LIMIT_LENGTH, self.length);
+    }
+}
+
+impl RawGuestConnection for SqliteGuestConnection {
+    fn failure_aborts_transaction(&self) -> bool {
+        // A failed statement rolls back only itself; the transaction goes on.
+        false
+    }
+
+    fn execute(
+        &mut self,
+        checked: &Checked,
+        params: &[Value],
+        deadline: Instant,
+    ) -> Result<u64, DbError> {
         let conn = lock(&self.conn);
+        let _bounded = Bounded::new(&conn, &self.deadline, deadline);
         let mut stmt = conn.prepare_cached(&checked.sql).map_err(db_error)?;
         let changed = stmt
             .execute(rusqlite::params_from_iter(params.iter().map(SqlValue)))
@@ -914,29 +1237,30 @@ impl GuestConnection for SqliteGuestConnection {
         Ok(changed as u64)
     }
 
-    fn query(&mut self, sql: &str, params: &[Value]) -> Result<RowSet, DbError> {
-        let checked = self.checked(sql, params, true)?;
+    fn query(
+        &mut self,
+        checked: &Checked,
+        params: &[Value],
+        deadline: Instant,
+        out: &mut RowCollector,
+    ) -> Result<(), DbError> {
         let conn = lock(&self.conn);
+        let _bounded = Bounded::new(&conn, &self.deadline, deadline);
         let mut stmt = conn.prepare_cached(&checked.sql).map_err(db_error)?;
         let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
         let width = columns.len();
+        out.columns(columns);
         let mut rows = stmt
             .query(rusqlite::params_from_iter(params.iter().map(SqlValue)))
             .map_err(db_error)?;
-        let mut out = Vec::new();
         while let Some(row) = rows.next().map_err(db_error)? {
-            if out.len() == MAX_QUERY_ROWS {
-                return Err(DbError::LimitExceeded(format!(
-                    "a query may return at most {MAX_QUERY_ROWS} rows; add a LIMIT or aggregate in SQL"
-                )));
-            }
             let mut values = Vec::with_capacity(width);
             for i in 0..width {
                 values.push(value_of(row.get_ref(i).map_err(db_error)?));
             }
-            out.push(values);
+            out.push(values)?;
         }
-        Ok(RowSet { columns, rows: out })
+        Ok(())
     }
 }
 
@@ -969,7 +1293,6 @@ impl ToSql for SqlValue<'_> {
 /// names the column or constraint the guest got wrong) but never a host path or secret:
 /// SQLite's messages are about the statement only.
 fn db_error(err: rusqlite::Error) -> DbError {
-    use rusqlite::ErrorCode;
     match &err {
         rusqlite::Error::SqliteFailure(e, message) => {
             let message = message.clone().unwrap_or_else(|| e.to_string());
@@ -978,6 +1301,14 @@ fn db_error(err: rusqlite::Error) -> DbError {
                     message,
                     sqlstate: None,
                 },
+                ErrorCode::OperationInterrupted => DbError::LimitExceeded(
+                    "the statement was interrupted: it ran past the deadline of the guest's call"
+                        .into(),
+                ),
+                ErrorCode::TooBig => DbError::LimitExceeded(format!(
+                    "the statement would build a string, blob or row over {} MiB ({message})",
+                    MAX_VALUE_BYTES / (1024 * 1024)
+                )),
                 _ if message.contains("no such column") || message.contains("syntax error") => {
                     DbError::InvalidSql {
                         message,

@@ -79,6 +79,27 @@ pub enum DbError {
     },
 }
 
+impl DbError {
+    /// The SQLSTATE the database gave, if any.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            DbError::InvalidSql { sqlstate, .. }
+            | DbError::Constraint { sqlstate, .. }
+            | DbError::Other { sqlstate, .. } => sqlstate.as_deref(),
+            DbError::Denied(_) | DbError::LimitExceeded(_) => None,
+        }
+    }
+
+    /// Whether the statement failed because the connection broke (SQLSTATE class 08, or the
+    /// server shutting down or terminating the session): the connection's failure, not the
+    /// statement's.
+    pub fn is_connection_lost(&self) -> bool {
+        self.sqlstate().is_some_and(|code| {
+            code.starts_with("08") || matches!(code, "57P01" | "57P02" | "57P03")
+        })
+    }
+}
+
 impl From<crate::sandbox::GuardError> for DbError {
     fn from(err: crate::sandbox::GuardError) -> Self {
         use crate::sandbox::GuardError;

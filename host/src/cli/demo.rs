@@ -15,10 +15,10 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 
 use super::{blocking, output, read_component, runtime};
-use crate::backend::Db;
+use crate::backend::{Backend, Db};
 use crate::config::Settings;
 use crate::events::NewEvent;
-use crate::lifecycle::{self, ComponentSpec};
+use crate::lifecycle::{self, ComponentSpec, Deployed};
 use crate::model::Role;
 use crate::runtime::Runtime;
 
@@ -109,8 +109,8 @@ fn event(class: &str, account: u64, properties: serde_json::Value) -> NewEvent {
 }
 
 fn step(title: &str) {
-    println!();
-    println!("== {title}");
+    outln!();
+    outln!("== {title}");
 }
 
 fn show_balances(db: &Db, table: &str) -> anyhow::Result<()> {
@@ -132,7 +132,7 @@ fn show_balances(db: &Db, table: &str) -> anyhow::Result<()> {
 fn component(path: &Path) -> anyhow::Result<Vec<u8>> {
     let script = Path::new("plugins/build-all.sh");
     if !path.exists() && script.exists() {
-        eprintln!(
+        errln!(
             "building the example projectors with {} ...",
             script.display()
         );
@@ -160,9 +160,10 @@ impl Demo {
     /// # Errors
     /// Any step that fails, with what it was doing.
     pub async fn run(self, settings: Settings) -> anyhow::Result<()> {
+        // A URL the demo cannot use is refused before anything is built or written.
+        let postgres = Backend::of(&settings.database_url)? == Backend::Postgres;
         let v1 = component(&self.v1)?;
         let v2 = component(&self.v2)?;
-        let postgres = settings.database_url.starts_with("postgres");
         let url = if postgres {
             let url = settings.database_url.clone();
             let check = url.clone();
@@ -183,18 +184,18 @@ impl Demo {
         };
         let runtime = runtime(&settings)?;
         let history = self.events;
-        println!("zdr demo on {url}");
+        outln!("zdr demo on {url}");
 
         step(&format!(
             "1. An event store with {history} events for {ACCOUNTS} bank accounts"
         ));
         let db_url = url.clone();
         blocking(move || {
-            let db = Db::open(&db_url)?;
+            let db = Db::create(&db_url)?;
             db.init()?;
             let mut rng = Lcg(42);
             db.append_events(&account_events(&mut rng, history, true))?;
-            println!("appended {} events", db.count_events()?);
+            outln!("appended {} events", db.count_events()?);
             Ok(())
         })
         .await?;
@@ -208,8 +209,16 @@ impl Demo {
                 source: "balance v1".into(),
                 wasm: v1,
             };
-            let outcome = lifecycle::deploy(&rt, &db, &spec, s.batch_size, &mut |_, _| {})?;
-            println!("{outcome:?}");
+            match lifecycle::deploy(&rt, &db, &spec, s.batch_size, &mut |_, _| {})? {
+                Deployed::New { version, events } => {
+                    outln!(
+                        "deployed balance version {version}: built from {events} event(s), now live"
+                    )
+                }
+                _ => bail!(
+                    "balance was already deployed in the demo's fresh database; run the demo again"
+                ),
+            }
             show_balances(&db, "balances")
         })
         .await?;
@@ -241,7 +250,7 @@ impl Demo {
                 wasm: v2,
             };
             for t in lifecycle::create(&rt, &db, "v2", &[spec])? {
-                println!(
+                outln!(
                     "clone for {} version {} created: {}",
                     t.projector,
                     t.version,
@@ -267,9 +276,9 @@ impl Demo {
                 progress.update(t, p)
             })?;
             progress.finish();
-            println!("replayed {applied} events into the clone");
+            outln!("replayed {applied} events into the clone");
             let live = db.live_target("balance")?.context("balance is not live")?;
-            println!(
+            outln!(
                 "meanwhile v1 kept serving: live checkpoint {} of {}",
                 live.checkpoint,
                 db.head()?
@@ -283,12 +292,13 @@ impl Demo {
         blocking(move || {
             let db = Db::open(&s.database_url)?;
             let status = lifecycle::status(&db, "v2")?;
-            println!(
+            outln!(
                 "lag: {} event(s) behind the head ({})",
-                status.lag, status.head
+                status.lag,
+                status.head
             );
             let applied = lifecycle::start(&rt, &db, "v2", s.batch_size, &mut |_, _| {})?;
-            println!(
+            outln!(
                 "caught up {applied} more event(s); lag now {}",
                 lifecycle::status(&db, "v2")?.lag
             );
@@ -312,7 +322,7 @@ impl Demo {
             let db = Db::open(&s.database_url)?;
             let status = lifecycle::status(&db, "v2")?;
             for p in &status.projectors {
-                println!(
+                outln!(
                     "clone at {}, live at {}: in step",
                     p.checkpoint,
                     p.live_checkpoint.unwrap_or(0)
@@ -327,7 +337,7 @@ impl Demo {
         blocking(move || {
             let db = Db::open(&s.database_url)?;
             for t in lifecycle::promote(&rt, &db, "v2")? {
-                println!("promoted {} version {}", t.projector, t.version);
+                outln!("promoted {} version {}", t.projector, t.version);
             }
             Ok(())
         })
@@ -346,9 +356,10 @@ impl Demo {
                 std::thread::sleep(Duration::from_millis(20));
             }
             let live = db.live_target("balance")?.context("balance is not live")?;
-            println!(
+            outln!(
                 "v{} serving, caught up at event {}: the new columns are filled",
-                live.version, live.checkpoint
+                live.version,
+                live.checkpoint
             );
             show_balances(&db, "balances")
         })
@@ -369,13 +380,13 @@ impl Demo {
         let (rt, s) = (runtime.clone(), settings.clone());
         let v2_again = component(&self.v2)?;
         blocking(move || verify(&rt, &s, v2_again)).await?;
-        println!();
+        outln!();
         let inspect = if postgres {
             "with psql".to_string()
         } else {
             format!("{} with sqlite3", self.file.display())
         };
-        println!(
+        outln!(
             "done. Inspect {inspect}, or run the same steps with the CLI (examples/walkthrough.sh)."
         );
         Ok(())
@@ -395,7 +406,7 @@ fn spawn_traffic(
             appended += 5;
             std::thread::sleep(Duration::from_millis(10));
         }
-        println!("(traffic: {appended} events appended while the story ran)");
+        outln!("(traffic: {appended} events appended while the story ran)");
         Ok(())
     })
 }
@@ -445,7 +456,7 @@ fn verify(runtime: &Runtime, settings: &Settings, v2: Vec<u8>) -> anyhow::Result
             .unwrap_or_default()
     };
     let differing = cell(&diff);
-    println!(
+    outln!(
         "{} live rows, {differing} differing from the fresh fold",
         cell(&rows)
     );

@@ -64,7 +64,7 @@ impl Append {
         })
         .await?;
         if let Some((id, _)) = range {
-            println!("{id}");
+            outln!("{id}");
         }
         Ok(())
     }
@@ -122,9 +122,9 @@ impl Import {
         })
         .await?;
         for problem in &invalid {
-            eprintln!("skipped {problem}");
+            errln!("skipped {problem}");
         }
-        println!("imported {count} event(s)");
+        outln!("imported {count} event(s)");
         Ok(())
     }
 }
@@ -147,7 +147,7 @@ impl Count {
         if self.json {
             output::print_json(&serde_json::json!({ "count": count, "last_id": head }))
         } else {
-            println!("{count}");
+            outln!("{count}");
             Ok(())
         }
     }

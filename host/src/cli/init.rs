@@ -6,7 +6,9 @@ use super::blocking;
 use crate::backend::Db;
 use crate::config::Settings;
 
-/// Create zdr's tables and, when absent, Spatie's `stored_events` table.
+/// Create zdr's tables (or upgrade those an older zdr made) and, when absent, Spatie's
+/// `stored_events` table; the only command that creates a SQLite file. Warns about writers
+/// of the event store zdr cannot read safely.
 #[derive(Debug, Args)]
 pub struct Init {}
 
@@ -17,13 +19,15 @@ impl Init {
     /// An unreachable database, a newer schema, or an incompatible `stored_events`.
     pub async fn run(self, settings: Settings) -> anyhow::Result<()> {
         let url = settings.database_url.clone();
-        blocking(move || {
-            let db = Db::open(&url)?;
-            db.init()?;
-            Ok(())
+        let warnings = blocking(move || {
+            let db = Db::create(&url)?;
+            Ok(db.init()?)
         })
         .await?;
-        println!("initialised {}", settings.database_url);
+        for warning in &warnings {
+            errln!("warning: {warning}");
+        }
+        outln!("initialised {}", settings.database_url);
         Ok(())
     }
 }

@@ -4,6 +4,25 @@
 //! to stderr, so `--json` output stays clean for scripts. Heavy work (SQLite, wasmtime) runs on
 //! blocking threads, never on the async runtime.
 
+/// `println!` for what a command prints as its result, on stdout: a reader that went away
+/// (`zdr … | head`) ends zdr quietly instead of panicking.
+macro_rules! outln {
+    () => {
+        $crate::cli::output::write_stdout(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_stdout(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `eprintln!` for progress and notes on stderr: a closed stderr is ignored (a daemon or a
+/// long command must not die because its log reader went away).
+macro_rules! errln {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_stderr(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
 mod demo;
 mod events;
 mod init;
@@ -20,7 +39,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
-use crate::backend::Db;
+use crate::backend::{Db, StoreError};
 use crate::config::Settings;
 use crate::runtime::Runtime;
 
@@ -78,7 +97,8 @@ impl Cli {
     /// Whatever the command failed with, with context for the user.
     pub async fn run(self) -> anyhow::Result<()> {
         let settings = Settings::resolve(self.config.as_deref(), self.database_url.clone())?;
-        match self.command {
+        let url = crate::backend::redact(&settings.database_url);
+        let outcome = match self.command {
             Command::Init(cmd) => cmd.run(settings).await,
             Command::Events(cmd) => cmd.run(settings).await,
             Command::Projector(cmd) => cmd.run(settings).await,
@@ -86,7 +106,18 @@ impl Cli {
             Command::Replay(cmd) => cmd.run(settings).await,
             Command::Serve(cmd) => cmd.run(settings).await,
             Command::Demo(cmd) => cmd.run(settings).await,
-        }
+        };
+        // A damaged file is named, so the advice that follows can be acted on.
+        outcome.map_err(|err| {
+            let damaged = err
+                .chain()
+                .any(|cause| matches!(cause.downcast_ref(), Some(StoreError::Damaged { .. })));
+            if damaged {
+                err.context(format!("database {url}"))
+            } else {
+                err
+            }
+        })
     }
 }
 

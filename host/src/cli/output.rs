@@ -9,12 +9,35 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::model::Target;
 use crate::projection::{Progress, target_label};
 
+/// Writes a command's output to stdout. When the reader has gone away (`zdr … | head`) the
+/// process ends quietly with success, as the output was read as far as it was wanted; any
+/// other write failure ends it with an error message.
+pub fn write_stdout(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(err) = out.write_fmt(text).and_then(|()| out.flush()) {
+        if err.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        write_stderr(format_args!(
+            "error: cannot write to standard output: {err}\n"
+        ));
+        std::process::exit(1);
+    }
+}
+
+/// Writes progress or a note to stderr, ignoring a closed stderr.
+pub fn write_stderr(text: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_fmt(text);
+}
+
 /// Prints a value as pretty JSON on stdout.
 ///
 /// # Errors
 /// When the value cannot be serialised.
 pub fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    outln!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
 
@@ -34,7 +57,7 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
             .enumerate()
             .map(|(i, c)| format!("{c:<width$}", width = widths.get(i).copied().unwrap_or(0)))
             .collect();
-        println!("{}", text.join("  ").trim_end());
+        outln!("{}", text.join("  ").trim_end());
     };
     line(header.to_vec());
     for row in rows {
@@ -80,7 +103,7 @@ impl ProgressReporter {
             bar.set_length(progress.head.max(0) as u64);
             bar.set_position(progress.checkpoint.max(0) as u64);
         } else if self.last_line.elapsed().as_secs_f64() >= 2.0 {
-            eprintln!("{}", Self::line(&label, progress, self.started));
+            errln!("{}", Self::line(&label, progress, self.started));
             self.last_line = Instant::now();
         }
         self.last = Some((label, progress));
@@ -103,7 +126,7 @@ impl ProgressReporter {
             bar.finish_and_clear();
         }
         if let Some((label, progress)) = &self.last {
-            eprintln!("{}", Self::line(label, *progress, self.started));
+            errln!("{}", Self::line(label, *progress, self.started));
         }
     }
 }

@@ -68,16 +68,16 @@ impl New {
     fn run(self) -> anyhow::Result<()> {
         let dir = self.dir.unwrap_or_else(|| PathBuf::from(&self.name));
         let done = plugin::scaffold(&self.name, self.lang, &dir)?;
-        println!(
+        outln!(
             "created {} projector {} in {}",
             self.lang,
             self.name,
             done.dir.display()
         );
         for file in &done.files {
-            println!("  {file}");
+            outln!("  {file}");
         }
-        println!(
+        outln!(
             "next: zdr plugin test {0}, zdr plugin build {0}, then zdr projector deploy {1} <the output it prints>",
             done.dir.display(),
             self.name
@@ -99,7 +99,7 @@ impl Build {
         let runtime = runtime(&settings)?;
         let dir = self.dir;
         let built = blocking(move || Ok(plugin::build(&runtime, &dir)?)).await?;
-        println!(
+        outln!(
             "built {} version {} ({}): {}",
             built.description.name,
             built.description.version,
@@ -122,7 +122,7 @@ impl Test {
     async fn run(self) -> anyhow::Result<()> {
         let dir = self.dir;
         let (manifest, command) = blocking(move || Ok(plugin::test(&dir)?)).await?;
-        println!("tested {}: `{command}` passed", manifest.name);
+        outln!("tested {}: `{command}` passed", manifest.name);
         Ok(())
     }
 }
@@ -151,37 +151,37 @@ impl Inspect {
             return output::print_json(&inspection);
         }
         let or_unknown = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".into());
-        println!(
+        outln!(
             "file:     {} ({} bytes)",
             self.file.display(),
             inspection.bytes
         );
-        println!("name:     {}", or_unknown(&inspection.name));
-        println!("version:  {}", or_unknown(&inspection.version));
+        outln!("name:     {}", or_unknown(&inspection.name));
+        outln!("version:  {}", or_unknown(&inspection.version));
         match &inspection.problem {
-            None => println!("world:    matches zdr:projector/projector"),
-            Some(problem) => println!("world:    does NOT match: {problem}"),
+            None => outln!("world:    matches zdr:projector/projector"),
+            Some(problem) => outln!("world:    does NOT match: {problem}"),
         }
         let handles = if inspection.handles.is_empty() && inspection.matches_world {
             "(every event)".to_string()
         } else {
             inspection.handles.join(", ")
         };
-        println!("handles:  {handles}");
-        println!("tables:");
+        outln!("handles:  {handles}");
+        outln!("tables:");
         for table in &inspection.tables {
-            println!("  {}", table.name);
+            outln!("  {}", table.name);
             for ddl in &table.ddl {
-                println!("    {ddl}");
+                outln!("    {ddl}");
             }
         }
-        println!("imports:");
+        outln!("imports:");
         for item in &inspection.imports {
-            println!("  {} ({})", item.name, item.kind);
+            outln!("  {} ({})", item.name, item.kind);
         }
-        println!("exports:");
+        outln!("exports:");
         for item in &inspection.exports {
-            println!("  {} ({})", item.name, item.kind);
+            outln!("  {} ({})", item.name, item.kind);
         }
         Ok(())
     }

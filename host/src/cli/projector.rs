@@ -1,4 +1,4 @@
-//! `zdr projector`: deploy, list and resume live projectors.
+//! `zdr projector`: deploy, list, resume and skip past a poison event.
 
 use std::path::PathBuf;
 
@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use super::output::{self, ProgressReporter};
 use super::{blocking, open_ready, read_component, runtime};
 use crate::config::Settings;
-use crate::lifecycle::{self, ComponentSpec, Deployed};
+use crate::lifecycle::{self, ComponentSpec, Deployed, ServingStatus};
 
 #[derive(Debug, Subcommand)]
 pub enum ProjectorCommand {
@@ -18,6 +18,9 @@ pub enum ProjectorCommand {
     List(List),
     /// Resume a projector stopped at a failure (after deploying a fix, if needed).
     Resume(Resume),
+    /// Let a live projector stopped at an event pass it (recorded with who and why); a replay
+    /// still fails at it.
+    Skip(Skip),
 }
 
 impl ProjectorCommand {
@@ -26,6 +29,7 @@ impl ProjectorCommand {
             ProjectorCommand::Deploy(cmd) => cmd.run(settings).await,
             ProjectorCommand::List(cmd) => cmd.run(settings).await,
             ProjectorCommand::Resume(cmd) => cmd.run(settings).await,
+            ProjectorCommand::Skip(cmd) => cmd.run(settings).await,
         }
     }
 }
@@ -61,17 +65,17 @@ impl Deploy {
         .await?;
         match outcome {
             Deployed::New { version, events } => {
-                println!(
+                outln!(
                     "deployed {} version {version}: built from {events} event(s), now live",
                     self.name
                 )
             }
-            Deployed::Unchanged { version } => println!(
+            Deployed::Unchanged { version } => outln!(
                 "{} version {version} is already live; nothing to do",
                 self.name
             ),
             Deployed::Upgraded { from, to, key } => {
-                println!(
+                outln!(
                     "upgraded {} from version {from} to {to} with zero downtime (replay {key})",
                     self.name
                 )
@@ -99,15 +103,26 @@ impl List {
         let rows: Vec<Vec<String>> = projectors
             .iter()
             .map(|p| {
+                let mut status = p.status.to_string();
+                if let Some(since) = &p.status_since
+                    && p.status == ServingStatus::Stuck
+                {
+                    status.push_str(&format!(" since {since}"));
+                }
+                if let Some(reason) = &p.status_reason {
+                    status.push_str(&format!(": {reason}"));
+                }
+                if !p.skipped.is_empty() {
+                    let ids: Vec<String> =
+                        p.skipped.iter().map(|s| s.event_id.to_string()).collect();
+                    status.push_str(&format!("; skipped {}", ids.join(", ")));
+                }
                 vec![
                     p.name.clone(),
                     p.version.clone(),
                     p.checkpoint.to_string(),
                     p.lag.to_string(),
-                    match &p.failure {
-                        None => p.status.clone(),
-                        Some(f) => format!("stopped at event {}: {}", f.event_id, f.message),
-                    },
+                    status,
                     p.tables.join(","),
                 ]
             })
@@ -133,10 +148,55 @@ impl Resume {
         let checkpoint =
             blocking(move || Ok(lifecycle::resume_projector(&open_ready(&settings)?, &name)?))
                 .await?;
-        println!(
+        outln!(
             "resumed {}: the daemon retries from event {}",
             self.name,
             checkpoint + 1
+        );
+        Ok(())
+    }
+}
+
+/// Skip the event a live projector is stopped at.
+#[derive(Debug, Args)]
+pub struct Skip {
+    /// The projector's name.
+    name: String,
+    /// The event it is stopped at (see `zdr projector list`).
+    #[arg(long)]
+    event: i64,
+    /// Why it may pass this event; recorded with the skip and shown in `zdr projector list`.
+    #[arg(long)]
+    reason: String,
+    /// Who decided (default: the login name).
+    #[arg(long)]
+    by: Option<String>,
+}
+
+impl Skip {
+    async fn run(self, settings: Settings) -> anyhow::Result<()> {
+        let by = self
+            .by
+            .clone()
+            .or_else(|| std::env::var("USER").ok())
+            .or_else(|| std::env::var("LOGNAME").ok())
+            .unwrap_or_else(|| "unknown".into());
+        let (name, event, reason) = (self.name.clone(), self.event, self.reason.clone());
+        let live = blocking(move || {
+            Ok(lifecycle::skip_event(
+                &open_ready(&settings)?,
+                &name,
+                event,
+                &reason,
+                &by,
+            )?)
+        })
+        .await?;
+        outln!(
+            "skipped event {} of {}: the daemon goes on from event {}",
+            self.event,
+            self.name,
+            live.checkpoint + 1
         );
         Ok(())
     }

@@ -104,12 +104,14 @@ impl ReplayCommand {
                 })
                 .await?;
                 for t in &targets {
-                    println!(
+                    outln!(
                         "created replay {} for {} version {}",
-                        cmd.key, t.projector, t.version
+                        cmd.key,
+                        t.projector,
+                        t.version
                     );
                 }
-                println!("next: zdr replay start {}", cmd.key);
+                outln!("next: zdr replay start {}", cmd.key);
                 Ok(())
             }
             ReplayCommand::Start(cmd) => {
@@ -126,9 +128,10 @@ impl ReplayCommand {
                     Ok(result?)
                 })
                 .await?;
-                println!(
+                outln!(
                     "replay {}: applied {applied} event(s); caught up. next: zdr replay project {}",
-                    cmd.key, cmd.key
+                    cmd.key,
+                    cmd.key
                 );
                 Ok(())
             }
@@ -157,9 +160,12 @@ impl ReplayCommand {
                     }));
                 }
                 for p in &status.projectors {
-                    println!(
+                    outln!(
                         "{}: checkpoint {} of {}, {} event(s) behind",
-                        p.projector, p.checkpoint, status.head, p.lag
+                        p.projector,
+                        p.checkpoint,
+                        status.head,
+                        p.lag
                     );
                 }
                 Ok(())
@@ -181,9 +187,10 @@ impl ReplayCommand {
                     Ok(result?)
                 })
                 .await?;
-                println!(
+                outln!(
                     "replay {} is projecting: new events go to live and clone. next: zdr replay promote {}",
-                    cmd.key, cmd.key
+                    cmd.key,
+                    cmd.key
                 );
                 Ok(())
             }
@@ -195,9 +202,11 @@ impl ReplayCommand {
                 })
                 .await?;
                 for t in &promoted {
-                    println!(
+                    outln!(
                         "promoted {} version {}: now live (previous tables kept until `zdr replay remove {}`)",
-                        t.projector, t.version, cmd.key
+                        t.projector,
+                        t.version,
+                        cmd.key
                     );
                 }
                 Ok(())
@@ -215,7 +224,7 @@ impl ReplayCommand {
                     )?)
                 })
                 .await?;
-                println!("removed replay {} ({dropped} target(s) dropped)", cmd.key);
+                outln!("removed replay {} ({dropped} target(s) dropped)", cmd.key);
                 Ok(())
             }
             ReplayCommand::List(cmd) => {
@@ -248,13 +257,13 @@ impl ReplayCommand {
 }
 
 fn print_status(status: &ReplayStatus) {
-    println!("replay {}: {}", status.key, status.state);
+    outln!("replay {}: {}", status.key, status.state);
     if let Some(error) = &status.error {
-        println!("  error: {error}");
+        outln!("  error: {error}");
     }
-    println!("  event store head: {}", status.head);
+    outln!("  event store head: {}", status.head);
     for p in &status.projectors {
-        println!(
+        outln!(
             "  {} version {} ({}): checkpoint {}, lag {}; live is version {} at {}",
             p.projector,
             p.version,
@@ -264,9 +273,12 @@ fn print_status(status: &ReplayStatus) {
             p.live_version.as_deref().unwrap_or("-"),
             p.live_checkpoint.map_or("-".to_string(), |c| c.to_string()),
         );
-        println!("    tables: {}", p.tables.join(", "));
+        outln!("    tables: {}", p.tables.join(", "));
+        if let (Some(live), Some(reason)) = (p.live_status, &p.live_status_reason) {
+            outln!("    live is {live}: {reason}");
+        }
         if let Some(f) = &p.failure {
-            println!("    failed at event {}: {}", f.event_id, f.message);
+            outln!("    failed at event {}: {}", f.event_id, f.message);
         }
     }
 }

@@ -13,7 +13,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::ConnectionHandle;
 use super::bindings::zdr::projector::{database, log, types};
 use super::output::GuestOutput;
-use crate::backend::{DbError, GuestConnection, RowSet, Value};
+use crate::backend::{Call, DbError, GuestConnection, RowSet, Value};
 
 /// Everything a projector instance's store holds.
 pub struct HostState {
@@ -22,6 +22,9 @@ pub struct HostState {
     pub(super) limits: StoreLimits,
     /// The target this instance writes to, once bound; `None` answers `denied`.
     pub(super) connection: Option<Box<dyn GuestConnection>>,
+    /// The export call under way that may use the connection (`handle-event`, `promote`,
+    /// `remove-target`), with its deadline; `None` outside them, where statements are denied.
+    pub(super) call: Option<Call>,
     /// `name@version [target]`, used to tag every log line of this instance.
     pub(super) tag: Arc<str>,
     /// The memory cap, kept to explain an out-of-memory trap.
@@ -54,6 +57,7 @@ impl HostState {
             table: ResourceTable::new(),
             limits,
             connection: None,
+            call: None,
             tag,
             memory_bytes,
         }
@@ -96,8 +100,11 @@ impl database::HostConnection for HostState {
         let Some(connection) = self.connection.as_mut() else {
             return Ok(Err(revoked()));
         };
+        let Some(call) = self.call else {
+            return Ok(Err(outside_a_call(&self.tag)));
+        };
         let params = params.into_iter().map(value_from_guest).collect::<Vec<_>>();
-        let outcome = connection.execute(&sql, &params);
+        let outcome = connection.execute(&sql, &params, call);
         Ok(outcome.map_err(|err| error_to_guest(&self.tag, &sql, err)))
     }
 
@@ -110,8 +117,11 @@ impl database::HostConnection for HostState {
         let Some(connection) = self.connection.as_mut() else {
             return Ok(Err(revoked()));
         };
+        let Some(call) = self.call else {
+            return Ok(Err(outside_a_call(&self.tag)));
+        };
         let params = params.into_iter().map(value_from_guest).collect::<Vec<_>>();
-        match connection.query(&sql, &params) {
+        match connection.query(&sql, &params, call) {
             Ok(rows) => Ok(Ok(row_set_to_guest(rows))),
             Err(err) => Ok(Err(error_to_guest(&self.tag, &sql, err))),
         }
@@ -155,6 +165,16 @@ fn truncate(text: &str, max: usize) -> &str {
         end -= 1;
     }
     &text[..end]
+}
+
+/// The answer to a statement sent outside `handle-event`, `promote` and `remove-target`: the
+/// handle belongs to a batch transaction, and there is none then.
+fn outside_a_call(tag: &str) -> types::Error {
+    let reason = "statements may run only inside handle-event, promote and remove-target: the \
+                  connection belongs to the batch transaction, and use-connection, for-replay and \
+                  describe run outside any";
+    tracing::warn!(projector = %tag, "statement denied: {reason}");
+    types::Error::Denied(reason.into())
 }
 
 fn revoked() -> types::Error {

@@ -15,14 +15,14 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::types::{ComponentExtern, ComponentItem};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Config, Engine, Store};
 
-use crate::backend::GuestConnection;
+use crate::backend::{Call, DbError, GuestConnection};
 use crate::events::Event;
 pub use crate::model::{Description, TableDecl};
 use bindings::{Projector, ProjectorPre};
@@ -88,6 +88,12 @@ pub enum GuestError {
     /// `describe` returned something the host cannot use.
     #[error("invalid description: {0}")]
     InvalidDescription(String),
+    /// One of the guest's statements failed and aborted the transaction (PostgreSQL), and the
+    /// guest carried on as if it had not: the event failed all the same.
+    #[error(
+        "the projector carried on after a statement that failed and aborted the transaction: {0}"
+    )]
+    Swallowed(String),
 }
 
 /// The SHA-256 of a component's bytes, hex: its identity in the database and the cache.
@@ -311,14 +317,35 @@ impl Instance {
         self.poisoned
     }
 
-    fn arm(&mut self) -> Result<(), GuestError> {
+    /// Sets the deadline of the next call into the guest. Only a call that may use the
+    /// database (`with_database`) gets one for its statements too; in any other, statements
+    /// are denied.
+    fn arm(&mut self, with_database: bool) -> Result<(), GuestError> {
         if self.poisoned {
             return Err(GuestError::Trap(
                 "instance was poisoned by an earlier trap".into(),
             ));
         }
         self.store.set_epoch_deadline(deadline_ticks(self.timeout));
+        self.store.data_mut().call = with_database.then(|| Call {
+            deadline: Instant::now() + self.timeout,
+        });
         Ok(())
+    }
+
+    /// Ends a call: statements are denied again until the next one.
+    fn disarm(&mut self) {
+        self.store.data_mut().call = None;
+    }
+
+    /// The database error that aborted the current transaction since this was last asked
+    /// (PostgreSQL): the event that caused it failed even if the guest swallowed the error.
+    pub fn take_aborted(&mut self) -> Option<DbError> {
+        self.store
+            .data_mut()
+            .connection
+            .as_mut()
+            .and_then(|connection| connection.take_aborted())
     }
 
     fn trapped(&mut self, err: wasmtime::Error) -> GuestError {
@@ -352,7 +379,7 @@ impl Instance {
     /// # Errors
     /// A trap, or a description with no name, no version or no tables.
     pub fn describe(&mut self) -> Result<Description, GuestError> {
-        self.arm()?;
+        self.arm(false)?;
         let d = match self.bindings.call_describe(&mut self.store) {
             Ok(d) => d,
             Err(err) => return Err(self.trapped(err)),
@@ -398,12 +425,12 @@ impl Instance {
             .data_mut()
             .new_connection_handle()
             .map_err(|err| GuestError::Trap(format!("{err:#}")))?;
-        self.arm()?;
+        self.arm(false)?;
         if let Err(err) = self.bindings.call_use_connection(&mut self.store, handle) {
             return Err(self.trapped(err));
         }
         if for_replay {
-            self.arm()?;
+            self.arm(false)?;
             if let Err(err) = self.bindings.call_for_replay(&mut self.store) {
                 return Err(self.trapped(err));
             }
@@ -416,7 +443,7 @@ impl Instance {
     /// # Errors
     /// The guest's own error, or a trap (after which the instance is poisoned).
     pub fn handle_event(&mut self, event: &Event) -> Result<(), GuestError> {
-        self.arm()?;
+        self.arm(true)?;
         let guest_event = bindings::zdr::projector::types::Event {
             id: event.id,
             aggregate_uuid: event.aggregate_uuid.clone(),
@@ -427,10 +454,11 @@ impl Instance {
             meta_data: event.meta_data.clone(),
             created_at: event.created_at.clone(),
         };
-        match self
+        let outcome = self
             .bindings
-            .call_handle_event(&mut self.store, &guest_event)
-        {
+            .call_handle_event(&mut self.store, &guest_event);
+        self.disarm();
+        match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(GuestError::Returned(message)),
             Err(err) => Err(self.trapped(err)),
@@ -442,8 +470,10 @@ impl Instance {
     /// # Errors
     /// The guest's veto, or a trap.
     pub fn promote(&mut self) -> Result<(), GuestError> {
-        self.arm()?;
-        match self.bindings.call_promote(&mut self.store) {
+        self.arm(true)?;
+        let outcome = self.bindings.call_promote(&mut self.store);
+        self.disarm();
+        match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(GuestError::Returned(message)),
             Err(err) => Err(self.trapped(err)),
@@ -455,8 +485,10 @@ impl Instance {
     /// # Errors
     /// The guest's error, or a trap; the caller logs it and drops the target anyway.
     pub fn remove(&mut self) -> Result<(), GuestError> {
-        self.arm()?;
-        match self.bindings.call_remove_target(&mut self.store) {
+        self.arm(true)?;
+        let outcome = self.bindings.call_remove_target(&mut self.store);
+        self.disarm();
+        match outcome {
             Ok(Ok(())) => Ok(()),
             Ok(Err(message)) => Err(GuestError::Returned(message)),
             Err(err) => Err(self.trapped(err)),

@@ -295,7 +295,7 @@ pub(super) fn data_type_allowed(data_type: &DataType) -> bool {
     }
 }
 
-/// Whether a data type holds dates or times: casting the literal `'now'` to one reads the clock.
+/// Whether a data type holds dates or times: text cast to one can read the clock (`'now'`).
 pub(super) fn is_time_type(data_type: &DataType) -> bool {
     use DataType as T;
     match data_type {
@@ -306,12 +306,105 @@ pub(super) fn is_time_type(data_type: &DataType) -> bool {
     }
 }
 
-/// Whether a string, cast to a date or time type, means "the current time" to PostgreSQL.
-pub(super) fn is_clock_literal(text: &str) -> bool {
-    let text = text.trim().to_ascii_lowercase();
-    matches!(text.as_str(), "now" | "today" | "tomorrow" | "yesterday")
-        || text.starts_with("now ")
-        || text.starts_with("today ")
+/// Whether `text` is a date or time written in full, which PostgreSQL reads the same whenever
+/// the statement runs: `YYYY-MM-DD`, `HH:MM[:SS[.fraction]]`, or both separated by a space or
+/// `T`, with an optional zone (`Z`, `UTC`, `+HH`, `+HH:MM`, `+HHMM`); or one of the constants
+/// `epoch`, `infinity`, `-infinity`. Anything else may read the clock (`now`, `today`,
+/// `tomorrow 10:00`, `10:00 yesterday`…) or depend on the session's settings.
+pub(super) fn is_fixed_time_literal(text: &str) -> bool {
+    let text = text.trim();
+    if matches!(
+        text.to_ascii_lowercase().as_str(),
+        "epoch" | "infinity" | "-infinity"
+    ) {
+        return true;
+    }
+    let (body, zone) = split_zone(text);
+    if !zone.is_empty() && !is_zone(zone) {
+        return false;
+    }
+    match body.split_once([' ', 'T']) {
+        Some((date, time)) => is_date(date) && is_time(time),
+        None => is_date(body) || is_time(body),
+    }
+}
+
+/// Splits a trailing zone off a date or time: `Z`, ` UTC`, `+02`, `-05:30`.
+fn split_zone(text: &str) -> (&str, &str) {
+    if let Some(body) = text.strip_suffix(['Z', 'z']) {
+        return (body, "Z");
+    }
+    if let Some(body) = text
+        .strip_suffix(" UTC")
+        .or_else(|| text.strip_suffix(" utc"))
+    {
+        return (body, "UTC");
+    }
+    // A sign after the time part starts an offset; a date's own dashes come before it.
+    let after_time = text.find(':').unwrap_or(text.len());
+    match text[after_time..].find(['+', '-']) {
+        Some(at) => text.split_at(after_time + at),
+        None => (text, ""),
+    }
+}
+
+fn is_zone(zone: &str) -> bool {
+    if matches!(zone, "Z" | "UTC") {
+        return true;
+    }
+    let Some(offset) = zone.strip_prefix(['+', '-']) else {
+        return false;
+    };
+    let digits: String = offset.chars().filter(|c| *c != ':').collect();
+    matches!(digits.len(), 2 | 4)
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && offset.matches(':').count() <= 1
+}
+
+fn digits(part: &str, len: usize) -> bool {
+    part.len() == len && part.bytes().all(|b| b.is_ascii_digit())
+}
+
+fn is_date(text: &str) -> bool {
+    let parts: Vec<&str> = text.split('-').collect();
+    matches!(parts.as_slice(), [y, m, d] if digits(y, 4) && digits(m, 2) && digits(d, 2))
+}
+
+fn is_time(text: &str) -> bool {
+    let (clock, fraction) = text.split_once('.').unwrap_or((text, "0"));
+    let parts: Vec<&str> = clock.split(':').collect();
+    let whole = match parts.as_slice() {
+        [h, m] => digits(h, 2) && digits(m, 2),
+        [h, m, s] => digits(h, 2) && digits(m, 2) && digits(s, 2),
+        _ => false,
+    };
+    whole && (1..=9).contains(&fraction.len()) && fraction.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Whether a bare string literal is one PostgreSQL may read as a time relative to the clock
+/// when it lands in a date or time column or comparison (`'tomorrow 10:00'`, `'now'`): one of
+/// the words `now`, `today`, `tomorrow`, `yesterday`, with nothing around it but what a date
+/// or time is written with. `'see you tomorrow'` is only text.
+pub(super) fn is_relative_time_literal(text: &str) -> bool {
+    const CLOCK_WORDS: &[&str] = &["now", "today", "tomorrow", "yesterday"];
+    const TIME_WORDS: &[&str] = &[
+        "am", "pm", "at", "z", "utc", "gmt", "ut", "allballs", "epoch", "cet", "cest", "eet",
+        "eest", "wet", "west", "bst", "ist", "est", "edt", "cst", "cdt", "mst", "mdt", "pst",
+        "pdt", "jst", "msk",
+    ];
+    let lower = text.to_ascii_lowercase();
+    let words: Vec<&str> = lower
+        .split(|c: char| c.is_whitespace() || c == ',')
+        .filter(|w| !w.is_empty())
+        .collect();
+    words.iter().any(|w| CLOCK_WORDS.contains(w))
+        && words.iter().all(|w| {
+            CLOCK_WORDS.contains(w)
+                || TIME_WORDS.contains(w)
+                || w.contains('/')
+                || w.bytes()
+                    .all(|b| b.is_ascii_digit() || b":.-+".contains(&b))
+        })
 }
 
 #[cfg(test)]
@@ -360,12 +453,66 @@ mod tests {
     }
 
     #[test]
-    fn clock_literals() {
-        for text in ["now", " NOW ", "today", "Tomorrow", "yesterday", "now utc"] {
-            assert!(is_clock_literal(text), "{text}");
+    fn fixed_time_literals() {
+        for text in [
+            "2024-01-31",
+            "2024-01-31 12:00",
+            "2024-01-31 12:00:59",
+            "2024-01-31T12:00:59.123456",
+            "2024-01-31T12:00:59Z",
+            "2024-01-31 12:00:59+02",
+            "2024-01-31 12:00:59-05:30",
+            "2024-01-31 12:00:59 UTC",
+            "12:30",
+            "12:30:00.5",
+            " epoch ",
+            "-infinity",
+        ] {
+            assert!(is_fixed_time_literal(text), "{text}");
         }
-        for text in ["2024-01-01", "nowhere", "epoch"] {
-            assert!(!is_clock_literal(text), "{text}");
+        for text in [
+            "now",
+            " NOW ",
+            "today",
+            "tomorrow 10:00",
+            "10:00 tomorrow",
+            "yesterday",
+            "now utc",
+            "31/01/2024",
+            "January 31 2024",
+            "2024-1-31",
+            "2024-01-31 12",
+            "2024-01-31 12:00 Europe/Paris",
+            "allballs",
+            "",
+        ] {
+            assert!(!is_fixed_time_literal(text), "{text}");
+        }
+    }
+
+    #[test]
+    fn relative_time_literals() {
+        for text in [
+            "now",
+            " NOW ",
+            "today",
+            "Tomorrow",
+            "yesterday",
+            "now utc",
+            "tomorrow 10:00",
+            "10:00 tomorrow",
+            "today at 12:00 Europe/Paris",
+        ] {
+            assert!(is_relative_time_literal(text), "{text}");
+        }
+        for text in [
+            "2024-01-01",
+            "nowhere",
+            "epoch",
+            "see you tomorrow",
+            "a note for today",
+        ] {
+            assert!(!is_relative_time_literal(text), "{text}");
         }
     }
 }

@@ -140,12 +140,8 @@ impl Walker<'_> {
                     // SQLite has no `::`; the cast means the same written out.
                     *kind = CastKind::Cast;
                 }
-                if let Expr::Value(ValueWithSpan {
-                    value: Value::SingleQuotedString(text),
-                    ..
-                }) = expr.as_ref()
-                {
-                    check_time_literal(data_type, text)?;
+                if allow::is_time_type(data_type) {
+                    self.time_operand(data_type, expr)?;
                 }
                 self.expr(expr)
             }
@@ -214,7 +210,8 @@ impl Walker<'_> {
                 check_data_type(data_type)?;
                 match &value.value {
                     Value::SingleQuotedString(text) if !*uses_odbc_syntax => {
-                        check_time_literal(data_type, text)
+                        check_time_literal(data_type, text)?;
+                        self.text_literal(text)
                     }
                     _ => Err(denied("this typed literal (write TYPE 'text')")),
                 }
@@ -268,10 +265,56 @@ impl Walker<'_> {
         Ok(())
     }
 
+    /// The operand of a cast to a date or time type: a parameter (whose value is checked when
+    /// the statement runs), NULL, or a literal written in full. Anything else could read the
+    /// clock (`'now'`, `'tomorrow 10:00'`, `'n' || 'ow'`, a column holding such text).
+    fn time_operand(&mut self, data_type: &DataType, operand: &Expr) -> Result<(), GuardError> {
+        match operand {
+            Expr::Value(ValueWithSpan {
+                value: Value::Placeholder(text),
+                ..
+            }) => {
+                if let Ok(n) = text.trim_start_matches(['$', '?']).parse::<usize>() {
+                    self.time_params.insert(n);
+                }
+                Ok(())
+            }
+            Expr::Value(ValueWithSpan {
+                value: Value::SingleQuotedString(text),
+                ..
+            }) => check_time_literal(data_type, text),
+            Expr::Value(ValueWithSpan {
+                value: Value::Null, ..
+            }) => Ok(()),
+            Expr::Nested(inner) => self.time_operand(data_type, inner),
+            _ => Err(GuardError::Denied(format!(
+                "a cast to {} may only take a parameter or a date or time written in full \
+                 (like '2024-01-31 12:00:00'): anything else can read the clock ('now', \
+                 'tomorrow 10:00'), and a read model must equal the pure fold of the events; \
+                 take time from the event's created-at",
+                type_label(data_type)
+            ))),
+        }
+    }
+
+    /// A string literal anywhere: on PostgreSQL, one that reads as a time relative to the
+    /// clock once it lands in a date or time column or comparison is refused.
+    fn text_literal(&self, text: &str) -> Result<(), GuardError> {
+        if self.dialect() == Dialect::Postgres && allow::is_relative_time_literal(text) {
+            return Err(GuardError::Denied(format!(
+                "the string {} is not allowed: PostgreSQL reads it as a time relative to the \
+                 clock, and a read model must equal the pure fold of the events; take time from \
+                 the event's created-at",
+                quoted(text)
+            )));
+        }
+        Ok(())
+    }
+
     fn value(&self, value: &ValueWithSpan) -> Result<(), GuardError> {
         match &value.value {
+            Value::SingleQuotedString(text) => self.text_literal(text),
             Value::Number(_, false)
-            | Value::SingleQuotedString(_)
             | Value::HexStringLiteral(_)
             | Value::Boolean(_)
             | Value::Null => Ok(()),
@@ -401,12 +444,14 @@ fn type_label(data_type: &DataType) -> String {
     }
 }
 
-/// `'now'::timestamp` and `DATE 'today'` read the clock on PostgreSQL.
+/// `'now'::timestamp`, `DATE 'today'` and `TIMESTAMP 'tomorrow 10:00'` read the clock on
+/// PostgreSQL: a literal of a date or time type must be written in full.
 fn check_time_literal(data_type: &DataType, text: &str) -> Result<(), GuardError> {
-    if allow::is_time_type(data_type) && allow::is_clock_literal(text) {
+    if allow::is_time_type(data_type) && !allow::is_fixed_time_literal(text) {
         return Err(GuardError::Denied(format!(
-            "the time literal {} is not allowed: it reads the clock, and a read model must equal \
-             the pure fold of the events: take time from the event's created-at",
+            "the time literal {} is not allowed: write a date or time in full (like \
+             '2024-01-31 12:00:00'); words such as 'now' or 'tomorrow' read the clock, and a read \
+             model must equal the pure fold of the events: take time from the event's created-at",
             quoted(text)
         )));
     }

@@ -141,6 +141,16 @@ pub struct Checked {
     pub tables: Vec<String>,
     /// How many parameters it expects: the highest placeholder number.
     pub param_count: usize,
+    /// The placeholders (numbered from 1) cast to a date or time type: a text value bound to
+    /// one must be a date or time written in full ([`time_param_allowed`]), or it could read
+    /// the clock (`'now'`).
+    pub time_params: Vec<usize>,
+}
+
+/// Whether `text`, bound to a placeholder that is cast to a date or time type, is a date or
+/// time written in full (nothing that reads the clock, such as `'now'` or `'tomorrow'`).
+pub fn time_param_allowed(text: &str) -> bool {
+    allow::is_fixed_time_literal(text)
 }
 
 /// Why a statement was refused.
@@ -271,13 +281,14 @@ impl Guard {
             Mode::Data => walker.data_statement(&mut statement, &parsed.kind_name)?,
             Mode::Setup => walker.setup_statement(&mut statement, &parsed.kind_name)?,
         };
-        let tables = walker.into_tables();
+        let (tables, time_params) = walker.into_parts();
         verify::verify(self, &statement)?;
         let checked = Checked {
             sql: statement.to_string(),
             kind,
             tables,
             param_count: parsed.param_count,
+            time_params,
         };
         Ok((statement, checked))
     }

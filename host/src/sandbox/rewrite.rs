@@ -34,6 +34,9 @@ pub(super) struct Walker<'g> {
     touched: BTreeSet<String>,
     /// How deep the walk is in expressions and queries.
     depth: usize,
+    /// The placeholders cast to a date or time type: their values are checked when the
+    /// statement runs ([`super::Checked::time_params`]).
+    pub(super) time_params: BTreeSet<usize>,
 }
 
 impl<'g> Walker<'g> {
@@ -43,12 +46,16 @@ impl<'g> Walker<'g> {
             ctes: Vec::new(),
             touched: BTreeSet::new(),
             depth: 0,
+            time_params: BTreeSet::new(),
         }
     }
 
-    /// The logical tables the walk met, sorted.
-    pub(super) fn into_tables(self) -> Vec<String> {
-        self.touched.into_iter().collect()
+    /// The logical tables the walk met, sorted, and the placeholders cast to a date or time.
+    pub(super) fn into_parts(self) -> (Vec<String>, Vec<usize>) {
+        (
+            self.touched.into_iter().collect(),
+            self.time_params.into_iter().collect(),
+        )
     }
 
     pub(super) fn dialect(&self) -> Dialect {

@@ -125,6 +125,13 @@ pub(super) const ALLOWED: &[Allowed] = &[
         tables: &["balances"],
     },
     Allowed {
+        sql: "SELECT CAST($1 AS timestamp), '2024-01-31 12:00:00Z'::timestamptz, '2024-01-31'::date FROM balances WHERE id = $2",
+        sqlite: "SELECT CAST(?1 AS TIMESTAMP), CAST('2024-01-31 12:00:00Z' AS TIMESTAMPTZ), CAST('2024-01-31' AS DATE) FROM zdr_r_k1__balances AS balances WHERE id = ?2",
+        postgres: "SELECT CAST($1 AS TIMESTAMP), '2024-01-31 12:00:00Z'::TIMESTAMPTZ, '2024-01-31'::DATE FROM zdr_r_k1.balances WHERE id = $2",
+        kind: Query,
+        tables: &["balances"],
+    },
+    Allowed {
         sql: "SELECT CASE WHEN balance < 0 THEN 'debt' ELSE 'ok' END, CAST(balance AS TEXT), balance::text FROM balances",
         sqlite: "SELECT CASE WHEN balance < 0 THEN 'debt' ELSE 'ok' END, CAST(balance AS TEXT), CAST(balance AS TEXT) FROM zdr_r_k1__balances AS balances",
         postgres: "SELECT CASE WHEN balance < 0 THEN 'debt' ELSE 'ok' END, CAST(balance AS TEXT), balance::TEXT FROM zdr_r_k1.balances",

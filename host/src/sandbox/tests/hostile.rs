@@ -351,6 +351,41 @@ const CASES: &[(&str, Want, Want, &str)] = &[
     ("SELECT now()", D, D, "now"),
     ("SELECT 'now'::timestamp", D, D, "now"),
     ("SELECT TIMESTAMP 'now'", D, D, "now"),
+    // The clock through date and time input: any cast or typed literal of a date or time
+    // type whose operand is not a parameter or a literal written in full; on PostgreSQL also
+    // a bare string that it would read as a time relative to now.
+    (
+        "SELECT CAST('tomorrow 10:00' AS timestamp)",
+        D,
+        D,
+        "tomorrow",
+    ),
+    ("SELECT TIMESTAMP 'yesterday 12:00'", D, D, "yesterday"),
+    ("SELECT DATE 'today' + 1", D, D, "today"),
+    ("SELECT CAST('n' || 'ow' AS timestamptz)", D, D, "cast to"),
+    ("SELECT CAST(upper('now') AS date)", D, D, "cast to"),
+    (
+        "SELECT CAST(CAST('today' AS text) AS date)",
+        D,
+        D,
+        "cast to",
+    ),
+    ("SELECT ' Now '::timestamptz", D, D, "now"),
+    ("SELECT '10:00 tomorrow'::time", D, D, "tomorrow"),
+    (
+        "SELECT CAST(name AS timestamp) FROM balances",
+        D,
+        D,
+        "cast to",
+    ),
+    ("SELECT CAST('31/01/2024' AS date)", D, D, "in full"),
+    (
+        "UPDATE balances SET at = 'tomorrow 10:00' WHERE id = 1",
+        Skip,
+        D,
+        "tomorrow",
+    ),
+    ("SELECT id FROM balances WHERE at < 'now'", Skip, D, "now"),
     ("SELECT readfile('/etc/passwd')", D, D, "readfile"),
     ("SELECT writefile('/tmp/x', 'y')", D, D, "writefile"),
     ("SELECT edit('x')", D, D, "edit"),

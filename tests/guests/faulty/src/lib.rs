@@ -6,9 +6,14 @@
 //! forever (the host's deadline must stop it), `Alloc` allocates without bound (the host's
 //! memory cap must stop it), `FailWhenReplaying` returns an error only in an instance that
 //! was told `for-replay` (a clone fails while live goes on), `FailWhenLive` only in one that
-//! was not (live stops while a replay can rebuild past it). Any other class is applied normally. Because the fault comes
-//! after the insert, a test can also check that the host rolled the batch back: no faulting
-//! event's id may be left in `seen`.
+//! was not (live stops while a replay can rebuild past it), `Swallow` inserts the event's id a
+//! second time and ignores the unique violation (a projector that catches a database error and
+//! carries on), `SwallowWhenReplaying` does so only in a replaying instance. Any other class is
+//! applied normally. Because the fault comes after the insert, a test can also check that the
+//! host rolled the batch back: no faulting event's id may be left in `seen`.
+//!
+//! `use-connection` tries to insert the id -1 into `seen` and logs what the host answered: the
+//! handle lives inside a batch transaction, so a statement there must be refused.
 
 mod bindings {
     //! Bindings for the `projector` world, generated from the repository's WIT.
@@ -63,6 +68,11 @@ impl bindings::Guest for Faulty {
     }
 
     fn use_connection(conn: Connection) {
+        let outcome = conn.execute(RECORD_SEEN, &[Value::Integer(-1)]);
+        log(
+            Level::Info,
+            &format!("faulty: a statement in use-connection: {outcome:?}"),
+        );
         CONNECTION.set(Some(conn));
     }
 
@@ -84,6 +94,8 @@ impl bindings::Guest for Faulty {
             "Fail" => Err("asked to fail".to_owned()),
             "FailWhenReplaying" if REPLAYING.get() => Err("asked to fail while replaying".to_owned()),
             "FailWhenLive" if !REPLAYING.get() => Err("asked to fail while live".to_owned()),
+            "Swallow" => swallow(id),
+            "SwallowWhenReplaying" if REPLAYING.get() => swallow(id),
             "Loop" => spin(),
             "Alloc" => hoard(),
             _ => Ok(()),
@@ -99,6 +111,20 @@ impl bindings::Guest for Faulty {
         log(Level::Info, "faulty: target removed");
         Ok(())
     }
+}
+
+/// Inserts event `id` into `seen` a second time and ignores the unique violation, as a
+/// projector does that catches a database error and carries on; then records nothing else.
+fn swallow(id: i64) -> Result<(), String> {
+    CONNECTION.with_borrow(|conn| {
+        let conn = conn.as_ref().ok_or(NO_CONNECTION)?;
+        let ignored = conn.execute(RECORD_SEEN, &[Value::Integer(id)]);
+        log(
+            Level::Info,
+            &format!("faulty: ignoring the answer to a duplicate insert: {ignored:?}"),
+        );
+        Ok(())
+    })
 }
 
 /// Traps with the `unreachable` instruction.

@@ -1,0 +1,942 @@
+//! Trust under faults: connections cut under the daemon, writers that hold an event id they
+//! have not written yet, clones that swallow database errors, statements that run past the
+//! guest's deadline, oversized values, undecodable rows, deleted and damaged database files,
+//! poison events, and a status that says so whenever nothing moves.
+//!
+//! Every scenario here reproduces a defect found from outside the suite; each failed on the
+//! code before its fix.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::sandbox::probe_event;
+use crate::support::{
+    Backend, Env, Generator, NewEvent, PATIENCE, Writer, assert_same_rows, both_backends, fold_v1,
+    guests, pg_error, postgres_connect, wait_for, wait_until,
+};
+
+both_backends!(
+    a_clone_that_swallows_a_database_error_drops_out_and_live_goes_on,
+    a_live_projector_that_swallows_a_database_error_never_retries_for_ever,
+    a_statement_past_the_deadline_is_interrupted_and_never_holds_the_store,
+    oversized_values_and_results_answer_limit_exceeded,
+    statements_in_use_connection_are_denied,
+    a_poison_event_can_be_skipped_on_live_and_the_skip_is_recorded,
+);
+
+/// The status `projector list --json` gives `name`, with its reason.
+fn status(env: &Env, name: &str) -> (String, String) {
+    let p = env.projector(name);
+    (
+        p["status"].as_str().unwrap_or_default().to_string(),
+        p["status_reason"].as_str().unwrap_or_default().to_string(),
+    )
+}
+
+/// Waits until `projector list` shows `name` with `want` status, and returns its entry.
+fn wait_status(env: &Env, name: &str, want: &str) -> Value {
+    let mut entry = Value::Null;
+    wait_for(PATIENCE, &format!("{name} to be {want}"), || {
+        entry = env.projector(name);
+        if entry["status"] == want {
+            Ok(())
+        } else {
+            Err(entry.to_string())
+        }
+    });
+    entry
+}
+
+/// Every event id in the store, in order.
+fn all_ids(env: &Env) -> Vec<i64> {
+    env.ids("SELECT id FROM stored_events ORDER BY id")
+}
+
+// ----- PostgreSQL: ids drawn before the row is written -------------------------------------------
+
+/// An `INSERT` draws its id from the sequence before it computes a slow value; another writer
+/// commits a later id meanwhile. The daemon must wait for the slow writer, not pass its id.
+#[test]
+fn an_insert_that_drew_its_id_before_writing_its_row_is_never_skipped() {
+    let g = guests();
+    let env = Env::new(Backend::Postgres);
+    let mut generator = Generator::new(101);
+    env.import(&generator.open_accounts(3));
+    env.import(&generator.money(10));
+    env.deploy("balance", &g.balance_v1);
+    let mut daemon = env.serve();
+    env.wait_live("balance", "1");
+    let account = generator.accounts()[0].clone();
+    for round in 0..3 {
+        let (url, slow_account) = (env.url().to_string(), account.clone());
+        let slow = std::thread::spawn(move || {
+            let mut client = postgres_connect(&url);
+            client
+                .execute(
+                    "INSERT INTO stored_events (aggregate_uuid, event_class, event_properties, meta_data, created_at) \
+                     VALUES ($1, 'MoneyAdded', (SELECT '{\"amount\": 1000}' FROM pg_sleep(0.8))::jsonb, '{}', now())",
+                    &[&slow_account],
+                )
+                .unwrap_or_else(|e| panic!("the slow insert failed: {}", pg_error(&e)));
+        });
+        std::thread::sleep(Duration::from_millis(150));
+        // A later id, committed while the slow insert still computes its value.
+        Writer::Postgres(postgres_connect(env.url())).append(&generator.money(1));
+        slow.join().expect("the slow writer panicked");
+        env.wait_live("balance", "1");
+        assert_same_rows(
+            &env.balances_v1("balances"),
+            &fold_v1(&env.stored_events()),
+            &format!("round {round}: live after a slow insert and an overtaking one"),
+        );
+    }
+    daemon.assert_running();
+    daemon.stop();
+}
+
+// ----- PostgreSQL: connections cut under the daemon and under `replay start` ----------------------
+
+/// Terminates every backend of `role` (or, with `None`, every `zdr` backend) on the env's
+/// database; returns how many were terminated.
+fn terminate(env: &Env, role: Option<&str>) -> u64 {
+    let mut admin = postgres_connect(env.url());
+    let database = env
+        .url()
+        .rsplit('/')
+        .next()
+        .expect("a database name")
+        .split('?')
+        .next()
+        .expect("a database name")
+        .to_string();
+    let rows = match role {
+        Some(role) => admin.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 AND usename = $2",
+            &[&database, &role],
+        ),
+        None => admin.query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1 \
+             AND application_name = 'zdr' AND pid <> pg_backend_pid()",
+            &[&database],
+        ),
+    }
+    .unwrap_or_else(|e| panic!("terminating backends: {}", pg_error(&e)));
+    rows.len() as u64
+}
+
+/// A login role of the test's own (dropped when dropped), so that the daemon's connections can
+/// be cut and kept out while the test's own stay in.
+struct Role {
+    name: String,
+    url: String,
+}
+
+impl Role {
+    fn create(env: &Env) -> Role {
+        let name = format!("zdr_daemon_{}", std::process::id());
+        let mut admin = postgres_connect(env.url());
+        admin
+            .batch_execute(&format!(
+                "DROP ROLE IF EXISTS {name}; CREATE ROLE {name} LOGIN SUPERUSER"
+            ))
+            .unwrap_or_else(|e| panic!("creating role {name}: {}", pg_error(&e)));
+        let url = env
+            .url()
+            .replacen("://postgres@", &format!("://{name}@"), 1);
+        assert_ne!(
+            url,
+            env.url(),
+            "test bug: the test server's user is not `postgres`"
+        );
+        Role { name, url }
+    }
+
+    fn set_login(&self, env: &Env, login: bool) {
+        let mut admin = postgres_connect(env.url());
+        let what = if login { "LOGIN" } else { "NOLOGIN" };
+        admin
+            .batch_execute(&format!("ALTER ROLE {} {what}", self.name))
+            .unwrap_or_else(|e| panic!("ALTER ROLE: {}", pg_error(&e)));
+    }
+}
+
+impl Drop for Role {
+    fn drop(&mut self) {
+        if let Ok(mut admin) =
+            postgres::Client::connect(&crate::support::postgres_server_url(), postgres::NoTls)
+        {
+            let _ = admin.batch_execute(&format!("DROP ROLE IF EXISTS {}", self.name));
+        }
+    }
+}
+
+/// The daemon's connections are terminated and it cannot log in again for a while: it keeps
+/// trying with bounded backoff, `projector list` says it is stuck (never `running`) with the
+/// reason, and once it can log in it carries on from the checkpoint without a restart.
+#[test]
+fn a_daemon_cut_off_from_postgres_says_stuck_and_recovers_by_itself() {
+    let g = guests();
+    let env = Env::new(Backend::Postgres);
+    let role = Role::create(&env);
+    let mut generator = Generator::new(102);
+    env.import(&generator.open_accounts(5));
+    env.import(&generator.money(50));
+    env.deploy("balance", &g.balance_v1);
+    let mut daemon = env.serve_as(&role.url, "serve.log");
+    env.wait_live("balance", "1");
+
+    role.set_login(&env, false);
+    assert!(
+        terminate(&env, Some(&role.name)) > 0,
+        "the daemon had no connection"
+    );
+    env.import(&generator.money(20));
+    let entry = wait_status(&env, "balance", "stuck");
+    let reason = entry["status_reason"].as_str().unwrap_or_default();
+    assert!(!reason.is_empty(), "a stuck projector says why: {entry:#}");
+    assert!(
+        entry["lag"].as_i64().unwrap_or_default() > 0,
+        "events wait while it is stuck: {entry:#}"
+    );
+    daemon.assert_running();
+
+    role.set_login(&env, true);
+    env.wait_live("balance", "1");
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&env.stored_events()),
+        "live after the daemon reconnected",
+    );
+    daemon.assert_running();
+    let log = daemon.stop();
+    assert!(
+        log.contains("terminating connection due to administrator command"),
+        "the log keeps the server's reason for the cut:\n{log}"
+    );
+    assert!(
+        log.contains("not permitted to log in"),
+        "the log says why reconnecting failed:\n{log}"
+    );
+    assert!(
+        log.contains("reconnected"),
+        "the log says it recovered:\n{log}"
+    );
+}
+
+/// The acceptance scenario: an appender keeps writing while the daemon's backends are
+/// terminated ten times at random moments; the daemon recovers every time without a restart,
+/// and live equals the reference fold with nothing skipped or doubled.
+#[test]
+fn ten_cuts_under_load_lose_nothing_and_need_no_restart() {
+    let g = guests();
+    let env = Env::new(Backend::Postgres);
+    let mut generator = Generator::new(103);
+    env.import(&generator.open_accounts(20));
+    env.import(&generator.money(200));
+    env.deploy("balance", &g.balance_v1);
+    let mut daemon = env.serve();
+    env.wait_live("balance", "1");
+    let appender = crate::support::Appender::start(&env, 1030, generator.accounts().to_vec());
+    let mut cuts = 0;
+    for round in 0..10 {
+        std::thread::sleep(Duration::from_millis(150 + generator.below(900)));
+        if terminate(&env, None) > 0 {
+            cuts += 1;
+        }
+        daemon.assert_running();
+        appender.wait_for(5 + round);
+    }
+    appender.stop();
+    assert!(
+        cuts >= 8,
+        "only {cuts} of 10 rounds found the daemon connected"
+    );
+    env.wait_live("balance", "1");
+    let events = env.stored_events();
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&events),
+        "live after ten cuts",
+    );
+    daemon.assert_running();
+    let log = daemon.stop();
+    assert!(log.contains("reconnected"), "{log}");
+}
+
+/// `replay start` whose connection is terminated fails cleanly, says why in the server's
+/// words, and a second `start` finishes the job.
+#[test]
+fn a_cut_under_replay_start_keeps_the_servers_reason_and_resumes() {
+    let g = guests();
+    let env = Env::new(Backend::Postgres);
+    let mut generator = Generator::new(104);
+    env.import(&generator.open_accounts(20));
+    for _ in 0..6 {
+        env.import(&generator.money(5_000));
+    }
+    env.deploy("balance", &g.balance_v1);
+    env.create_balance_replay("v2", &g.balance_v2);
+    let child = env
+        .command(&["replay", "start", "v2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn replay start");
+    wait_until(PATIENCE, "the replay to commit a batch", || {
+        env.scalar("SELECT COALESCE(MAX(checkpoint), 0) FROM zdr_targets WHERE role = 'clone'") > 0
+    });
+    assert!(terminate(&env, None) > 0, "replay start had no connection");
+    let output = child.wait_with_output().expect("wait for replay start");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "replay start survived the cut?\n{stderr}"
+    );
+    assert!(
+        stderr.contains("terminating connection due to administrator command"),
+        "the error keeps the server's reason:\n{stderr}"
+    );
+    env.ok(&["replay", "start", "v2"]);
+    assert_same_rows(
+        &env.balances_v2(&env.clone_table("v2", "balances")),
+        &crate::support::fold_v2(&env.stored_events()),
+        "the clone after a resumed start",
+    );
+}
+
+// ----- clones and live projectors that swallow database errors ------------------------------------
+
+/// Ticks, then `class`, then ticks: events for `faulty`, which ignores classes it has no fault
+/// for.
+fn ticks_around(class: &str) -> Vec<NewEvent> {
+    let tick = || NewEvent::new("Tick", Some("t"), json!({}));
+    let mut events = vec![tick(), tick(), tick()];
+    events.push(NewEvent::new(class, Some("t"), json!({})));
+    events.extend([tick(), tick(), tick()]);
+    events
+}
+
+/// A clone whose projector catches a database error and carries on: on PostgreSQL the
+/// statement aborted the transaction, so the clone fails at that event and drops out of
+/// projecting with the reason; on SQLite a failed statement aborts only itself, so the clone
+/// goes on. Either way live never stalls.
+fn a_clone_that_swallows_a_database_error_drops_out_and_live_goes_on(backend: Backend) {
+    let g = guests();
+    let env = Env::new(backend);
+    env.import(&ticks_around("Tick"));
+    env.deploy("faulty", &g.faulty);
+    env.ok(&[
+        "replay",
+        "create",
+        "r",
+        "--projector",
+        &format!("faulty={}", g.faulty),
+    ]);
+    env.ok(&["replay", "start", "r"]);
+    env.ok(&["replay", "project", "r"]);
+    let mut daemon = env.serve();
+    let first = env.head() + 1;
+    env.import(&ticks_around("SwallowWhenReplaying"));
+    let swallowed = first + 3;
+    env.wait_live("faulty", "1");
+    assert_eq!(
+        env.ids("SELECT event_id FROM seen ORDER BY event_id"),
+        all_ids(&env),
+        "live applied every event once"
+    );
+    let show = env.show("r");
+    match backend {
+        Backend::Postgres => {
+            assert_eq!(show["state"], "failed", "{show:#}");
+            let error = show["error"].as_str().unwrap_or_default();
+            assert!(
+                error.contains(&format!("event {swallowed}")) && error.contains("duplicate key"),
+                "the replay names the event and the database error it swallowed: {show:#}"
+            );
+        }
+        Backend::Sqlite => {
+            assert_eq!(show["state"], "projecting", "{show:#}");
+            env.wait_replay_caught_up("r");
+        }
+    }
+    // Live keeps going afterwards.
+    env.import(&ticks_around("Tick"));
+    env.wait_live("faulty", "1");
+    daemon.assert_running();
+    let log = daemon.stop();
+    assert!(
+        !log.contains("batch failed, retrying"),
+        "live retried:\n{log}"
+    );
+}
+
+/// A live projector that swallows a database error: on PostgreSQL the batch cannot commit, so
+/// the projector stops at that event with the reason (it must not retry the batch for ever);
+/// on SQLite the statement alone failed and live goes on.
+fn a_live_projector_that_swallows_a_database_error_never_retries_for_ever(backend: Backend) {
+    let g = guests();
+    let env = Env::new(backend);
+    env.import(&ticks_around("Tick"));
+    env.deploy("faulty", &g.faulty);
+    let mut daemon = env.serve();
+    let first = env.head() + 1;
+    env.import(&ticks_around("Swallow"));
+    let swallowed = first + 3;
+    match backend {
+        Backend::Postgres => {
+            let entry = wait_status(&env, "faulty", "stopped");
+            assert_eq!(entry["failure"]["event_id"], swallowed, "{entry:#}");
+            let message = entry["failure"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("duplicate key"), "{entry:#}");
+            assert_eq!(
+                entry["checkpoint"],
+                first - 1,
+                "the batch rolled back: {entry:#}"
+            );
+        }
+        Backend::Sqlite => {
+            env.wait_live("faulty", "1");
+            assert_eq!(
+                env.ids("SELECT event_id FROM seen ORDER BY event_id"),
+                all_ids(&env)
+            );
+        }
+    }
+    daemon.assert_running();
+    let log = daemon.stop();
+    assert!(
+        !log.contains("batch failed, retrying"),
+        "live retried:\n{log}"
+    );
+}
+
+// ----- statements past the deadline ---------------------------------------------------------------
+
+/// A cross join of a ten-row table with itself twelve times: 10^12 rows.
+const RUNAWAY: &str = "WITH t(x) AS (VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10)) \
+     SELECT count(*) FROM t a, t b, t c, t d, t e, t f, t g, t h, t i, t j, t k, t l";
+
+/// A guest statement that would run for hours is interrupted at the guest's deadline (here
+/// one second): the projector stops at that event naming the deadline, and meanwhile the
+/// application's appends go through.
+fn a_statement_past_the_deadline_is_interrupted_and_never_holds_the_store(backend: Backend) {
+    let g = guests();
+    let env = Env::new(backend);
+    env.write_config("[projectors.sql-probe]\ncall_timeout_ms = 1000\n");
+    env.deploy("sql-probe", &g.sql_probe);
+    let mut daemon = env.serve();
+    let started = Instant::now();
+    env.import(&[probe_event(RUNAWAY, "query", json!([]))]);
+    let probe = env.head();
+    std::thread::sleep(Duration::from_millis(1500));
+    // The application appends while the probe runs (SQLite: it needs the write lock).
+    let appended = env.zdr(&["events", "append", "--class", "Hello"]);
+    assert!(
+        appended.status.success(),
+        "an append was blocked by the guest's statement: {}",
+        String::from_utf8_lossy(&appended.stderr)
+    );
+    let entry = wait_status(&env, "sql-probe", "stopped");
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "the statement ran {:?}, far past its 1 s deadline",
+        started.elapsed()
+    );
+    assert_eq!(entry["failure"]["event_id"], probe, "{entry:#}");
+    let message = entry["failure"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("deadline"), "{entry:#}");
+    if backend == Backend::Postgres {
+        assert_eq!(
+            env.scalar(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE '%t a, t b, t c%' \
+                 AND pid <> pg_backend_pid()"
+            ),
+            0,
+            "the statement still runs in the database"
+        );
+    }
+    daemon.assert_running();
+    daemon.stop();
+}
+
+// ----- bytes ------------------------------------------------------------------------------------
+
+/// Statements that build values or results far past the byte caps are refused with
+/// `limit-exceeded`, and the daemon's memory stays bounded. On SQLite a failed statement fails
+/// alone, so the probe records the answer; on PostgreSQL it aborts the transaction, so the
+/// projector stops at the probe's event with the reason (and is skipped past it), except for
+/// a result the host stops reading, which leaves the transaction intact.
+fn oversized_values_and_results_answer_limit_exceeded(backend: Backend) {
+    let g = guests();
+    let env = Env::new(backend);
+    env.deploy("sql-probe", &g.sql_probe);
+    let mut daemon = env.serve();
+    // Built in the database: refused there.
+    let built: &[&str] = match backend {
+        Backend::Sqlite => &[
+            "SELECT replace(printf('%.*c', 3000000, 'x'), 'x', 'xxxxxxxxxx')",
+            "WITH t(x) AS (VALUES (1), (2), (3), (4), (5), (6)) \
+             SELECT length(group_concat(printf('%.*c', 4000000, 'x'))) FROM t a, t b",
+        ],
+        Backend::Postgres => &[
+            "SELECT format('%100000000s', 'x')",
+            "WITH t(x) AS (VALUES (1), (2), (3), (4), (5), (6)) \
+             SELECT string_agg(format('%4000000s', 'x'), '') FROM t a, t b",
+        ],
+    };
+    // 5,000 rows of 4,000 bytes: each row is small, the result is not.
+    let result = match backend {
+        Backend::Sqlite => {
+            "WITH t(x) AS (VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10)) \
+             SELECT printf('%.*c', 4000, 'x') FROM t a, t b, t c, t d LIMIT 5000"
+        }
+        Backend::Postgres => {
+            "WITH t(x) AS (VALUES (1), (2), (3), (4), (5), (6), (7), (8), (9), (10)) \
+             SELECT format('%4000s', 'x') FROM t a, t b, t c, t d LIMIT 5000"
+        }
+    };
+    for sql in built {
+        env.import(&[probe_event(sql, "query", json!([]))]);
+        let probe = env.head();
+        match backend {
+            Backend::Sqlite => {
+                env.wait_live("sql-probe", "1");
+                let outcome = env.rows(&format!(
+                    "SELECT outcome, detail FROM probe_results WHERE event_id = {probe}"
+                ));
+                assert_eq!(outcome[0][0], "limit-exceeded", "{sql}: {outcome:?}");
+            }
+            Backend::Postgres => {
+                let entry = wait_status(&env, "sql-probe", "stopped");
+                assert_eq!(entry["failure"]["event_id"], probe, "{sql}: {entry:#}");
+                let message = entry["failure"]["message"].as_str().unwrap_or_default();
+                assert!(
+                    message.contains("longer than the limit"),
+                    "{sql}: {entry:#}"
+                );
+                env.ok(&[
+                    "projector",
+                    "skip",
+                    "sql-probe",
+                    "--event",
+                    &probe.to_string(),
+                    "--reason",
+                    "a probe of the byte cap",
+                ]);
+            }
+        }
+    }
+    env.import(&[probe_event(result, "query", json!([]))]);
+    let probe = env.head();
+    env.wait_live("sql-probe", "1");
+    let outcome = env.rows(&format!(
+        "SELECT outcome, detail FROM probe_results WHERE event_id = {probe}"
+    ));
+    assert_eq!(outcome[0][0], "limit-exceeded", "{result}: {outcome:?}");
+    assert!(outcome[0][1].contains("MiB"), "{outcome:?}");
+
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.pid()))
+        .expect("the daemon's /proc status");
+    let peak_kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM in /proc status");
+    assert!(
+        peak_kib < 400 * 1024,
+        "the daemon's memory peaked at {} MiB",
+        peak_kib / 1024
+    );
+    daemon.assert_running();
+    daemon.stop();
+}
+
+// ----- use-connection ---------------------------------------------------------------------------
+
+/// `faulty` runs a statement in `use-connection`, outside any event: the host must refuse it
+/// (the handle belongs to a batch transaction that does not exist yet), at deploy and when the
+/// daemon binds its instance.
+fn statements_in_use_connection_are_denied(backend: Backend) {
+    let g = guests();
+    let env = Env::new(backend);
+    env.import(&ticks_around("Tick"));
+    env.deploy("faulty", &g.faulty);
+    let daemon = env.serve();
+    env.import(&ticks_around("Tick"));
+    env.wait_live("faulty", "1");
+    assert_eq!(
+        env.ids("SELECT event_id FROM seen ORDER BY event_id"),
+        all_ids(&env),
+        "nothing but events reached the table"
+    );
+    let log = daemon.stop();
+    assert!(
+        log.contains("a statement in use-connection: Err(Error::Denied("),
+        "the guest was told no:\n{log}"
+    );
+}
+
+// ----- promote and the compile ------------------------------------------------------------------
+
+/// Promote with a component that is not in the compile cache (a Python component takes
+/// seconds to compile): the compile must happen before the write lock is taken, so the
+/// application's writes never wait for it.
+#[test]
+fn promote_compiles_before_it_takes_the_write_lock() {
+    let g = guests();
+    let env = Env::new(Backend::Sqlite);
+    let mut generator = Generator::new(108);
+    env.import(&generator.open_accounts(5));
+    env.import(&generator.money(200));
+    env.deploy("balance", &g.balance_v1);
+    env.create_balance_replay("v2", &g.balance_py_v2);
+    env.ok(&["replay", "start", "v2"]);
+    env.ok(&["replay", "project", "v2"]);
+    let cold_cache = env.dir().join("cold-cache");
+    let mut promote = env
+        .command(&["replay", "promote", "v2"])
+        .env("ZDR_CACHE_DIR", &cold_cache)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn replay promote");
+    // Probe the write lock the way an application's writer would, without waiting for it.
+    let probe = rusqlite::Connection::open(env.db_path()).expect("open");
+    probe.busy_timeout(Duration::ZERO).expect("busy_timeout");
+    let mut longest = Duration::ZERO;
+    let mut busy_since: Option<Instant> = None;
+    while promote.try_wait().expect("try_wait").is_none() {
+        match probe.execute_batch("BEGIN IMMEDIATE; ROLLBACK") {
+            Ok(()) => busy_since = None,
+            Err(_) => {
+                let since = *busy_since.get_or_insert_with(Instant::now);
+                longest = longest.max(since.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let output = promote.wait_with_output().expect("promote output");
+    assert!(
+        output.status.success(),
+        "promote failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        std::fs::read_dir(&cold_cache).is_ok_and(|mut d| d.next().is_some()),
+        "test bug: the promote did not compile anything"
+    );
+    assert!(
+        longest < Duration::from_secs(2),
+        "the write lock was held for {longest:?} in one stretch while promote ran"
+    );
+}
+
+// ----- SQLite: rows zdr cannot decode, deleted and damaged files -----------------------------------
+
+/// Rows whose aggregate id is a BLOB or whose properties are not UTF-8 stop the projector at
+/// that event with the reason (never a retry loop); a skip gets past each.
+#[test]
+fn an_undecodable_row_stops_the_projector_there_and_can_be_skipped() {
+    let g = guests();
+    let env = Env::new(Backend::Sqlite);
+    let mut generator = Generator::new(109);
+    env.import(&generator.open_accounts(3));
+    env.import(&generator.money(20));
+    env.deploy("balance", &g.balance_v1);
+    let mut daemon = env.serve();
+    env.wait_live("balance", "1");
+    let account = generator.accounts()[0].clone();
+    env.execute(&format!(
+        "INSERT INTO stored_events (aggregate_uuid, event_class, event_properties, meta_data, created_at) \
+         VALUES (X'00FF', 'MoneyAdded', '{{\"amount\": 1}}', '{{}}', '2024-01-01 00:00:00'); \
+         INSERT INTO stored_events (aggregate_uuid, event_class, event_properties, meta_data, created_at) \
+         VALUES ('{account}', 'MoneyAdded', CAST(X'7B22616D6F756E74223A20C328207D' AS TEXT), '{{}}', '2024-01-01 00:00:00');"
+    ));
+    let blob = env.head() - 1;
+    let not_utf8 = env.head();
+    for (id, what) in [(blob, "aggregate_uuid"), (not_utf8, "event_properties")] {
+        let entry = wait_status(&env, "balance", "stopped");
+        assert_eq!(entry["failure"]["event_id"], id, "{entry:#}");
+        let message = entry["failure"]["message"].as_str().unwrap_or_default();
+        assert!(
+            message.contains(what),
+            "the reason names the column: {entry:#}"
+        );
+        env.ok(&[
+            "projector",
+            "skip",
+            "balance",
+            "--event",
+            &id.to_string(),
+            "--reason",
+            "written by a broken importer",
+        ]);
+    }
+    env.import(&generator.money(5));
+    env.wait_live("balance", "1");
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&env.stored_events_where(&format!("id NOT IN ({blob}, {not_utf8})"))),
+        "live after skipping the two rows",
+    );
+    daemon.assert_running();
+    let log = daemon.stop();
+    assert!(!log.contains("batch failed, retrying"), "{log}");
+}
+
+/// The database file is deleted under a running daemon: the daemon stops with a message naming
+/// the file (it must not go on writing to a file nobody can open); afterwards no command but
+/// `init` creates a new file.
+#[test]
+fn a_deleted_database_file_stops_the_daemon_and_no_command_recreates_it() {
+    let g = guests();
+    let env = Env::new(Backend::Sqlite);
+    let mut generator = Generator::new(110);
+    env.import(&generator.open_accounts(3));
+    env.deploy("balance", &g.balance_v1);
+    let daemon = env.serve();
+    wait_status(&env, "balance", "running");
+    let path = env.db_path();
+    std::fs::remove_file(&path).expect("delete the database file");
+    let (status, log) = daemon.wait_exit(PATIENCE);
+    assert!(!status.success(), "the daemon exited cleanly?\n{log}");
+    assert!(
+        log.contains(&path.display().to_string()) && log.contains("deleted"),
+        "the daemon names the file and what happened:\n{log}"
+    );
+    for args in [&["events", "count"][..], &["projector", "list"], &["serve"]] {
+        let err = env.fail(args);
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("zdr init"),
+            "{args:?}: {err}"
+        );
+        assert!(!path.exists(), "{args:?} created {}", path.display());
+    }
+    env.ok(&["init"]);
+    assert!(path.exists());
+}
+
+/// Garbage pages in the middle of the file: `init` checks the file and says what to do, and a
+/// daemon that reads the damaged pages stops with the same advice instead of retrying.
+#[test]
+fn a_damaged_database_file_is_named_with_what_to_do() {
+    let g = guests();
+    let env = Env::new(Backend::Sqlite);
+    let mut generator = Generator::new(111);
+    env.import(&generator.open_accounts(5));
+    env.deploy("balance", &g.balance_v1);
+    for _ in 0..4 {
+        env.import(&generator.money(5_000));
+    }
+    // Everything into the main file, then garbage over pages that hold the unprojected events.
+    env.execute("PRAGMA wal_checkpoint(TRUNCATE)");
+    let path = env.db_path();
+    let mut bytes = std::fs::read(&path).expect("read the database");
+    let page = 4096;
+    let at = (bytes.len() * 3 / 4) / page * page;
+    for byte in &mut bytes[at..at + 8 * page] {
+        *byte = 0xA5;
+    }
+    std::fs::write(&path, bytes).expect("write the damaged database");
+
+    let err = env.fail(&["init"]);
+    assert!(
+        err.contains(&path.display().to_string()) && err.contains("integrity_check"),
+        "init names the file and the check to run: {err}"
+    );
+    let daemon = env.serve();
+    let (status, log) = daemon.wait_exit(PATIENCE);
+    assert!(!status.success(), "{log}");
+    assert!(
+        log.contains(&path.display().to_string()) && log.contains("backup"),
+        "the daemon names the file and what to do:\n{log}"
+    );
+}
+
+// ----- the status tells the truth ---------------------------------------------------------------
+
+/// Without a daemon a projector is `unserved`, with one `running`; a daemon killed with
+/// SIGKILL leaves it `stuck` (its reports stop) until another daemon serves it again, and a
+/// clean shutdown leaves it `unserved`.
+#[test]
+fn projector_list_never_says_running_while_nothing_moves() {
+    let g = guests();
+    let env = Env::new(Backend::Sqlite);
+    let mut generator = Generator::new(112);
+    env.import(&generator.open_accounts(3));
+    env.deploy("balance", &g.balance_v1);
+    assert_eq!(status(&env, "balance").0, "unserved");
+    let daemon = env.serve();
+    wait_status(&env, "balance", "running");
+    daemon.crash();
+    env.import(&generator.money(3));
+    let entry = wait_status(&env, "balance", "stuck");
+    assert!(
+        entry["status_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("since"),
+        "{entry:#}"
+    );
+    let daemon = env.serve();
+    env.wait_live("balance", "1");
+    daemon.stop();
+    assert_eq!(status(&env, "balance").0, "unserved");
+}
+
+// ----- poison events ----------------------------------------------------------------------------
+
+/// A live projector stopped at a poison event can be moved past it with `projector skip`,
+/// which needs a reason and the exact event, is recorded with who and why and shown in
+/// `projector list`; a replay of the same projector still fails at that event.
+fn a_poison_event_can_be_skipped_on_live_and_the_skip_is_recorded(backend: Backend) {
+    let g = guests();
+    let env = Env::new(backend);
+    env.import(&ticks_around("Tick"));
+    env.deploy("faulty", &g.faulty);
+    let mut daemon = env.serve();
+    let first = env.head() + 1;
+    env.import(&ticks_around("Fail"));
+    let poison = first + 3;
+    wait_status(&env, "faulty", "stopped");
+    let poison_arg = poison.to_string();
+    let err = env.fail(&["projector", "skip", "faulty", "--event", &poison_arg]);
+    assert!(err.contains("--reason"), "{err}");
+    let err = env.fail(&[
+        "projector",
+        "skip",
+        "faulty",
+        "--event",
+        &(poison + 1).to_string(),
+        "--reason",
+        "x",
+    ]);
+    assert!(err.contains(&format!("stopped at event {poison}")), "{err}");
+    let out = env.ok(&[
+        "projector",
+        "skip",
+        "faulty",
+        "--event",
+        &poison_arg,
+        "--reason",
+        "poison event, fixed upstream",
+        "--by",
+        "ops-oncall",
+    ]);
+    assert!(out.contains(&format!("skipped event {poison}")), "{out}");
+    env.wait_live("faulty", "1");
+    let expected: Vec<i64> = all_ids(&env)
+        .into_iter()
+        .filter(|id| *id != poison)
+        .collect();
+    assert_eq!(
+        env.ids("SELECT event_id FROM seen ORDER BY event_id"),
+        expected
+    );
+    let entry = env.projector("faulty");
+    let skipped = &entry["skipped"][0];
+    assert_eq!(skipped["event_id"], poison, "{entry:#}");
+    assert_eq!(skipped["by"], "ops-oncall", "{entry:#}");
+    assert_eq!(
+        skipped["reason"], "poison event, fixed upstream",
+        "{entry:#}"
+    );
+    let listed = env.ok(&["projector", "list"]);
+    assert!(listed.contains(&format!("skipped {poison}")), "{listed}");
+    // Not stopped any more: nothing to skip.
+    let err = env.fail(&[
+        "projector",
+        "skip",
+        "faulty",
+        "--event",
+        &poison_arg,
+        "--reason",
+        "x",
+    ]);
+    assert!(err.contains("not stopped"), "{err}");
+    // A replay must be exact: it fails at the same event.
+    env.ok(&[
+        "replay",
+        "create",
+        "r",
+        "--projector",
+        &format!("faulty={}", g.faulty),
+    ]);
+    env.fail(&["replay", "start", "r"]);
+    let show = env.show("r");
+    assert_eq!(show["state"], "failed", "{show:#}");
+    assert_eq!(
+        show["projectors"][0]["failure"]["event_id"], poison,
+        "{show:#}"
+    );
+    daemon.assert_running();
+    daemon.stop();
+}
+
+// ----- the command line -------------------------------------------------------------------------
+
+/// `zdr demo` refuses a URL it cannot use instead of running on SQLite, and a closed stdout
+/// (`zdr demo | head -8`) ends it quietly, never with a panic.
+#[test]
+fn demo_refuses_what_it_cannot_honour_and_a_closed_stdout_ends_quietly() {
+    let g = guests();
+    let env = Env::uninitialised(Backend::Sqlite);
+    let components = ["--v1", g.balance_v1.as_str(), "--v2", g.balance_v2.as_str()];
+    let mut args = vec!["demo", "--events", "10"];
+    args.extend(components);
+    let output = env
+        .command_as("mysql://root@127.0.0.1/test", &args)
+        .output()
+        .expect("run zdr demo");
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "the demo ran on another database: {err}"
+    );
+    assert!(
+        err.contains("mysql://") && err.contains("unsupported"),
+        "{err}"
+    );
+    assert!(
+        !env.dir().join("zdr-demo.db").exists(),
+        "the demo ran anyway"
+    );
+
+    let mut args = vec!["demo", "--events", "200"];
+    args.extend(components);
+    let mut child = env
+        .command(&args)
+        .arg("--file")
+        .arg(env.dir().join("head.db"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn zdr demo");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    for _ in 0..8 {
+        lines.next().expect("a line").expect("UTF-8");
+    }
+    drop(lines);
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let mut pipe = child.stderr.take().expect("stderr");
+    let collected = stderr.clone();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = pipe.read_to_string(&mut text);
+        *collected.lock().expect("lock") = text;
+    });
+    let status =
+        crate::support::wait_child(&mut child, PATIENCE, "zdr demo after its stdout closed");
+    reader.join().expect("stderr reader");
+    let stderr = stderr.lock().expect("lock").clone();
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        status.success(),
+        "a closed stdout is not an error: {status}\n{stderr}"
+    );
+}
