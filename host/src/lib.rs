@@ -10,7 +10,7 @@
 //! | 3 | [`projection`] | the batch driver: events → guest → rows and checkpoint |
 //! | 3 | [`plugin`] | authoring: manifest, build, scaffold, inspect |
 //! | 2 | [`events`], [`runtime`] | event shapes; wasmtime, bindings, guest limits |
-//! | 1 | [`backend`], [`sandbox`], [`config`], [`model`] | storage; the SQL guard; settings; shared vocabulary |
+//! | 1 | [`backend`], [`sandbox`], [`config`], [`model`], [`machine`] | storage; the SQL guard; settings; shared vocabulary; the replay state machine |
 
 pub mod backend;
 pub mod cli;
@@ -18,6 +18,7 @@ pub mod config;
 pub mod daemon;
 pub mod events;
 pub mod lifecycle;
+pub mod machine;
 pub mod model;
 pub mod plugin;
 pub mod projection;

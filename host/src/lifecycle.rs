@@ -1,12 +1,7 @@
-//! The replay lifecycle and projector deployment, as compare-and-set transitions of rows in
-//! the database: the database is the only coordinator, so two CLIs racing on one replay get one
-//! winner and one clear error.
-//!
-//! ```text
-//! create ──start──▶ started ──project──▶ projecting ──promote──▶ promoted ──remove──▶ (gone)
-//!    │                 ▲  │                   │
-//!    └──start──────────┘  └─(guest error)─▶ failed ──start──▶ started
-//! ```
+//! The replay lifecycle and projector deployment. Which command fits which state is the one
+//! table of [`crate::machine`]; here each command does its work and applies its move as a
+//! compare-and-set of the replay's row: the database is the only coordinator, so two CLIs
+//! racing on one replay get one winner and one clear error ([`LifecycleError::Raced`]).
 //!
 //! Every function here blocks (SQLite and wasmtime run synchronously); call it from a blocking
 //! thread, never on the async runtime.
@@ -15,6 +10,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::backend::{Db, ReplayRow, RunLock, SkipRecord, StoreError, WorkerReport, WorkerState};
+use crate::machine::{self, Cell, Command, Next};
 use crate::model::{self, Description, ReplayState, Role, Target};
 use crate::projection::{Progress, Projection, ProjectionError};
 use crate::runtime::{Runtime, content_hash};
@@ -27,9 +23,25 @@ pub enum LifecycleError {
     /// Bad operator input (a name, a key, a component).
     #[error("{0}")]
     Invalid(String),
-    /// The command does not fit the replay's or projector's current state.
+    /// The command does not fit the projector's current state, or a step of it failed in a
+    /// way that leaves everything as it was.
     #[error("{0}")]
     WrongState(String),
+    /// The command does not fit the replay's state: the machine's table refuses it.
+    #[error(transparent)]
+    Refused(#[from] Refusal),
+    /// Another process changed the replay's state between this command's check and its move.
+    #[error(
+        "replay {key} changed state meanwhile (it was {state} when `{command}` began); check `zdr replay show {key}`"
+    )]
+    Raced {
+        /// The replay.
+        key: String,
+        /// The state the command saw.
+        state: ReplayState,
+        /// The command.
+        command: Command,
+    },
     /// No such replay or projector.
     #[error("{0}")]
     NotFound(String),
@@ -45,6 +57,48 @@ pub enum LifecycleError {
 }
 
 type Result<T> = std::result::Result<T, LifecycleError>;
+
+/// A command the replay's state does not allow, with what to do instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("replay {key} {}", hint.replace("{key}", key))]
+pub struct Refusal {
+    /// The replay.
+    pub key: String,
+    /// Its state.
+    pub state: ReplayState,
+    /// What was asked.
+    pub command: Command,
+    /// Why not, and what to do (`{key}` stands for the key).
+    pub hint: &'static str,
+}
+
+/// Where `command` moves replay `row`, or the refusal the table gives.
+fn checked_move(row: &ReplayRow, command: Command) -> Result<Next> {
+    match machine::cell(row.state, command) {
+        Cell::Move(next) => Ok(next),
+        Cell::Refuse(hint) => Err(Refusal {
+            key: row.key.clone(),
+            state: row.state,
+            command,
+            hint,
+        }
+        .into()),
+    }
+}
+
+/// Applies `command`'s move of replay `row` to `to` as a compare-and-set from the state the
+/// command saw, inside the caller's transaction.
+fn apply_move(db: &Db, row: &ReplayRow, command: Command, to: ReplayState) -> Result<()> {
+    if db.transition(&row.key, &[row.state], to, None)? {
+        Ok(())
+    } else {
+        Err(LifecycleError::Raced {
+            key: row.key.clone(),
+            state: row.state,
+            command,
+        })
+    }
+}
 
 /// A projector component to register: the name the operator gave and the file's bytes.
 pub struct ComponentSpec {
@@ -217,14 +271,12 @@ pub fn deploy(
     }
     check_tables_free(db, &description)?;
     check_unmanaged_free(db, &description, &[])?;
-    let _deploying = db
-        .try_lock(&format!("deploy-{}", spec.name))?
-        .ok_or_else(|| {
-            LifecycleError::Busy(format!(
-                "projector {} is being deployed by another zdr process; wait for it to finish",
-                spec.name
-            ))
-        })?;
+    let _deploying = take_lock(db, &format!("deploy-{}", spec.name), || {
+        format!(
+            "projector {} is being deployed by another zdr process; wait for it to finish",
+            spec.name
+        )
+    })?;
     // A build left by a deploy that was killed: no process holds it (we have the deploy
     // lock), so discard it and build afresh.
     for leftover in db.targets_of_projector(&spec.name)? {
@@ -302,11 +354,31 @@ fn replay_row(db: &Db, key: &str) -> Result<ReplayRow> {
     })
 }
 
+/// How long a command waits for a replay's run lock before saying another process holds it:
+/// long enough to ride out a lock held for an instant (a process that just ended, a child
+/// process that inherited the lock for the moment between its fork and its exec), short enough
+/// that a running `replay start` is reported at once.
+const RUN_LOCK_PATIENCE: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// Takes lock `name`, waiting up to [`RUN_LOCK_PATIENCE`]; `busy` says who holds it.
+fn take_lock(db: &Db, name: &str, busy: impl FnOnce() -> String) -> Result<RunLock> {
+    let started = std::time::Instant::now();
+    loop {
+        if let Some(lock) = db.try_lock(name)? {
+            return Ok(lock);
+        }
+        if started.elapsed() >= RUN_LOCK_PATIENCE {
+            return Err(LifecycleError::Busy(busy()));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(25));
+    }
+}
+
 fn run_lock(db: &Db, key: &str) -> Result<RunLock> {
-    db.try_lock(&format!("replay-{key}"))?.ok_or_else(|| {
-        LifecycleError::Busy(format!(
+    take_lock(db, &format!("replay-{key}"), || {
+        format!(
             "replay {key} is held by another zdr process (a `replay start`, `project` or `promote` is running); wait for it to finish"
-        ))
+        )
     })
 }
 
@@ -394,43 +466,20 @@ pub fn start(
     progress: &mut dyn FnMut(&Target, Progress),
 ) -> Result<u64> {
     let replay = replay_row(db, key)?;
-    match replay.state {
-        ReplayState::Created | ReplayState::Started | ReplayState::Failed => {}
-        ReplayState::Projecting => {
-            return Err(LifecycleError::WrongState(format!(
-                "replay {key} is projecting: `zdr serve` keeps it caught up; promote it with `zdr replay promote {key}`"
-            )));
-        }
-        ReplayState::Promoted => {
-            return Err(LifecycleError::WrongState(format!(
-                "replay {key} is already promoted; remove it with `zdr replay remove {key}`"
-            )));
-        }
-    }
+    let Next::State(to) = checked_move(&replay, Command::Start)? else {
+        return Err(StoreError::Corrupt("start leads to a state".into()).into());
+    };
     let _lock = run_lock(db, key)?;
-    let moved = db.write(|db| {
-        let moved = db.transition(
-            key,
-            &[
-                ReplayState::Created,
-                ReplayState::Started,
-                ReplayState::Failed,
-            ],
-            ReplayState::Started,
-            None,
-        )?;
-        if moved {
-            for target in db.replay_targets(key)? {
-                db.clear_failure(target.id)?;
-            }
+    // Read again under the run lock: the state may have moved since.
+    let replay = replay_row(db, key)?;
+    checked_move(&replay, Command::Start)?;
+    db.write(|db| {
+        apply_move(db, &replay, Command::Start, to)?;
+        for target in db.replay_targets(key)? {
+            db.clear_failure(target.id)?;
         }
-        Ok::<_, StoreError>(moved)
+        Ok::<_, LifecycleError>(())
     })?;
-    if !moved {
-        return Err(LifecycleError::WrongState(format!(
-            "replay {key} changed state while starting; check `zdr replay show {key}`"
-        )));
-    }
     let mut projection = Projection::new(runtime, db, batch_size);
     let mut total = 0;
     for target in db.replay_targets(key)? {
@@ -479,30 +528,9 @@ pub fn project(
     progress: &mut dyn FnMut(&Target, Progress),
 ) -> Result<()> {
     let replay = replay_row(db, key)?;
-    match replay.state {
-        ReplayState::Started => {}
-        ReplayState::Created => {
-            return Err(LifecycleError::WrongState(format!(
-                "replay {key} has not been started; run `zdr replay start {key}` first"
-            )));
-        }
-        ReplayState::Failed => {
-            return Err(LifecycleError::WrongState(format!(
-                "replay {key} failed ({}); fix the projector and run `zdr replay start {key}` first",
-                replay.error.unwrap_or_default()
-            )));
-        }
-        ReplayState::Projecting => {
-            return Err(LifecycleError::WrongState(format!(
-                "replay {key} is already projecting"
-            )));
-        }
-        ReplayState::Promoted => {
-            return Err(LifecycleError::WrongState(format!(
-                "replay {key} is already promoted"
-            )));
-        }
-    }
+    let Next::State(to) = checked_move(&replay, Command::Project)? else {
+        return Err(StoreError::Corrupt("project leads to a state".into()).into());
+    };
     let _lock = run_lock(db, key)?;
     let mut projection = Projection::new(runtime, db, batch_size);
     for target in db.replay_targets(key)? {
@@ -530,12 +558,7 @@ pub fn project(
                 projection.apply_up_to(target, head)?;
             }
         }
-        if !db.transition(key, &[ReplayState::Started], ReplayState::Projecting, None)? {
-            return Err(LifecycleError::WrongState(format!(
-                "replay {key} changed state meanwhile; check `zdr replay show {key}`"
-            )));
-        }
-        Ok(())
+        apply_move(db, &replay, Command::Project, to)
     })
 }
 
@@ -549,24 +572,7 @@ pub fn project(
 /// A wrong state (not projecting, a clone failed or out of step), a veto, or a database failure.
 pub fn promote(runtime: &Runtime, db: &Db, key: &str) -> Result<Vec<Target>> {
     let replay = replay_row(db, key)?;
-    if replay.state != ReplayState::Projecting {
-        let hint = match replay.state {
-            ReplayState::Created => {
-                format!("run `zdr replay start {key}` and `zdr replay project {key}` first")
-            }
-            ReplayState::Started => {
-                format!("catch up and turn on dual writes with `zdr replay project {key}` first")
-            }
-            ReplayState::Failed => format!(
-                "fix the projector, then `zdr replay start {key}` and `zdr replay project {key}`"
-            ),
-            _ => "nothing to promote".into(),
-        };
-        return Err(LifecycleError::WrongState(format!(
-            "replay {key} is {}, not projecting: {hint}",
-            replay.state
-        )));
-    }
+    checked_move(&replay, Command::Promote)?;
     let _lock = run_lock(db, key)?;
     let mut projection = Projection::new(runtime, db, crate::projection::DEFAULT_BATCH_SIZE);
     // The new version is compiled and instantiated before the write lock is taken: a
@@ -580,7 +586,7 @@ pub fn promote(runtime: &Runtime, db: &Db, key: &str) -> Result<Vec<Target>> {
             ))
         })?;
     }
-    retry_on_lock_timeout(|| promote_once(&mut projection, db, key))
+    retry_on_lock_timeout(|| promote_once(&mut projection, db, &replay))
 }
 
 /// How often a promote is retried when readers hold the tables past the lock timeout.
@@ -607,8 +613,13 @@ fn retry_on_lock_timeout<T>(mut attempt: impl FnMut() -> Result<T>) -> Result<T>
     }
 }
 
-/// One attempt at a promote: one transaction that swaps every clone of replay `key` in.
-fn promote_once(projection: &mut Projection<'_>, db: &Db, key: &str) -> Result<Vec<Target>> {
+/// One attempt at a promote: one transaction that swaps every clone of replay `replay` in.
+fn promote_once(
+    projection: &mut Projection<'_>,
+    db: &Db,
+    replay: &ReplayRow,
+) -> Result<Vec<Target>> {
+    let key = replay.key.as_str();
     db.write(|db| {
         let clones = db.replay_targets(key)?;
         let mut promoted = Vec::new();
@@ -643,9 +654,7 @@ fn promote_once(projection: &mut Projection<'_>, db: &Db, key: &str) -> Result<V
             db.set_role(clone.id, Role::Live, None)?;
             promoted.push(clone.clone());
         }
-        if !db.transition(key, &[ReplayState::Projecting], ReplayState::Promoted, None)? {
-            return Err(LifecycleError::WrongState(format!("replay {key} changed state meanwhile")));
-        }
+        apply_move(db, replay, Command::Promote, ReplayState::Promoted)?;
         Ok(promoted)
     })
 }
@@ -658,12 +667,12 @@ fn promote_once(projection: &mut Projection<'_>, db: &Db, key: &str) -> Result<V
 /// An unknown key, a projecting replay without `force`, another run, or a database failure.
 pub fn remove(runtime: &Runtime, db: &Db, key: &str, force: bool) -> Result<usize> {
     let replay = replay_row(db, key)?;
-    if replay.state == ReplayState::Projecting && !force {
-        return Err(LifecycleError::WrongState(format!(
-            "replay {key} is projecting: new events go to its clone. Promote it with `zdr replay promote {key}`, \
-             or pass --force to drop the clone anyway"
-        )));
-    }
+    let command = if force {
+        Command::ForceRemove
+    } else {
+        Command::Remove
+    };
+    checked_move(&replay, command)?;
     let _lock = run_lock(db, key)?;
     let mut projection = Projection::new(runtime, db, 1);
     // Compiled outside the write lock, to call `remove-target` inside it.

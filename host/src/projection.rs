@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{Db, StoreError};
 use crate::events::ReadEvent;
-use crate::model::{Description, ReplayState, Role, Target};
+use crate::model::{Description, Role, Target};
 use crate::runtime::{GuestError, Instance, LoadedComponent, Runtime};
 
 /// Events per transaction: large enough to amortise the commit, small enough that the write
@@ -489,16 +489,7 @@ impl<'a> Projection<'a> {
             if let Some(target) = db.target(target_id)? {
                 db.record_failure(&target, event_id, &message)?;
                 if let (Role::Clone, Some(key)) = (target.role, &target.replay_key) {
-                    db.transition(
-                        key,
-                        &[
-                            ReplayState::Created,
-                            ReplayState::Started,
-                            ReplayState::Projecting,
-                        ],
-                        ReplayState::Failed,
-                        Some(&err.to_string()),
-                    )?;
+                    db.fail_replay(key, &err.to_string())?;
                 }
             }
             Ok::<_, StoreError>(())
@@ -620,11 +611,9 @@ impl<'a> Projection<'a> {
                         tracing::error!(projector, clone = %target_label(clone), event_id, "clone failed and stops projecting: {message}");
                         db.record_failure(clone, *event_id, message)?;
                         if let Some(key) = &clone.replay_key {
-                            db.transition(
+                            db.fail_replay(
                                 key,
-                                &[ReplayState::Projecting],
-                                ReplayState::Failed,
-                                Some(&format!("projector {projector} failed on event {event_id}: {message}")),
+                                &format!("projector {projector} failed on event {event_id}: {message}"),
                             )?;
                         }
                     }

@@ -187,7 +187,7 @@ fn a_daemon_cut_off_from_postgres_says_stuck_and_recovers_by_itself() {
     env.import(&generator.money(50));
     env.deploy("balance", &g.balance_v1);
     let mut daemon = env.serve_as(&role.url, "serve.log");
-    env.wait_live("balance", "1");
+    wait_status(&env, "balance", "running");
 
     role.set_login(&env, false);
     assert!(
@@ -239,7 +239,7 @@ fn ten_cuts_under_load_lose_nothing_and_need_no_restart() {
     env.import(&generator.money(200));
     env.deploy("balance", &g.balance_v1);
     let mut daemon = env.serve();
-    env.wait_live("balance", "1");
+    wait_status(&env, "balance", "running");
     let appender = crate::support::Appender::start(&env, 1030, generator.accounts().to_vec());
     let mut cuts = 0;
     for round in 0..10 {

@@ -15,6 +15,7 @@ mod faults;
 mod hostile;
 mod languages;
 mod lifecycle;
+mod machine;
 mod postgres;
 mod sandbox;
 mod states;

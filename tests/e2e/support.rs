@@ -52,7 +52,7 @@ pub fn repo_root() -> &'static Path {
 
 /// The shared cache of compiled components: one directory beside the build's own output, so
 /// every test (and every run) reuses what an earlier one compiled.
-fn cache_dir() -> PathBuf {
+pub fn compile_cache_dir() -> PathBuf {
     let bin = Path::new(env!("CARGO_BIN_EXE_zdr"));
     // <target>/<profile>/zdr → <target>/zdr-test-cache
     bin.parent()
@@ -92,18 +92,7 @@ pub struct Guests {
 pub fn guests() -> &'static Guests {
     static GUESTS: OnceLock<Guests> = OnceLock::new();
     GUESTS.get_or_init(|| {
-        let root = repo_root();
-        let output = Command::new("bash")
-            .arg("plugins/build-all.sh")
-            .current_dir(root)
-            .output()
-            .expect("cannot run bash plugins/build-all.sh");
-        assert!(
-            output.status.success(),
-            "plugins/build-all.sh failed:\n{}\n{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        build_guests_once_per_run();
         let path = built_component;
         Guests {
             balance_v1: path("plugins", "balance_v1.wasm"),
@@ -119,6 +108,43 @@ pub fn guests() -> &'static Guests {
             py_alloc: built_file("tests/hostile/target/py/py_alloc.wasm"),
         }
     })
+}
+
+/// Runs `plugins/build-all.sh` once per test run. Within one test process the caller's
+/// `OnceLock` sees to that; the processes of one `cargo nextest run` (one per test) take turns
+/// on a lock file, and a stamp naming the run (`NEXTEST_RUN_ID`) tells the later ones that the
+/// first already built everything.
+fn build_guests_once_per_run() {
+    let target = compile_cache_dir()
+        .parent()
+        .map_or_else(|| repo_root().join("target"), Path::to_path_buf);
+    std::fs::create_dir_all(&target).expect("cannot create the target directory");
+    let lock = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(target.join("zdr-guests.lock"))
+        .expect("cannot open the guests' lock file");
+    lock.lock().expect("cannot lock the guests' lock file");
+    let stamp = target.join("zdr-guests.stamp");
+    let run = std::env::var("NEXTEST_RUN_ID").ok();
+    if run.is_some() && std::fs::read_to_string(&stamp).ok() == run {
+        return;
+    }
+    let output = Command::new("bash")
+        .arg("plugins/build-all.sh")
+        .current_dir(repo_root())
+        .output()
+        .expect("cannot run bash plugins/build-all.sh");
+    assert!(
+        output.status.success(),
+        "plugins/build-all.sh failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if let Some(run) = run {
+        std::fs::write(&stamp, run).expect("cannot write the guests' stamp");
+    }
 }
 
 /// The path of `file`, a component that `plugins/build-all.sh` built in the guest workspace
@@ -429,7 +455,7 @@ impl Env {
             .arg(url)
             .args(args)
             .current_dir(self.dir())
-            .env("ZDR_CACHE_DIR", cache_dir())
+            .env("ZDR_CACHE_DIR", compile_cache_dir())
             .env("NO_COLOR", "1")
             .env_remove("ZDR_DATABASE_URL")
             .env_remove("RUST_LOG")

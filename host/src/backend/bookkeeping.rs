@@ -1,18 +1,86 @@
-//! zdr's own bookkeeping written once for every backend: what each daemon worker reports
-//! (`zdr_workers`) and the events an operator let a live projector pass (`zdr_skips`).
+//! zdr's own bookkeeping, written once for every backend: projector versions and their
+//! components, targets and their checkpoints and failures, replays, run history, what each
+//! daemon worker reports (`zdr_workers`) and the events an operator let a live projector pass
+//! (`zdr_skips`).
 //!
-//! The statements are plain SQL that SQLite and PostgreSQL both accept. They differ in two
+//! The statements are plain SQL that SQLite and PostgreSQL both accept. They differ in a few
 //! places only, which [`portable`] fills in per backend: placeholders are written `$1, $2…`
-//! (SQLite gets `?1, ?2…`) and `{now}` stands for the database clock in seconds since the
-//! Unix epoch. Times are stored as such numbers, and the age of a report is computed by the
-//! database, so the clocks of the machines that run zdr never have to agree.
+//! (SQLite gets `?1, ?2…`), and tokens in braces stand for what each database spells its own
+//! way — `{now}` (the database clock in seconds since the Unix epoch), `{timestamp}` (the
+//! current time in a timestamp column), `{iso:COLUMN}` (a timestamp column as ISO-8601 text in
+//! UTC), and in the table definitions `{serial}`, `{bytes}` and `{created}`. Each statement is
+//! made ready once per backend and kept ([`Sql`]). A backend only runs them
+//! ([`super::Store::sql_execute`], [`super::Store::sql_rows`], [`super::Store::sql_batch`]).
 
-use super::{Db, RowSet, StoreError, Value};
-use crate::model::{Target, iso_utc};
+use std::sync::OnceLock;
+
+use super::{Db, ReplayRow, RowSet, StoreError, Value};
+use crate::machine::{self, Command};
+use crate::model::{Description, Failure, ReplayState, Role, Target, iso_utc};
 use crate::sandbox::Dialect;
 
-/// The tables of schema version 2, in SQL both backends accept.
-pub(super) const SCHEMA_V2: &str = "
+/// zdr's tables, in SQL both backends accept once [`portable`] has filled in the tokens.
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS zdr_meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS zdr_components (
+    hash TEXT PRIMARY KEY,
+    wasm {bytes} NOT NULL,
+    size BIGINT NOT NULL,
+    created_at {created}
+);
+CREATE TABLE IF NOT EXISTS zdr_versions (
+    id {serial},
+    projector TEXT NOT NULL,
+    version TEXT NOT NULL,
+    component_hash TEXT NOT NULL REFERENCES zdr_components (hash),
+    description TEXT NOT NULL,
+    created_at {created},
+    UNIQUE (projector, component_hash)
+);
+CREATE TABLE IF NOT EXISTS zdr_targets (
+    id {serial},
+    projector TEXT NOT NULL,
+    version_id BIGINT NOT NULL REFERENCES zdr_versions (id),
+    role TEXT NOT NULL CHECK (role IN ('live', 'clone', 'retired', 'building')),
+    replay_key TEXT,
+    checkpoint BIGINT NOT NULL DEFAULT 0,
+    error_event_id BIGINT,
+    error TEXT,
+    created_at {created},
+    updated_at {created},
+    skip_event_id BIGINT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS zdr_targets_one_live ON zdr_targets (projector) WHERE role = 'live';
+CREATE TABLE IF NOT EXISTS zdr_replays (
+    key TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    error TEXT,
+    created_at {created},
+    updated_at {created}
+);
+CREATE TABLE IF NOT EXISTS zdr_failures (
+    id {serial},
+    target_id BIGINT NOT NULL,
+    projector TEXT NOT NULL,
+    replay_key TEXT,
+    event_id BIGINT NOT NULL,
+    message TEXT NOT NULL,
+    at {created}
+);
+CREATE TABLE IF NOT EXISTS zdr_runs (
+    id {serial},
+    replay_key TEXT,
+    projector TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    from_event BIGINT NOT NULL,
+    to_event BIGINT NOT NULL,
+    events BIGINT NOT NULL,
+    outcome TEXT NOT NULL,
+    at {created}
+);
 CREATE TABLE IF NOT EXISTS zdr_workers (
     projector TEXT PRIMARY KEY,
     daemon TEXT NOT NULL,
@@ -32,18 +100,188 @@ CREATE TABLE IF NOT EXISTS zdr_skips (
 );
 ";
 
-/// A statement written for both backends, made ready for `dialect`.
-pub(super) fn portable(sql: &str, dialect: Dialect) -> String {
-    match dialect {
-        Dialect::Postgres => sql.replace(
-            "{now}",
-            "EXTRACT(EPOCH FROM clock_timestamp())::double precision",
-        ),
-        Dialect::Sqlite => sql
-            .replace("{now}", "((julianday('now') - 2440587.5) * 86400.0)")
-            .replace('$', "?"),
+/// A statement written for both backends, made ready for each the first time it is used.
+pub(super) struct Sql {
+    text: &'static str,
+    sqlite: OnceLock<String>,
+    postgres: OnceLock<String>,
+}
+
+impl Sql {
+    const fn new(text: &'static str) -> Self {
+        Self {
+            text,
+            sqlite: OnceLock::new(),
+            postgres: OnceLock::new(),
+        }
+    }
+
+    /// The statement for `dialect`.
+    pub(super) fn get(&self, dialect: Dialect) -> &str {
+        let cell = match dialect {
+            Dialect::Sqlite => &self.sqlite,
+            Dialect::Postgres => &self.postgres,
+        };
+        cell.get_or_init(|| portable(self.text, dialect))
     }
 }
+
+/// A statement (or several) written for both backends, made ready for `dialect`.
+pub(super) fn portable(sql: &str, dialect: Dialect) -> String {
+    let mut out = String::with_capacity(sql.len() + 64);
+    let mut rest = sql;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let Some(close) = rest[open..].find('}') else {
+            break;
+        };
+        let token = &rest[open + 1..open + close];
+        match (token, dialect) {
+            ("now", Dialect::Sqlite) => out.push_str("((julianday('now') - 2440587.5) * 86400.0)"),
+            ("now", Dialect::Postgres) => {
+                out.push_str("EXTRACT(EPOCH FROM clock_timestamp())::double precision")
+            }
+            ("timestamp", Dialect::Sqlite) => out.push_str("strftime('%Y-%m-%dT%H:%M:%fZ', 'now')"),
+            ("timestamp", Dialect::Postgres) => out.push_str("now()"),
+            ("serial", Dialect::Sqlite) => out.push_str("INTEGER PRIMARY KEY AUTOINCREMENT"),
+            ("serial", Dialect::Postgres) => out.push_str("BIGSERIAL PRIMARY KEY"),
+            ("bytes", Dialect::Sqlite) => out.push_str("BLOB"),
+            ("bytes", Dialect::Postgres) => out.push_str("BYTEA"),
+            ("created", Dialect::Sqlite) => {
+                out.push_str("TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))")
+            }
+            ("created", Dialect::Postgres) => out.push_str("TIMESTAMPTZ NOT NULL DEFAULT now()"),
+            (column, Dialect::Sqlite) if column.starts_with("iso:") => out.push_str(&column[4..]),
+            (column, Dialect::Postgres) if column.starts_with("iso:") => out.push_str(&format!(
+                "to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')",
+                &column[4..]
+            )),
+            // Not a token (none of zdr's statements has other braces): kept as written.
+            _ => out.push_str(&rest[open..=open + close]),
+        }
+        rest = &rest[open + close + 1..];
+    }
+    out.push_str(rest);
+    match dialect {
+        Dialect::Postgres => out,
+        Dialect::Sqlite => out.replace('$', "?"),
+    }
+}
+
+static TARGET_BY_ID: Sql = Sql::new(
+    "SELECT t.id, t.projector, t.version_id, v.version, t.role, t.replay_key, t.checkpoint, \
+     t.error_event_id, t.error, t.skip_event_id FROM zdr_targets t \
+     JOIN zdr_versions v ON v.id = t.version_id WHERE t.id = $1",
+);
+static LIVE_TARGET: Sql = Sql::new(
+    "SELECT t.id, t.projector, t.version_id, v.version, t.role, t.replay_key, t.checkpoint, \
+     t.error_event_id, t.error, t.skip_event_id FROM zdr_targets t \
+     JOIN zdr_versions v ON v.id = t.version_id WHERE t.projector = $1 AND t.role = 'live'",
+);
+static LIVE_TARGETS: Sql = Sql::new(
+    "SELECT t.id, t.projector, t.version_id, v.version, t.role, t.replay_key, t.checkpoint, \
+     t.error_event_id, t.error, t.skip_event_id FROM zdr_targets t \
+     JOIN zdr_versions v ON v.id = t.version_id WHERE t.role = 'live' ORDER BY t.projector, t.id",
+);
+static PROJECTOR_TARGETS: Sql = Sql::new(
+    "SELECT t.id, t.projector, t.version_id, v.version, t.role, t.replay_key, t.checkpoint, \
+     t.error_event_id, t.error, t.skip_event_id FROM zdr_targets t \
+     JOIN zdr_versions v ON v.id = t.version_id WHERE t.projector = $1 ORDER BY t.projector, t.id",
+);
+static REPLAY_TARGETS: Sql = Sql::new(
+    "SELECT t.id, t.projector, t.version_id, v.version, t.role, t.replay_key, t.checkpoint, \
+     t.error_event_id, t.error, t.skip_event_id FROM zdr_targets t \
+     JOIN zdr_versions v ON v.id = t.version_id WHERE t.replay_key = $1 ORDER BY t.projector, t.id",
+);
+static PROJECTING_CLONES: Sql = Sql::new(
+    "SELECT t.id, t.projector, t.version_id, v.version, t.role, t.replay_key, t.checkpoint, \
+     t.error_event_id, t.error, t.skip_event_id FROM zdr_targets t \
+     JOIN zdr_versions v ON v.id = t.version_id WHERE t.projector = $1 AND t.role = 'clone' \
+     AND t.error_event_id IS NULL \
+     AND t.replay_key IN (SELECT key FROM zdr_replays WHERE state = 'projecting') \
+     ORDER BY t.projector, t.id",
+);
+static SET_CHECKPOINT: Sql = Sql::new("UPDATE zdr_targets SET checkpoint = $2 WHERE id = $1");
+static INSERT_TARGET: Sql = Sql::new(
+    "INSERT INTO zdr_targets (projector, version_id, role, replay_key) VALUES ($1, $2, $3, $4) RETURNING id",
+);
+static SET_FAILURE: Sql = Sql::new(
+    "UPDATE zdr_targets SET error_event_id = $2, error = $3, updated_at = {timestamp} WHERE id = $1",
+);
+static ADD_FAILURE: Sql = Sql::new(
+    "INSERT INTO zdr_failures (target_id, projector, replay_key, event_id, message) VALUES ($1, $2, $3, $4, $5)",
+);
+static CLEAR_FAILURE: Sql = Sql::new(
+    "UPDATE zdr_targets SET error_event_id = NULL, error = NULL, updated_at = {timestamp} WHERE id = $1",
+);
+static SET_ROLE: Sql = Sql::new(
+    "UPDATE zdr_targets SET role = $2, replay_key = $3, updated_at = {timestamp} WHERE id = $1",
+);
+static DELETE_TARGET: Sql = Sql::new("DELETE FROM zdr_targets WHERE id = $1");
+static ADD_RUN: Sql = Sql::new(
+    "INSERT INTO zdr_runs (replay_key, projector, kind, from_event, to_event, events, outcome) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+);
+static ADD_COMPONENT: Sql = Sql::new(
+    "INSERT INTO zdr_components (hash, wasm, size) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING",
+);
+static ADD_VERSION: Sql = Sql::new(
+    "INSERT INTO zdr_versions (projector, version, component_hash, description) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (projector, component_hash) DO NOTHING",
+);
+static VERSION_ID: Sql =
+    Sql::new("SELECT id FROM zdr_versions WHERE projector = $1 AND component_hash = $2");
+static VERSION: Sql = Sql::new(
+    "SELECT v.description, v.component_hash, c.wasm FROM zdr_versions v \
+     JOIN zdr_components c ON c.hash = v.component_hash WHERE v.id = $1",
+);
+static DESCRIPTION: Sql = Sql::new("SELECT description FROM zdr_versions WHERE id = $1");
+static ADD_REPLAY: Sql = Sql::new(
+    "INSERT INTO zdr_replays (key, state) VALUES ($1, 'created') ON CONFLICT (key) DO NOTHING",
+);
+static REPLAY: Sql = Sql::new(
+    "SELECT key, state, error, {iso:created_at}, {iso:updated_at} FROM zdr_replays WHERE key = $1",
+);
+static REPLAYS: Sql = Sql::new(
+    "SELECT key, state, error, {iso:created_at}, {iso:updated_at} FROM zdr_replays ORDER BY created_at, key",
+);
+static DELETE_REPLAY: Sql = Sql::new("DELETE FROM zdr_replays WHERE key = $1");
+static SCHEMA_VERSION: Sql = Sql::new("SELECT value FROM zdr_meta WHERE key = 'schema_version'");
+static SET_SCHEMA_VERSION: Sql = Sql::new(
+    "INSERT INTO zdr_meta (key, value) VALUES ('schema_version', $1) \
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value \
+     WHERE CAST(zdr_meta.value AS BIGINT) < CAST(excluded.value AS BIGINT)",
+);
+static COUNT_EVENTS: Sql = Sql::new("SELECT COUNT(*) FROM stored_events");
+static REPORT_WORKER: Sql = Sql::new(
+    "INSERT INTO zdr_workers (projector, daemon, state, reason, since, seen_at) \
+     VALUES ($1, $2, $3, $4, {now}, {now}) \
+     ON CONFLICT (projector) DO UPDATE SET \
+     since = CASE WHEN zdr_workers.state = excluded.state AND zdr_workers.daemon = excluded.daemon \
+             THEN zdr_workers.since ELSE excluded.since END, \
+     daemon = excluded.daemon, state = excluded.state, reason = excluded.reason, \
+     seen_at = excluded.seen_at",
+);
+static FORGET_WORKER: Sql =
+    Sql::new("DELETE FROM zdr_workers WHERE projector = $1 AND daemon = $2");
+static WORKERS: Sql = Sql::new(
+    "SELECT projector, daemon, state, reason, since, seen_at, {now} - seen_at FROM zdr_workers",
+);
+static ADD_SKIP: Sql = Sql::new(
+    "INSERT INTO zdr_skips (target_id, projector, event_id, reason, skipped_by, at) \
+     VALUES ($1, $2, $3, $4, $5, {now})",
+);
+static MARK_SKIP: Sql = Sql::new(
+    "UPDATE zdr_targets SET error_event_id = NULL, error = NULL, \
+     skip_event_id = CASE WHEN skip_event_id IS NULL OR skip_event_id < $2 THEN $2 \
+     ELSE skip_event_id END WHERE id = $1",
+);
+static SKIPS: Sql = Sql::new(
+    "SELECT event_id, reason, skipped_by, at FROM zdr_skips WHERE target_id = $1 ORDER BY at, event_id",
+);
+static SKIPPED_AFTER: Sql = Sql::new(
+    "SELECT event_id FROM zdr_skips WHERE target_id = $1 AND event_id > $2 ORDER BY event_id",
+);
 
 /// What a daemon worker says about the projector it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,13 +323,430 @@ pub struct SkipRecord {
     pub at: String,
 }
 
+fn text_value(text: &str) -> Value {
+    Value::Text(text.to_string())
+}
+
+fn optional_text(text: Option<&str>) -> Value {
+    text.map_or(Value::Null, text_value)
+}
+
 impl Db {
-    fn run(&self, sql: &str, params: &[Value]) -> Result<u64, StoreError> {
-        self.sql_execute(&portable(sql, self.dialect()), params)
+    fn run(&self, sql: &Sql, params: &[Value]) -> Result<u64, StoreError> {
+        self.sql_execute(sql.get(self.dialect()), params)
     }
 
-    fn select(&self, sql: &str, params: &[Value]) -> Result<RowSet, StoreError> {
-        self.sql_rows(&portable(sql, self.dialect()), params)
+    fn select(&self, sql: &Sql, params: &[Value]) -> Result<RowSet, StoreError> {
+        self.sql_rows(sql.get(self.dialect()), params)
+    }
+
+    /// Creates zdr's tables that are missing, in the current transaction.
+    pub(super) fn create_zdr_tables(&self) -> Result<(), StoreError> {
+        self.sql_batch(&portable(SCHEMA, self.dialect()))
+    }
+
+    /// The version of zdr's tables (`None` when the table that records it is missing or
+    /// empty); `has_meta` says whether `zdr_meta` exists (a catalog question each backend
+    /// answers).
+    pub(super) fn schema_version(&self, has_meta: bool) -> Result<Option<i64>, StoreError> {
+        if !has_meta {
+            return Ok(None);
+        }
+        let rows = self.select(&SCHEMA_VERSION, &[])?;
+        match rows.rows.first() {
+            None => Ok(None),
+            Some(row) => {
+                let text = text(row, 0)?;
+                text.parse().map(Some).map_err(|_| {
+                    StoreError::Corrupt(format!("schema_version {text:?} is not a number"))
+                })
+            }
+        }
+    }
+
+    /// Records that zdr's tables are at [`super::SCHEMA_VERSION`] (never lowering it).
+    pub(super) fn record_schema_version(&self) -> Result<(), StoreError> {
+        self.run(
+            &SET_SCHEMA_VERSION,
+            &[Value::Text(super::SCHEMA_VERSION.to_string())],
+        )?;
+        Ok(())
+    }
+
+    /// The number of stored events.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn count_events(&self) -> Result<i64, StoreError> {
+        let rows = self.select(&COUNT_EVENTS, &[])?;
+        rows.rows.first().map_or(Ok(0), |row| integer(row, 0))
+    }
+
+    /// Stores a component's bytes (once per content hash) and registers it as a version of
+    /// `description.name`; returns the version id (the existing one when already registered).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn register_version(
+        &self,
+        hash: &str,
+        wasm: &[u8],
+        description: &Description,
+    ) -> Result<i64, StoreError> {
+        let json =
+            serde_json::to_string(description).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.run(
+            &ADD_COMPONENT,
+            &[
+                text_value(hash),
+                Value::Blob(wasm.to_vec()),
+                Value::Integer(i64::try_from(wasm.len()).unwrap_or(i64::MAX)),
+            ],
+        )?;
+        self.run(
+            &ADD_VERSION,
+            &[
+                text_value(&description.name),
+                text_value(&description.version),
+                text_value(hash),
+                Value::Text(json),
+            ],
+        )?;
+        let rows = self.select(
+            &VERSION_ID,
+            &[text_value(&description.name), text_value(hash)],
+        )?;
+        rows.rows
+            .first()
+            .ok_or_else(|| StoreError::Corrupt(format!("version {hash} vanished after insert")))
+            .and_then(|row| integer(row, 0))
+    }
+
+    /// A version's description, content hash and component bytes.
+    ///
+    /// # Errors
+    /// An unknown version, or a database failure.
+    pub fn version(&self, version_id: i64) -> Result<(Description, String, Vec<u8>), StoreError> {
+        let rows = self.select(&VERSION, &[Value::Integer(version_id)])?;
+        let row = rows.rows.first().ok_or_else(|| {
+            StoreError::Corrupt(format!("projector version {version_id} does not exist"))
+        })?;
+        let description = parse_description(version_id, &text(row, 0)?)?;
+        let wasm = match row.get(2) {
+            Some(Value::Blob(bytes)) => bytes.clone(),
+            other => return Err(unexpected(2, "a blob", other)),
+        };
+        Ok((description, text(row, 1)?, wasm))
+    }
+
+    /// A version's description alone (no component bytes).
+    ///
+    /// # Errors
+    /// An unknown version, or a database failure.
+    pub fn description(&self, version_id: i64) -> Result<Description, StoreError> {
+        let rows = self.select(&DESCRIPTION, &[Value::Integer(version_id)])?;
+        let row = rows.rows.first().ok_or_else(|| {
+            StoreError::Corrupt(format!("projector version {version_id} does not exist"))
+        })?;
+        parse_description(version_id, &text(row, 0)?)
+    }
+
+    /// Inserts a target row and returns it.
+    ///
+    /// # Errors
+    /// A database failure (a second live target of one projector among them).
+    pub fn insert_target(
+        &self,
+        projector: &str,
+        version_id: i64,
+        role: Role,
+        replay_key: Option<&str>,
+    ) -> Result<Target, StoreError> {
+        let rows = self.select(
+            &INSERT_TARGET,
+            &[
+                text_value(projector),
+                Value::Integer(version_id),
+                text_value(role.as_str()),
+                optional_text(replay_key),
+            ],
+        )?;
+        let id = rows
+            .rows
+            .first()
+            .ok_or_else(|| StoreError::Corrupt("a target insert returned no id".into()))
+            .and_then(|row| integer(row, 0))?;
+        self.target(id)?
+            .ok_or_else(|| StoreError::Corrupt(format!("target {id} vanished after insert")))
+    }
+
+    fn targets(&self, sql: &Sql, params: &[Value]) -> Result<Vec<Target>, StoreError> {
+        self.select(sql, params)?
+            .rows
+            .iter()
+            .map(|row| target_of(row))
+            .collect()
+    }
+
+    /// One target by id.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn target(&self, id: i64) -> Result<Option<Target>, StoreError> {
+        Ok(self.targets(&TARGET_BY_ID, &[Value::Integer(id)])?.pop())
+    }
+
+    /// The live target of a projector, if it has one.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn live_target(&self, projector: &str) -> Result<Option<Target>, StoreError> {
+        Ok(self.targets(&LIVE_TARGET, &[text_value(projector)])?.pop())
+    }
+
+    /// Every live target, by projector name.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn live_targets(&self) -> Result<Vec<Target>, StoreError> {
+        self.targets(&LIVE_TARGETS, &[])
+    }
+
+    /// Every target of a projector (any role).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn targets_of_projector(&self, projector: &str) -> Result<Vec<Target>, StoreError> {
+        self.targets(&PROJECTOR_TARGETS, &[text_value(projector)])
+    }
+
+    /// The targets a replay owns (clones, or retired tables after a promote).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn replay_targets(&self, key: &str) -> Result<Vec<Target>, StoreError> {
+        self.targets(&REPLAY_TARGETS, &[text_value(key)])
+    }
+
+    /// The clones of `projector` whose replay is projecting and that have not failed: the
+    /// targets a live batch writes to as well.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn projecting_clones(&self, projector: &str) -> Result<Vec<Target>, StoreError> {
+        self.targets(&PROJECTING_CLONES, &[text_value(projector)])
+    }
+
+    /// Moves a target's checkpoint (inside the batch transaction).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn set_checkpoint(&self, target_id: i64, checkpoint: i64) -> Result<(), StoreError> {
+        self.run(
+            &SET_CHECKPOINT,
+            &[Value::Integer(target_id), Value::Integer(checkpoint)],
+        )?;
+        Ok(())
+    }
+
+    /// Records that a target's projector failed on an event: the target stops there.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn record_failure(
+        &self,
+        target: &Target,
+        event_id: i64,
+        message: &str,
+    ) -> Result<(), StoreError> {
+        self.run(
+            &SET_FAILURE,
+            &[
+                Value::Integer(target.id),
+                Value::Integer(event_id),
+                text_value(message),
+            ],
+        )?;
+        self.run(
+            &ADD_FAILURE,
+            &[
+                Value::Integer(target.id),
+                text_value(&target.projector),
+                optional_text(target.replay_key.as_deref()),
+                Value::Integer(event_id),
+                text_value(message),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Clears a target's failure so it runs again from its checkpoint.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn clear_failure(&self, target_id: i64) -> Result<(), StoreError> {
+        self.run(&CLEAR_FAILURE, &[Value::Integer(target_id)])?;
+        Ok(())
+    }
+
+    /// Changes a target's role (and owning replay) in the current transaction.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn set_role(
+        &self,
+        target_id: i64,
+        role: Role,
+        replay_key: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.run(
+            &SET_ROLE,
+            &[
+                Value::Integer(target_id),
+                text_value(role.as_str()),
+                optional_text(replay_key),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Deletes a target row.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn delete_target(&self, target_id: i64) -> Result<(), StoreError> {
+        self.run(&DELETE_TARGET, &[Value::Integer(target_id)])?;
+        Ok(())
+    }
+
+    /// Appends a line of run history.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn record_run(
+        &self,
+        target: &Target,
+        kind: &str,
+        from_event: i64,
+        to_event: i64,
+        events: i64,
+        outcome: &str,
+    ) -> Result<(), StoreError> {
+        self.run(
+            &ADD_RUN,
+            &[
+                optional_text(target.replay_key.as_deref()),
+                text_value(&target.projector),
+                text_value(kind),
+                Value::Integer(from_event),
+                Value::Integer(to_event),
+                Value::Integer(events),
+                text_value(outcome),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Inserts a replay row in state `created`; `false` when the key is taken.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn insert_replay(&self, key: &str) -> Result<bool, StoreError> {
+        Ok(self.run(&ADD_REPLAY, &[text_value(key)])? == 1)
+    }
+
+    /// A replay's state and last error.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn replay(&self, key: &str) -> Result<Option<ReplayRow>, StoreError> {
+        Ok(self.replay_rows(&REPLAY, &[text_value(key)])?.pop())
+    }
+
+    /// Every replay, oldest first.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn replays(&self) -> Result<Vec<ReplayRow>, StoreError> {
+        self.replay_rows(&REPLAYS, &[])
+    }
+
+    fn replay_rows(&self, sql: &Sql, params: &[Value]) -> Result<Vec<ReplayRow>, StoreError> {
+        self.select(sql, params)?
+            .rows
+            .iter()
+            .map(|row| {
+                let key = text(row, 0)?;
+                let state = text(row, 1)?;
+                let state = ReplayState::parse(&state).ok_or_else(|| {
+                    StoreError::Corrupt(format!("replay {key} has unknown state {state:?}"))
+                })?;
+                Ok(ReplayRow {
+                    key,
+                    state,
+                    error: optional(row, 2)?,
+                    created_at: text(row, 3)?,
+                    updated_at: text(row, 4)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Compare-and-set of a replay's state: moves it to `to` only if it is in one of `from`.
+    /// Returns whether it moved.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn transition(
+        &self,
+        key: &str,
+        from: &[ReplayState],
+        to: ReplayState,
+        error: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        if from.is_empty() {
+            return Ok(false);
+        }
+        let states: Vec<String> = (0..from.len()).map(|i| format!("${}", i + 4)).collect();
+        let sql = portable(
+            &format!(
+                "UPDATE zdr_replays SET state = $2, error = $3, updated_at = {{timestamp}} \
+                 WHERE key = $1 AND state IN ({})",
+                states.join(", ")
+            ),
+            self.dialect(),
+        );
+        let mut params = vec![
+            text_value(key),
+            text_value(to.as_str()),
+            optional_text(error),
+        ];
+        params.extend(from.iter().map(|s| text_value(s.as_str())));
+        Ok(self.sql_execute(&sql, &params)? == 1)
+    }
+
+    /// Marks replay `key` failed with `message`: a clone's projector failed. The move is the
+    /// state machine's ([`crate::machine::Command::CloneFailed`]), applied from whichever
+    /// state allows it; returns whether the replay moved.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn fail_replay(&self, key: &str, message: &str) -> Result<bool, StoreError> {
+        self.transition(
+            key,
+            &machine::sources(Command::CloneFailed),
+            ReplayState::Failed,
+            Some(message),
+        )
+    }
+
+    /// Deletes a replay row.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn delete_replay(&self, key: &str) -> Result<(), StoreError> {
+        self.run(&DELETE_REPLAY, &[text_value(key)])?;
+        Ok(())
     }
 
     /// Records what the worker of `daemon` says about `projector`, keeping the time the
@@ -107,20 +762,14 @@ impl Db {
     ) -> Result<(), StoreError> {
         let (name, reason) = match state {
             WorkerState::Running => ("running", Value::Null),
-            WorkerState::Stuck(reason) => ("stuck", Value::Text(reason.clone())),
+            WorkerState::Stuck(reason) => ("stuck", text_value(reason)),
         };
         self.run(
-            "INSERT INTO zdr_workers (projector, daemon, state, reason, since, seen_at) \
-             VALUES ($1, $2, $3, $4, {now}, {now}) \
-             ON CONFLICT (projector) DO UPDATE SET \
-             since = CASE WHEN zdr_workers.state = excluded.state AND zdr_workers.daemon = excluded.daemon \
-                     THEN zdr_workers.since ELSE excluded.since END, \
-             daemon = excluded.daemon, state = excluded.state, reason = excluded.reason, \
-             seen_at = excluded.seen_at",
+            &REPORT_WORKER,
             &[
-                Value::Text(projector.into()),
-                Value::Text(daemon.into()),
-                Value::Text(name.into()),
+                text_value(projector),
+                text_value(daemon),
+                text_value(name),
                 reason,
             ],
         )?;
@@ -132,10 +781,7 @@ impl Db {
     /// # Errors
     /// A database failure.
     pub fn forget_worker(&self, projector: &str, daemon: &str) -> Result<(), StoreError> {
-        self.run(
-            "DELETE FROM zdr_workers WHERE projector = $1 AND daemon = $2",
-            &[Value::Text(projector.into()), Value::Text(daemon.into())],
-        )?;
+        self.run(&FORGET_WORKER, &[text_value(projector), text_value(daemon)])?;
         Ok(())
     }
 
@@ -144,10 +790,7 @@ impl Db {
     /// # Errors
     /// A database failure, or a row zdr did not write.
     pub fn worker_reports(&self) -> Result<Vec<WorkerReport>, StoreError> {
-        let rows = self.select(
-            "SELECT projector, daemon, state, reason, since, seen_at, {now} - seen_at FROM zdr_workers",
-            &[],
-        )?;
+        let rows = self.select(&WORKERS, &[])?;
         rows.rows
             .iter()
             .map(|row| {
@@ -186,35 +829,20 @@ impl Db {
         by: &str,
     ) -> Result<(), StoreError> {
         self.run(
-            "INSERT INTO zdr_skips (target_id, projector, event_id, reason, skipped_by, at) \
-             VALUES ($1, $2, $3, $4, $5, {now})",
+            &ADD_SKIP,
             &[
                 Value::Integer(live.id),
-                Value::Text(live.projector.clone()),
+                text_value(&live.projector),
                 Value::Integer(event_id),
-                Value::Text(reason.into()),
-                Value::Text(by.into()),
+                text_value(reason),
+                text_value(by),
             ],
         )?;
         self.run(
-            "UPDATE zdr_targets SET error_event_id = NULL, error = NULL, \
-             skip_event_id = CASE WHEN skip_event_id IS NULL OR skip_event_id < $2 THEN $2 \
-             ELSE skip_event_id END WHERE id = $1",
+            &MARK_SKIP,
             &[Value::Integer(live.id), Value::Integer(event_id)],
         )?;
         Ok(())
-    }
-
-    /// The events skipped on target `target_id` with ids above `after`, in order.
-    ///
-    /// # Errors
-    /// A database failure.
-    pub fn skipped_after(&self, target_id: i64, after: i64) -> Result<Vec<i64>, StoreError> {
-        let rows = self.select(
-            "SELECT event_id FROM zdr_skips WHERE target_id = $1 AND event_id > $2 ORDER BY event_id",
-            &[Value::Integer(target_id), Value::Integer(after)],
-        )?;
-        rows.rows.iter().map(|row| integer(row, 0)).collect()
     }
 
     /// The events skipped on target `target_id`, oldest first.
@@ -222,10 +850,7 @@ impl Db {
     /// # Errors
     /// A database failure.
     pub fn skips(&self, target_id: i64) -> Result<Vec<SkipRecord>, StoreError> {
-        let rows = self.select(
-            "SELECT event_id, reason, skipped_by, at FROM zdr_skips WHERE target_id = $1 ORDER BY at, event_id",
-            &[Value::Integer(target_id)],
-        )?;
+        let rows = self.select(&SKIPS, &[Value::Integer(target_id)])?;
         rows.rows
             .iter()
             .map(|row| {
@@ -238,6 +863,49 @@ impl Db {
             })
             .collect()
     }
+
+    /// The events skipped on target `target_id` with ids above `after`, in order.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn skipped_after(&self, target_id: i64, after: i64) -> Result<Vec<i64>, StoreError> {
+        let rows = self.select(
+            &SKIPPED_AFTER,
+            &[Value::Integer(target_id), Value::Integer(after)],
+        )?;
+        rows.rows.iter().map(|row| integer(row, 0)).collect()
+    }
+}
+
+/// A target from a row of the target queries above.
+fn target_of(row: &[Value]) -> Result<Target, StoreError> {
+    let id = integer(row, 0)?;
+    let role = text(row, 4)?;
+    let role = Role::parse(&role)
+        .ok_or_else(|| StoreError::Corrupt(format!("target {id} has unknown role {role:?}")))?;
+    let failure = match optional_integer(row, 7)? {
+        Some(event_id) => Some(Failure {
+            event_id,
+            message: optional(row, 8)?.unwrap_or_default(),
+        }),
+        None => None,
+    };
+    Ok(Target {
+        id,
+        projector: text(row, 1)?,
+        version_id: integer(row, 2)?,
+        version: text(row, 3)?,
+        role,
+        replay_key: optional(row, 5)?,
+        checkpoint: integer(row, 6)?,
+        failure,
+        skip_event_id: optional_integer(row, 9)?,
+    })
+}
+
+fn parse_description(version_id: i64, json: &str) -> Result<Description, StoreError> {
+    serde_json::from_str(json)
+        .map_err(|e| StoreError::Corrupt(format!("description of version {version_id}: {e}")))
 }
 
 fn text(row: &[Value], i: usize) -> Result<String, StoreError> {
@@ -247,10 +915,24 @@ fn text(row: &[Value], i: usize) -> Result<String, StoreError> {
     }
 }
 
+fn optional(row: &[Value], i: usize) -> Result<Option<String>, StoreError> {
+    match row.get(i) {
+        Some(Value::Null) => Ok(None),
+        _ => text(row, i).map(Some),
+    }
+}
+
 fn integer(row: &[Value], i: usize) -> Result<i64, StoreError> {
     match row.get(i) {
         Some(Value::Integer(v)) => Ok(*v),
         other => Err(unexpected(i, "an integer", other)),
+    }
+}
+
+fn optional_integer(row: &[Value], i: usize) -> Result<Option<i64>, StoreError> {
+    match row.get(i) {
+        Some(Value::Null) => Ok(None),
+        _ => integer(row, i).map(Some),
     }
 }
 
@@ -276,12 +958,30 @@ mod tests {
 
     #[test]
     fn statements_are_made_ready_for_each_backend() {
-        let sql = "UPDATE t SET at = {now} WHERE id = $1 AND n = $2";
+        let sql =
+            "UPDATE t SET at = {now}, ts = {timestamp} WHERE id = $1 AND n = $2 RETURNING {iso:ts}";
         assert_eq!(
             portable(sql, Dialect::Sqlite),
-            "UPDATE t SET at = ((julianday('now') - 2440587.5) * 86400.0) WHERE id = ?1 AND n = ?2"
+            "UPDATE t SET at = ((julianday('now') - 2440587.5) * 86400.0), \
+             ts = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') WHERE id = ?1 AND n = ?2 RETURNING ts"
         );
-        assert!(portable(sql, Dialect::Postgres).contains("clock_timestamp()"));
-        assert!(portable(sql, Dialect::Postgres).ends_with("$1 AND n = $2"));
+        let postgres = portable(sql, Dialect::Postgres);
+        assert!(postgres.contains("clock_timestamp()") && postgres.contains("ts = now()"));
+        assert!(postgres.contains("$1 AND n = $2"));
+        assert!(
+            postgres
+                .ends_with("to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')")
+        );
+        assert_eq!(portable("SELECT '{}'", Dialect::Postgres), "SELECT '{}'");
+    }
+
+    #[test]
+    fn the_schema_is_ready_for_both_backends() {
+        for dialect in [Dialect::Sqlite, Dialect::Postgres] {
+            let schema = portable(SCHEMA, dialect);
+            assert!(!schema.contains('{'), "{dialect:?}: {schema}");
+        }
+        assert!(portable(SCHEMA, Dialect::Sqlite).contains("AUTOINCREMENT"));
+        assert!(portable(SCHEMA, Dialect::Postgres).contains("BIGSERIAL"));
     }
 }

@@ -15,6 +15,7 @@
 mod bookkeeping;
 mod guest;
 mod highwater;
+pub mod naming;
 mod postgres;
 mod sqlite;
 mod value;
@@ -29,7 +30,7 @@ pub use value::{DbError, RowSet, Value};
 
 use crate::events::{NewEvent, ReadEvent};
 use crate::model::{Description, ReplayState, Role, Target};
-use crate::sandbox::{Dialect, Guard};
+use crate::sandbox::{Dialect, Guard, GuardCache, Mode, PhysicalName};
 
 /// The version of zdr's own tables this binary writes; a database with a higher one is
 /// refused, one with a lower one is upgraded by `zdr init`.
@@ -84,23 +85,41 @@ fn check_event_columns(columns: &[String]) -> Result<(), StoreError> {
     }
 }
 
-/// One open database: everything zdr reads and writes, whatever the backend.
+/// What each backend implements: only what differs between the databases. Everything written
+/// once for both — zdr's bookkeeping ([`bookkeeping`]), physical names ([`naming`]), the
+/// shared half of a guest's handle ([`guest`]), `init` and the table DDL loop — lives on
+/// [`Db`] and reaches the database through the `sql_*` methods here.
 ///
-/// Physical names are backend-specific strings: `zdr_r_v2__balances` on SQLite,
-/// `zdr_r_v2.balances` on PostgreSQL. Methods that change state run inside the transaction
-/// [`Db::write`] opened when called from its closure.
+/// What stays per backend: connecting (and reconnecting), the write transaction and locks,
+/// reading and appending events (gap-safe on PostgreSQL), the catalog, moving tables for a
+/// promote, the raw side of a guest's statements, and waking up on new events.
 pub trait Store: Send + Sync {
     /// The URL this database was opened with (without a password).
     fn url(&self) -> &str;
-    /// The SQL dialect guest statements are checked and rewritten for.
+    /// The SQL dialect guest statements are checked and rewritten for, and zdr's own
+    /// statements are made ready for.
     fn dialect(&self) -> Dialect;
-    /// Creates zdr's tables (or upgrades those an older zdr made) and, when absent, the event
-    /// store. Idempotent; an existing `stored_events` (a Laravel database) is checked and used
-    /// as it is. Returns warnings the operator should read: writers of the event store that
-    /// zdr cannot read safely (see [`Store::head`]).
-    fn init(&self) -> Result<Vec<String>, StoreError>;
-    /// Checks that `init` has run and the schema is one this binary understands.
-    fn ensure_ready(&self) -> Result<(), StoreError>;
+    /// How this backend names a target's tables.
+    fn layout(&self) -> naming::Layout;
+
+    /// Runs one of zdr's own statements (placeholders in the backend's form) and returns the
+    /// rows it changed.
+    fn sql_execute(&self, sql: &str, params: &[Value]) -> Result<u64, StoreError>;
+    /// Runs one of zdr's own queries and returns its rows.
+    fn sql_rows(&self, sql: &str, params: &[Value]) -> Result<RowSet, StoreError>;
+    /// Runs statements of zdr's own without parameters or results, separated by `;`.
+    fn sql_batch(&self, sql: &str) -> Result<(), StoreError>;
+
+    /// Begins the transaction `zdr init` creates or upgrades the tables in (serialised
+    /// against other `init`s; on SQLite after checking the file's integrity), and creates
+    /// the namespace the tables live in.
+    fn begin_init(&self) -> Result<(), StoreError>;
+    /// Creates what only this backend has, inside the init transaction: the event store when
+    /// absent, the columns later schema versions added, and backend extras (PostgreSQL: the
+    /// trigger that notifies daemons, the function that caps result rows).
+    fn init_backend(&self) -> Result<(), StoreError>;
+    /// Checks that `stored_events` has every column zdr reads.
+    fn check_event_table(&self) -> Result<(), StoreError>;
     /// Writers of the event store that the gap-safe read cannot cover, as warnings (empty when
     /// every writer that draws ids from the table's sequence is covered).
     fn event_writer_warnings(&self) -> Result<Vec<String>, StoreError>;
@@ -123,21 +142,13 @@ pub trait Store: Send + Sync {
 
     /// Begins the write transaction: zdr's writers (batches, lifecycle steps) are serialised.
     fn begin_write(&self) -> Result<(), StoreError>;
-    /// Commits the write transaction.
+    /// Commits the current transaction.
     fn commit(&self) -> Result<(), StoreError>;
-    /// Rolls the write transaction back.
+    /// Rolls the current transaction back.
     fn rollback(&self) -> Result<(), StoreError>;
-    /// Opens a savepoint inside the current transaction.
-    fn savepoint(&self, name: &str) -> Result<(), StoreError>;
-    /// Keeps what was done since the savepoint.
-    fn release(&self, name: &str) -> Result<(), StoreError>;
-    /// Undoes what was done since the savepoint and closes it.
-    fn rollback_to(&self, name: &str) -> Result<(), StoreError>;
 
     /// Appends events in one transaction and returns the ids of the first and last.
     fn append_events(&self, events: &[NewEvent]) -> Result<Option<(i64, i64)>, StoreError>;
-    /// The number of stored events.
-    fn count_events(&self) -> Result<i64, StoreError>;
     /// The safe high-water mark: every event with an id at or below it is committed and
     /// visible, and no event with a lower id can commit later.
     fn head(&self) -> Result<i64, StoreError>;
@@ -154,129 +165,26 @@ pub trait Store: Send + Sync {
         limit: usize,
     ) -> Result<Vec<ReadEvent>, StoreError>;
 
-    /// Stores a component's bytes (once per content hash) and registers it as a version of
-    /// `description.name`; returns the version id (the existing one when already registered).
-    fn register_version(
-        &self,
-        hash: &str,
-        wasm: &[u8],
-        description: &Description,
-    ) -> Result<i64, StoreError>;
-    /// A version's description, content hash and component bytes.
-    fn version(&self, version_id: i64) -> Result<(Description, String, Vec<u8>), StoreError>;
-    /// A version's description alone (no component bytes).
-    fn description(&self, version_id: i64) -> Result<Description, StoreError>;
-
-    /// Inserts a target row and returns it.
-    fn insert_target(
-        &self,
-        projector: &str,
-        version_id: i64,
-        role: Role,
-        replay_key: Option<&str>,
-    ) -> Result<Target, StoreError>;
-    /// One target by id.
-    fn target(&self, id: i64) -> Result<Option<Target>, StoreError>;
-    /// The live target of a projector, if it has one.
-    fn live_target(&self, projector: &str) -> Result<Option<Target>, StoreError>;
-    /// Every live target, by projector name.
-    fn live_targets(&self) -> Result<Vec<Target>, StoreError>;
-    /// Every target of a projector (any role).
-    fn targets_of_projector(&self, projector: &str) -> Result<Vec<Target>, StoreError>;
-    /// The targets a replay owns (clones, or retired tables after a promote).
-    fn replay_targets(&self, key: &str) -> Result<Vec<Target>, StoreError>;
-    /// The clones of `projector` whose replay is projecting and that have not failed: the
-    /// targets a live batch writes to as well.
-    fn projecting_clones(&self, projector: &str) -> Result<Vec<Target>, StoreError>;
-    /// Moves a target's checkpoint (inside the batch transaction).
-    fn set_checkpoint(&self, target_id: i64, checkpoint: i64) -> Result<(), StoreError>;
-    /// Records that a target's projector failed on an event: the target stops there.
-    fn record_failure(
-        &self,
-        target: &Target,
-        event_id: i64,
-        message: &str,
-    ) -> Result<(), StoreError>;
-    /// Clears a target's failure so it runs again from its checkpoint.
-    fn clear_failure(&self, target_id: i64) -> Result<(), StoreError>;
-    /// Changes a target's role (and owning replay) in the current transaction.
-    fn set_role(
-        &self,
-        target_id: i64,
-        role: Role,
-        replay_key: Option<&str>,
-    ) -> Result<(), StoreError>;
-    /// Deletes a target row.
-    fn delete_target(&self, target_id: i64) -> Result<(), StoreError>;
-    /// Appends a line of run history.
-    fn record_run(
-        &self,
-        target: &Target,
-        kind: &str,
-        from_event: i64,
-        to_event: i64,
-        events: i64,
-        outcome: &str,
-    ) -> Result<(), StoreError>;
-
-    /// The guard for a target: its declared tables mapped to their physical names.
-    fn guard_for(&self, target: &Target, description: &Description) -> Guard;
-    /// Whether a table (or view, index…) with this physical name exists.
+    /// Whether a table (or view, index…) with this physical name exists (`schema.name` or a
+    /// name in the live tables' namespace).
     fn object_exists(&self, name: &str) -> Result<bool, StoreError>;
-    /// Names of views, triggers or foreign keys outside the projector that mention `table`:
-    /// objects that would break (or be broken by) moving its tables.
+    /// Names of views, triggers or foreign keys outside the projector that mention live table
+    /// `table`: objects that would break (or be broken by) moving its tables.
     fn dependents_of(&self, table: &str) -> Result<Vec<String>, StoreError>;
-    /// Creates a target's tables from the projector's declared DDL (checked and rewritten by
-    /// the guard in setup mode), inside the current transaction.
-    fn create_tables(&self, target: &Target, description: &Description) -> Result<(), StoreError>;
-    /// Drops a target's tables (their indexes go with them).
-    fn drop_tables(&self, target: &Target, description: &Description) -> Result<(), StoreError>;
-    /// Moves a target's tables to the names of `new_role`, inside the current transaction.
-    fn rename_tables(
-        &self,
-        target: &Target,
-        description: &Description,
-        new_role: Role,
-        new_key: Option<&str>,
-    ) -> Result<(), StoreError>;
-    /// The physical names a target's tables would have in `role`.
-    fn physical_names(
-        &self,
-        target: &Target,
-        description: &Description,
-        role: Role,
-        key: Option<&str>,
-    ) -> Vec<String>;
+    /// Creates the namespace a target's tables live in, if the backend has them (PostgreSQL
+    /// schemas).
+    fn create_namespace(&self, namespace: &str) -> Result<(), StoreError>;
+    /// Drops a namespace zdr created once nothing is left in it.
+    fn drop_namespace_if_empty(&self, namespace: &str) -> Result<(), StoreError>;
+    /// Moves tables from the first name of each pair to the second, inside the current
+    /// transaction (a promote's swap): renames on SQLite, schema moves on PostgreSQL, under a
+    /// short lock timeout there.
+    fn move_tables(&self, moves: &[(PhysicalName, PhysicalName)]) -> Result<(), StoreError>;
+
     /// The raw side of a guest connection bound to this database's connection (and so its
     /// current transaction): it runs statements the guard already checked and rewrote.
     /// [`Db::guest_connection`] puts the guard and the limits in front of it.
     fn raw_guest_connection(&self) -> Box<dyn guest::RawGuestConnection>;
-    /// Runs one of zdr's own statements written for both backends (placeholders `$1…`, see
-    /// [`bookkeeping`]) and returns the rows it changed.
-    fn sql_execute(&self, sql: &str, params: &[Value]) -> Result<u64, StoreError>;
-    /// Runs one of zdr's own queries written for both backends and returns its rows.
-    fn sql_rows(&self, sql: &str, params: &[Value]) -> Result<RowSet, StoreError>;
-    /// Runs a trusted, host-written SELECT (never guest SQL) and returns its rows: for the
-    /// demo and for tests that compare read models.
-    fn read_rows(&self, sql: &str) -> Result<RowSet, StoreError>;
-
-    /// Inserts a replay row in state `created`; `false` when the key is taken.
-    fn insert_replay(&self, key: &str) -> Result<bool, StoreError>;
-    /// A replay's state and last error.
-    fn replay(&self, key: &str) -> Result<Option<ReplayRow>, StoreError>;
-    /// Every replay, oldest first.
-    fn replays(&self) -> Result<Vec<ReplayRow>, StoreError>;
-    /// Compare-and-set of a replay's state: moves it to `to` only if it is in one of `from`.
-    /// Returns whether it moved.
-    fn transition(
-        &self,
-        key: &str,
-        from: &[ReplayState],
-        to: ReplayState,
-        error: Option<&str>,
-    ) -> Result<bool, StoreError>;
-    /// Deletes a replay row.
-    fn delete_replay(&self, key: &str) -> Result<(), StoreError>;
 
     /// Waits up to `timeout` for new events and says whether it was woken by one: on
     /// PostgreSQL by the notification of the trigger `zdr init` installs (without it, it just
@@ -338,8 +246,205 @@ impl Db {
     ) -> Box<dyn GuestConnection> {
         Box::new(guest::GuardedConnection::new(
             self.store.raw_guest_connection(),
-            crate::sandbox::GuardCache::new(self.store.guard_for(target, description)),
+            GuardCache::new(self.guard_for(target, description)),
         ))
+    }
+
+    /// Creates zdr's tables (or upgrades those an older zdr made) and, when absent, the event
+    /// store, in one transaction. Idempotent; an existing `stored_events` (a Laravel database)
+    /// is checked and used as it is. Returns warnings the operator should read: writers of the
+    /// event store that zdr cannot read safely (see [`Store::head`]).
+    ///
+    /// # Errors
+    /// A damaged file, a schema from a newer zdr, an incompatible `stored_events`, or a
+    /// database failure.
+    pub fn init(&self) -> Result<Vec<String>, StoreError> {
+        self.store.begin_init()?;
+        let created = (|| {
+            refuse_newer(self.schema_version(self.object_exists("zdr_meta")?)?)?;
+            self.store.init_backend()?;
+            self.create_zdr_tables()?;
+            self.record_schema_version()
+        })();
+        match created {
+            Ok(()) => self.store.commit()?,
+            Err(err) => {
+                let _ = self.store.rollback();
+                return Err(err);
+            }
+        }
+        self.store.check_event_table()?;
+        self.store.event_writer_warnings()
+    }
+
+    /// Checks that `init` has run and the schema is one this binary writes.
+    ///
+    /// # Errors
+    /// [`StoreError::NotInitialised`], [`StoreError::SchemaTooNew`],
+    /// [`StoreError::SchemaTooOld`], or a database failure.
+    pub fn ensure_ready(&self) -> Result<(), StoreError> {
+        let found = self.schema_version(self.object_exists("zdr_meta")?)?;
+        readiness(found, self.store.url())
+    }
+
+    /// Opens a savepoint inside the current transaction.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn savepoint(&self, name: &str) -> Result<(), StoreError> {
+        self.sql_batch(&format!("SAVEPOINT {name}"))
+    }
+
+    /// Keeps what was done since the savepoint.
+    ///
+    /// # Errors
+    /// A database failure (on PostgreSQL, an aborted transaction among them).
+    pub fn release(&self, name: &str) -> Result<(), StoreError> {
+        self.sql_batch(&format!("RELEASE SAVEPOINT {name}"))
+    }
+
+    /// Undoes what was done since the savepoint and closes it.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn rollback_to(&self, name: &str) -> Result<(), StoreError> {
+        self.sql_batch(&format!(
+            "ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
+        ))
+    }
+
+    /// Runs a trusted, host-written SELECT (never guest SQL) and returns its rows: for the
+    /// demo and for tests that compare read models.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn read_rows(&self, sql: &str) -> Result<RowSet, StoreError> {
+        self.sql_rows(sql, &[])
+    }
+
+    /// The guard for a target: its declared tables mapped to their physical names.
+    pub fn guard_for(&self, target: &Target, description: &Description) -> Guard {
+        let layout = self.layout();
+        let tables = description.tables.iter().map(|t| {
+            (
+                t.name.clone(),
+                layout.physical(
+                    target.id,
+                    target.role,
+                    target.replay_key.as_deref(),
+                    &t.name,
+                ),
+            )
+        });
+        Guard::new(
+            self.dialect(),
+            tables,
+            Some(naming::index_prefix(target.id)),
+        )
+    }
+
+    /// The physical names a target's tables would have in `role` (as SQL can name them:
+    /// `schema.table` or `table`).
+    pub fn physical_names(
+        &self,
+        target: &Target,
+        description: &Description,
+        role: Role,
+        key: Option<&str>,
+    ) -> Vec<String> {
+        let layout = self.layout();
+        description
+            .tables
+            .iter()
+            .map(|t| layout.physical(target.id, role, key, &t.name).to_string())
+            .collect()
+    }
+
+    /// Creates a target's tables from the projector's declared DDL (checked and rewritten by
+    /// the guard in setup mode), inside the current transaction.
+    ///
+    /// # Errors
+    /// DDL the guard refuses, or a database failure.
+    pub fn create_tables(
+        &self,
+        target: &Target,
+        description: &Description,
+    ) -> Result<(), StoreError> {
+        let layout = self.layout();
+        if let Some(namespace) =
+            layout.namespace(target.id, target.role, target.replay_key.as_deref())
+        {
+            self.store.create_namespace(&namespace)?;
+        }
+        let guard = self.guard_for(target, description);
+        for table in &description.tables {
+            for ddl in &table.ddl {
+                let checked = guard
+                    .check(ddl, Mode::Setup)
+                    .map_err(|e| StoreError::Ddl(format!("{}: {e}", table.name)))?;
+                self.sql_batch(&checked.sql)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops a target's tables (their indexes go with them), and the namespace they leave
+    /// empty.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn drop_tables(
+        &self,
+        target: &Target,
+        description: &Description,
+    ) -> Result<(), StoreError> {
+        let layout = self.layout();
+        for table in &description.tables {
+            let name = layout.physical(
+                target.id,
+                target.role,
+                target.replay_key.as_deref(),
+                &table.name,
+            );
+            self.sql_batch(&format!("DROP TABLE IF EXISTS {}", name.quoted()))?;
+        }
+        if let Some(namespace) =
+            layout.namespace(target.id, target.role, target.replay_key.as_deref())
+        {
+            self.store.drop_namespace_if_empty(&namespace)?;
+        }
+        Ok(())
+    }
+
+    /// Moves a target's tables to the names of `new_role`, inside the current transaction.
+    ///
+    /// # Errors
+    /// A lock timeout ([`StoreError::LockTimeout`], retried by the promote) or a database
+    /// failure.
+    pub fn rename_tables(
+        &self,
+        target: &Target,
+        description: &Description,
+        new_role: Role,
+        new_key: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let layout = self.layout();
+        let moves: Vec<(PhysicalName, PhysicalName)> = description
+            .tables
+            .iter()
+            .map(|t| {
+                (
+                    layout.physical(
+                        target.id,
+                        target.role,
+                        target.replay_key.as_deref(),
+                        &t.name,
+                    ),
+                    layout.physical(target.id, new_role, new_key, &t.name),
+                )
+            })
+            .collect();
+        self.store.move_tables(&moves)
     }
 
     /// Runs `f` in one write transaction, committing when it returns `Ok` and rolling back

@@ -5,7 +5,9 @@
 //! component's content hash and the engine's compatibility hash (wasmtime version, target and
 //! settings). Each entry ends with a SHA-256 of its body: an entry that was truncated or
 //! corrupted fails the check and is recompiled, never handed to wasmtime's `deserialize`, which
-//! trusts its input.
+//! trusts its input. Processes that miss the same entry at once (the daemon and a CLI, tests
+//! run in parallel) take turns on a lock file beside it, so the component is compiled once and
+//! the others load what the first stored.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -52,11 +54,30 @@ impl ComponentCache {
         if let Some(component) = self.try_load(engine, &path) {
             return Ok(component);
         }
+        // One compile per entry: whoever holds the lock compiles, the others wait and load.
+        let _turn = self.lock(&path);
+        if let Some(component) = self.try_load(engine, &path) {
+            return Ok(component);
+        }
         let component = Component::new(engine, wasm)?;
         if let Err(err) = self.store(&path, &component) {
             tracing::warn!(path = %path.display(), "could not write the compiled-component cache: {err}");
         }
         Ok(component)
+    }
+
+    /// Takes the lock file of an entry, waiting for whoever holds it; `None` (compile anyway)
+    /// when the directory cannot hold one.
+    fn lock(&self, path: &Path) -> Option<std::fs::File> {
+        std::fs::create_dir_all(&self.dir).ok()?;
+        let file = std::fs::File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path.with_extension("lock"))
+            .ok()?;
+        file.lock().ok()?;
+        Some(file)
     }
 
     fn try_load(&self, engine: &Engine, path: &Path) -> Option<Component> {
@@ -113,8 +134,8 @@ mod tests {
         assert_eq!(verified_body(b"short"), None);
     }
 
-    /// The smallest component there is, in the text format wasmtime accepts.
-    const EMPTY_COMPONENT: &[u8] = b"(component)";
+    /// The smallest component there is: the binary header alone (magic, version 0x0d, layer 1).
+    const EMPTY_COMPONENT: &[u8] = b"\0asm\x0d\x00\x01\x00";
 
     #[test]
     fn a_corrupt_or_deleted_entry_only_costs_a_recompile() {

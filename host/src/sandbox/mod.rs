@@ -116,6 +116,25 @@ impl PhysicalName {
             name: name.into(),
         }
     }
+
+    /// The name quoted for SQL: `"schema"."name"` or `"name"`.
+    pub fn quoted(&self) -> String {
+        let quote = |part: &str| format!("\"{}\"", part.replace('"', "\"\""));
+        match &self.schema {
+            Some(schema) => format!("{}.{}", quote(schema), quote(&self.name)),
+            None => quote(&self.name),
+        }
+    }
+}
+
+impl std::fmt::Display for PhysicalName {
+    /// The name as a person reads it (and SQL accepts for zdr's own names): `schema.name`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.schema {
+            Some(schema) => write!(f, "{schema}.{}", self.name),
+            None => f.write_str(&self.name),
+        }
+    }
 }
 
 /// What a checked statement does, so the host knows how to run it.
