@@ -4,19 +4,18 @@
 //! and the projection reports a clone's failure through [`Command::CloneFailed`].
 //!
 //! ```text
-//!             start            project             promote             remove
-//! created ───────────▶ started ───────▶ projecting ───────▶ promoted ─────────▶ (gone)
-//!    │ ▲                 │ ▲ │ start        │  │                  ▲
-//!    │ └─────────────────┼─┘ └──────┐       │  └─ remove --force ─┼──▶ (gone)
-//!    │                   │          │       │                     │
-//!    └─ clone failed ─▶ failed ◀────┴───────┘ clone failed        │
-//!                         │  └── start ──▶ started                │
-//!                         └── remove ──────────────────────────────┴──▶ (gone)
+//! created ──start──▶ started ──project──▶ projecting ──promote──▶ promoted
+//!    │                  │ ↺ start             │
+//!    │ clone failed     │ clone failed        │ clone failed
+//!    └──────────────▶ failed ◀────────────────┘
+//!                       └──start──▶ started
+//!
+//! remove: from every state to (gone), except projecting, which needs remove --force
 //! ```
 //!
-//! Every state but `projecting` may be removed plainly; `projecting` needs `--force`, since
-//! its clone receives new events. A clone fails from `created`, `started` or `projecting`
-//! (a replay that already failed stays failed).
+//! A projecting replay needs `--force` to be removed, since its clone receives new events. A
+//! clone fails from `created`, `started` or `projecting`; a replay that already failed stays
+//! failed, and a promoted one has no clone left to fail.
 
 use std::fmt;
 

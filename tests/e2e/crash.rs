@@ -19,12 +19,13 @@ both_backends!(
 );
 
 fn a_replay_killed_mid_start_resumes_to_the_same_tables_as_an_uninterrupted_run(backend: Backend) {
-    const HISTORY: usize = 200_000;
+    const HISTORY: usize = 10_000;
     const KILLS: usize = 4;
     let g = guests();
     let env = Env::new(backend);
-    env.write_config("batch_size = 500\n");
-    // Deployed on an empty store, so the big history is only replayed into the clone.
+    // Small batches, each reported on its own progress line.
+    env.write_config("batch_size = 10\n");
+    // Deployed on an empty store, so the history is only replayed into the clone.
     env.deploy("balance", &g.balance_v1);
     let mut generator = Generator::new(4);
     let mut history = generator.open_accounts(200);
@@ -35,32 +36,35 @@ fn a_replay_killed_mid_start_resumes_to_the_same_tables_as_an_uninterrupted_run(
 
     let events = env.stored_events();
 
-    // Kill it several times, each time after it made some progress of its own.
+    // Kill it several times, each time at a progress line of its own. The pipe it writes its
+    // progress to holds one page: once the test stops reading, the replay can get at most a few
+    // dozen batches further before a full pipe holds it, so it never finishes before the kill.
     let mut checkpoint = 0;
     for kill in 1..=KILLS {
         let mut start = env
             .command(&["replay", "start", "v2"])
+            .env("ZDR_PROGRESS_INTERVAL_MS", "0")
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .expect("cannot spawn replay start");
-        let previous = checkpoint;
-        wait_until(PATIENCE, "replay start to make partial progress", || {
-            let lag = env.json(&["replay", "lag", "v2", "--json"]);
-            checkpoint = lag["projectors"][0]["checkpoint"]
-                .as_i64()
-                .expect("a checkpoint");
-            assert!(
-                checkpoint < head,
-                "replay start finished before kill {kill}; make the history bigger"
-            );
-            checkpoint > previous
-        });
+        let stderr = start.stderr.take().expect("a piped stderr");
+        shrink_pipe(&stderr);
+        let mut progress = BufReader::new(stderr);
+        let mut line = String::new();
+        for _ in 0..kill * 5 {
+            line.clear();
+            let read = progress.read_line(&mut line).expect("reading the progress");
+            assert!(read > 0, "replay start ended before kill {kill}");
+        }
+        assert!(line.contains("applied"), "not a progress line: {line}");
         signal(start.id(), "KILL");
         let status = wait_child(&mut start, PATIENCE, "the killed replay start");
         assert!(!status.success(), "replay start was not killed: {status}");
+        drop(progress);
 
         // What the crash left is consistent: the clone holds exactly the events up to its checkpoint.
+        let previous = checkpoint;
         let show = env.show("v2");
         assert_eq!(show["state"], "started", "{show:#}");
         checkpoint = show["projectors"][0]["checkpoint"]
@@ -98,6 +102,14 @@ fn a_replay_killed_mid_start_resumes_to_the_same_tables_as_an_uninterrupted_run(
         env.balances_v2(&env.clone_table("again", "balances")),
         "killed-and-resumed and uninterrupted replays differ"
     );
+}
+
+/// Makes a pipe hold a single page (Linux's smallest), so that its writer blocks soon after
+/// its reader stops.
+fn shrink_pipe(pipe: &impl std::os::fd::AsRawFd) {
+    // SAFETY: F_SETPIPE_SZ on a pipe descriptor this process owns changes only its capacity.
+    let set = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
+    assert!(set >= 4096, "cannot shrink the progress pipe");
 }
 
 fn a_daemon_killed_while_dual_writing_restarts_without_losing_or_repeating_events(

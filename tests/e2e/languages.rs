@@ -138,8 +138,26 @@ fn a_python_v2_promoted_over_a_rust_v1_is_served_by_the_same_daemon() {
     );
 }
 
-#[test]
-fn plugin_new_then_plugin_test_build_and_deploy_work_for_every_language() {
+/// `plugin new`, then `plugin test`, `build`, `inspect` and `deploy` work out of the box for
+/// every language, one test each so that the three toolchains run side by side.
+mod plugin_new_then_plugin_test_build_and_deploy_work {
+    #[test]
+    fn rust() {
+        super::scaffold_round_trip("rust");
+    }
+
+    #[test]
+    fn js() {
+        super::scaffold_round_trip("js");
+    }
+
+    #[test]
+    fn python() {
+        super::scaffold_round_trip("python");
+    }
+}
+
+fn scaffold_round_trip(lang: &str) {
     let env = Env::new(Backend::Sqlite);
     let mut generator = Generator::new(7);
     env.import(&generator.open_accounts(3));
@@ -149,7 +167,7 @@ fn plugin_new_then_plugin_test_build_and_deploy_work_for_every_language() {
     );
     expected.sort();
 
-    for lang in ["rust", "js", "python"] {
+    {
         let name = format!("counter-{lang}");
         let out = env.ok(&["plugin", "new", &name, "--lang", lang]);
         assert!(
@@ -213,7 +231,8 @@ fn plugin_new_then_plugin_test_build_and_deploy_work_for_every_language() {
         assert_same_rows(&rows, &expected, &format!("the {lang} scaffold's counts"));
     }
     // A second `new` into an existing folder is refused, the folder left as it was.
-    let err = env.fail(&["plugin", "new", "counter-rust", "--lang", "rust"]);
+    let name = format!("counter-{lang}");
+    let err = env.fail(&["plugin", "new", &name, "--lang", lang]);
     assert!(err.contains("already exists"), "{err}");
 }
 

@@ -90,8 +90,8 @@ fn a_second_start_while_one_runs_is_refused_and_the_first_finishes_correctly(bac
     let mut history = generator.open_accounts(20);
     // PostgreSQL's one-event transactions are slower: a shorter history races just as well.
     history.extend(generator.money(match backend {
-        Backend::Sqlite => 25_000,
-        Backend::Postgres => 8_000,
+        Backend::Sqlite => 8_000,
+        Backend::Postgres => 3_000,
     }));
     env.import(&history);
     let head = env.head();

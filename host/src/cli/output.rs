@@ -65,12 +65,17 @@ pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// How often plain progress lines are printed at most, unless `ZDR_PROGRESS_INTERVAL_MS`
+/// says otherwise (0: after every batch).
+const PROGRESS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Reports catch-up progress: an indicatif bar (events/s, ETA) on a terminal, otherwise one
-/// plain line on stderr at most every two seconds and at the end.
+/// plain line on stderr at most every two seconds (`ZDR_PROGRESS_INTERVAL_MS`) and at the end.
 pub struct ProgressReporter {
     bar: Option<ProgressBar>,
     started: Instant,
-    last_line: Instant,
+    last_line: Option<Instant>,
+    interval: std::time::Duration,
     last: Option<(String, Progress)>,
 }
 
@@ -87,10 +92,15 @@ impl ProgressReporter {
             bar.set_style(style);
             bar
         });
+        let interval = std::env::var("ZDR_PROGRESS_INTERVAL_MS")
+            .ok()
+            .and_then(|ms| ms.trim().parse().ok())
+            .map_or(PROGRESS_INTERVAL, std::time::Duration::from_millis);
         Self {
             bar,
             started: Instant::now(),
-            last_line: Instant::now(),
+            last_line: Some(Instant::now()).filter(|_| !interval.is_zero()),
+            interval,
             last: None,
         }
     }
@@ -102,9 +112,12 @@ impl ProgressReporter {
             bar.set_message(label.clone());
             bar.set_length(progress.head.max(0) as u64);
             bar.set_position(progress.checkpoint.max(0) as u64);
-        } else if self.last_line.elapsed().as_secs_f64() >= 2.0 {
+        } else if self
+            .last_line
+            .is_none_or(|at| at.elapsed() >= self.interval)
+        {
             errln!("{}", Self::line(&label, progress, self.started));
-            self.last_line = Instant::now();
+            self.last_line = Some(Instant::now());
         }
         self.last = Some((label, progress));
     }
