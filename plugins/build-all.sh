@@ -6,7 +6,8 @@
 # build scripts install their pinned npm and PyPI packages locally under the repository on
 # first use. Prints the path of each .wasm produced and checks that it is a component.
 #
-# Usage: plugins/build-all.sh [extra `cargo build` arguments, e.g. --locked or --offline]
+# Usage: plugins/build-all.sh [--demo] [extra `cargo build` arguments, e.g. --locked or --offline]
+# With --demo, only the Rust projectors in plugins/ are built: what `zdr demo` needs.
 # Works from any directory. Each workspace builds into its own target/ folder (forced with
 # --target-dir, whatever CARGO_TARGET_DIR says), which is where the zdr-plugin.toml manifests
 # and the end-to-end tests look.
@@ -16,6 +17,12 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/.." && pwd)"
 target="wasm32-wasip2"
 workspaces=("$root/plugins" "$root/tests/guests" "$root/tests/hostile")
+demo_only=false
+if [[ "${1:-}" == "--demo" ]]; then
+    demo_only=true
+    workspaces=("$root/plugins")
+    shift
+fi
 
 die() {
     echo "build-all: error: $*" >&2
@@ -50,6 +57,13 @@ for workspace in "${workspaces[@]}"; do
         [[ -n "$wasm" ]] && built+=("$wasm")
     done < <(grep -o '"[^"]*\.wasm"' <<<"$messages" | tr -d '"' | sort -u)
 done
+
+if $demo_only; then
+    for wasm in "${built[@]}"; do
+        echo "$wasm"
+    done
+    exit 0
+fi
 
 # JavaScript (componentize-js) and Python (componentize-py) guests. Each script skips the
 # build when its output is newer than its inputs, so a second run takes a moment.

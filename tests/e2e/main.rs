@@ -8,6 +8,7 @@
 
 mod support;
 
+mod authoring;
 mod concurrency;
 mod crash;
 mod demo;

@@ -955,6 +955,157 @@ fn unexpected(i: usize, want: &str, got: Option<&Value>) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::testing::TestDatabase;
+    use crate::model::TableDecl;
+
+    /// Every piece of bookkeeping, once, on `db`: what each backend must answer the same.
+    fn exercise(db: &Db) {
+        db.init().expect("init");
+        db.ensure_ready().expect("ready after init");
+        assert_eq!(db.count_events().expect("count"), 0);
+        let description = Description {
+            name: "p".into(),
+            version: "1".into(),
+            tables: vec![TableDecl {
+                name: "t".into(),
+                ddl: vec!["CREATE TABLE t (id INTEGER PRIMARY KEY)".into()],
+            }],
+            handles: vec![],
+        };
+        let version = db
+            .register_version("hash1", b"\0asm bytes", &description)
+            .expect("register");
+        assert_eq!(
+            db.register_version("hash1", b"\0asm bytes", &description)
+                .expect("again"),
+            version,
+            "the same component is one version"
+        );
+        let (read, hash, wasm) = db.version(version).expect("version");
+        assert_eq!(
+            (read, hash.as_str(), wasm.as_slice()),
+            (description.clone(), "hash1", &b"\0asm bytes"[..])
+        );
+        assert_eq!(db.description(version).expect("description").name, "p");
+
+        let live = db
+            .insert_target("p", version, Role::Live, None)
+            .expect("live");
+        assert_eq!(
+            (live.role, live.checkpoint, live.failure.clone()),
+            (Role::Live, 0, None)
+        );
+        assert!(
+            db.insert_target("p", version, Role::Live, None).is_err(),
+            "one live target"
+        );
+        db.set_checkpoint(live.id, 41).expect("checkpoint");
+        db.record_failure(&live, 42, "boom").expect("failure");
+        let stopped = db.live_target("p").expect("read").expect("live");
+        assert_eq!(stopped.checkpoint, 41);
+        assert_eq!(
+            stopped
+                .failure
+                .as_ref()
+                .map(|f| (f.event_id, f.message.as_str())),
+            Some((42, "boom"))
+        );
+        db.skip_event(&stopped, 42, "poison", "ops").expect("skip");
+        let skipped = db.target(live.id).expect("read").expect("target");
+        assert_eq!((skipped.failure, skipped.skip_event_id), (None, Some(42)));
+        assert_eq!(db.skipped_after(live.id, 41).expect("skips"), [42]);
+        assert!(db.skipped_after(live.id, 42).expect("skips").is_empty());
+        let records = db.skips(live.id).expect("records");
+        assert_eq!((records[0].event_id, records[0].by.as_str()), (42, "ops"));
+        assert!(records[0].at.ends_with('Z'));
+
+        assert!(db.insert_replay("k").expect("replay"));
+        assert!(
+            !db.insert_replay("k").expect("again"),
+            "a key is taken once"
+        );
+        let clone = db
+            .insert_target("p", version, Role::Clone, Some("k"))
+            .expect("clone");
+        assert_eq!(
+            db.replay_targets("k").expect("targets"),
+            std::slice::from_ref(&clone)
+        );
+        assert!(db.projecting_clones("p").expect("clones").is_empty());
+        assert!(
+            db.transition("k", &[ReplayState::Created], ReplayState::Started, None)
+                .expect("cas")
+        );
+        assert!(
+            !db.transition("k", &[ReplayState::Created], ReplayState::Started, None)
+                .expect("cas"),
+            "a stale compare-and-set does not move"
+        );
+        assert!(
+            db.transition("k", &[ReplayState::Started], ReplayState::Projecting, None)
+                .expect("cas")
+        );
+        assert_eq!(
+            db.projecting_clones("p").expect("clones"),
+            std::slice::from_ref(&clone)
+        );
+        assert!(db.fail_replay("k", "the clone failed").expect("fail"));
+        let row = db.replay("k").expect("read").expect("row");
+        assert_eq!(
+            (row.state, row.error.as_deref()),
+            (ReplayState::Failed, Some("the clone failed"))
+        );
+        assert!(row.created_at.ends_with('Z') && row.updated_at.ends_with('Z'));
+        assert!(
+            !db.fail_replay("k", "again").expect("fail"),
+            "a failed replay stays failed"
+        );
+        db.set_role(clone.id, Role::Retired, Some("k"))
+            .expect("role");
+        assert_eq!(
+            db.target(clone.id).expect("read").expect("target").role,
+            Role::Retired
+        );
+        db.record_run(&clone, "start", 0, 5, 5, "ok").expect("run");
+        db.delete_target(clone.id).expect("delete");
+        db.delete_replay("k").expect("delete");
+        assert!(db.replays().expect("replays").is_empty());
+        assert_eq!(db.targets_of_projector("p").expect("targets").len(), 1);
+        assert_eq!(db.live_targets().expect("live").len(), 1);
+
+        db.report_worker("p", "host:1", &WorkerState::Stuck("down".into()))
+            .expect("report");
+        db.report_worker("p", "host:1", &WorkerState::Stuck("still down".into()))
+            .expect("report");
+        let reports = db.worker_reports().expect("reports");
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].state, WorkerState::Stuck("still down".into()));
+        assert!(reports[0].seen_secs_ago >= 0.0 && reports[0].seen_secs_ago < 60.0);
+        let since = reports[0].since.clone();
+        db.report_worker("p", "host:1", &WorkerState::Running)
+            .expect("report");
+        assert!(
+            db.worker_reports().expect("reports")[0].since >= since,
+            "a new state starts anew"
+        );
+        db.forget_worker("p", "host:1").expect("forget");
+        assert!(db.worker_reports().expect("reports").is_empty());
+    }
+
+    #[test]
+    fn the_bookkeeping_answers_the_same_on_sqlite() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let db =
+            Db::create(&format!("sqlite://{}", dir.path().join("zdr.db").display())).expect("open");
+        exercise(&db);
+    }
+
+    #[test]
+    fn the_bookkeeping_answers_the_same_on_postgres() {
+        let test = TestDatabase::new("bookkeeping");
+        let db = Db::open(&test.url()).expect("open");
+        exercise(&db);
+    }
 
     #[test]
     fn statements_are_made_ready_for_each_backend() {

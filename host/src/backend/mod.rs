@@ -18,6 +18,8 @@ mod highwater;
 pub mod naming;
 mod postgres;
 mod sqlite;
+#[cfg(test)]
+mod testing;
 mod value;
 
 use std::ops::Deref;

@@ -138,6 +138,7 @@ fn component(path: &Path) -> anyhow::Result<Vec<u8>> {
         );
         let status = std::process::Command::new("bash")
             .arg(script)
+            .arg("--demo")
             .stdout(std::process::Stdio::null())
             .status()
             .context("cannot run bash to build the example projectors")?;

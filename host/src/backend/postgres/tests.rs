@@ -2,77 +2,8 @@
 //! default the local one); they fail, never skip, when it is unreachable.
 
 use super::*;
+use crate::backend::testing::TestDatabase;
 use crate::model::{Description, Role};
-
-/// A fresh database on the test server (`ZDR_TEST_POSTGRES_URL`, default the local
-/// `postgres` user's `test` database), dropped at the end. Fails, never skips, when the
-/// server is unreachable.
-struct TestDatabase {
-    admin: String,
-    name: String,
-    rt: tokio::runtime::Runtime,
-}
-
-impl TestDatabase {
-    fn new(tag: &str) -> TestDatabase {
-        let admin = std::env::var("ZDR_TEST_POSTGRES_URL")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-        let name = format!("zdr_unit_{tag}_{}", std::process::id());
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        rt.block_on(async {
-            let mut conn = PgConnection::connect(&admin)
-                .await
-                .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for this test: {e}"));
-            for statement in [
-                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-                format!("CREATE DATABASE {name}"),
-            ] {
-                sqlx::raw_sql(sql(statement))
-                    .execute(&mut conn)
-                    .await
-                    .expect("create the test database");
-            }
-        });
-        TestDatabase { admin, name, rt }
-    }
-
-    fn url(&self) -> String {
-        let base = self
-            .admin
-            .rsplit_once('/')
-            .map_or(self.admin.as_str(), |(b, _)| b);
-        format!("{base}/{}", self.name)
-    }
-
-    /// A plain connection of the test's own, as the application's writer.
-    fn connect(&self) -> PgConnection {
-        self.rt
-            .block_on(PgConnection::connect(&self.url()))
-            .expect("connect")
-    }
-
-    fn exec(&self, conn: &mut PgConnection, text: &str) {
-        self.rt
-            .block_on(sqlx::raw_sql(sql(text)).execute(conn))
-            .unwrap_or_else(|e| panic!("{text}: {e}"));
-    }
-}
-
-impl Drop for TestDatabase {
-    fn drop(&mut self) {
-        let admin = self.admin.clone();
-        let name = self.name.clone();
-        let _ = self.rt.block_on(async move {
-            let mut conn = PgConnection::connect(&admin).await?;
-            sqlx::raw_sql(sql(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
-                .execute(&mut conn)
-                .await
-        });
-    }
-}
 
 const INSERT: &str = "INSERT INTO stored_events (event_class, event_properties, meta_data, created_at) \
                       VALUES ('E', '{}', '{}', localtimestamp)";
