@@ -56,18 +56,26 @@ fn all_ids(env: &Env) -> Vec<i64> {
     env.ids("SELECT id FROM stored_events ORDER BY id")
 }
 
+/// An env on `backend` with `accounts` opened and `money` events after them, and `balance` v1
+/// deployed over them.
+fn balance_env(backend: Backend, seed: u64, accounts: usize, money: usize) -> (Env, Generator) {
+    let env = Env::new(backend);
+    let mut generator = Generator::new(seed);
+    env.import(&generator.open_accounts(accounts));
+    if money > 0 {
+        env.import(&generator.money(money));
+    }
+    env.deploy("balance", &guests().balance_v1);
+    (env, generator)
+}
+
 // ----- PostgreSQL: ids drawn before the row is written -------------------------------------------
 
 /// An `INSERT` draws its id from the sequence before it computes a slow value; another writer
 /// commits a later id meanwhile. The daemon must wait for the slow writer, not pass its id.
 #[test]
 fn an_insert_that_drew_its_id_before_writing_its_row_is_never_skipped() {
-    let g = guests();
-    let env = Env::new(Backend::Postgres);
-    let mut generator = Generator::new(101);
-    env.import(&generator.open_accounts(3));
-    env.import(&generator.money(10));
-    env.deploy("balance", &g.balance_v1);
+    let (env, mut generator) = balance_env(Backend::Postgres, 101, 3, 10);
     let mut daemon = env.serve();
     env.wait_live("balance", "1");
     let account = generator.accounts()[0].clone();
@@ -179,13 +187,8 @@ impl Drop for Role {
 /// reason, and once it can log in it carries on from the checkpoint without a restart.
 #[test]
 fn a_daemon_cut_off_from_postgres_says_stuck_and_recovers_by_itself() {
-    let g = guests();
-    let env = Env::new(Backend::Postgres);
+    let (env, mut generator) = balance_env(Backend::Postgres, 102, 5, 50);
     let role = Role::create(&env);
-    let mut generator = Generator::new(102);
-    env.import(&generator.open_accounts(5));
-    env.import(&generator.money(50));
-    env.deploy("balance", &g.balance_v1);
     let mut daemon = env.serve_as(&role.url, "serve.log");
     wait_status(&env, "balance", "running");
 
@@ -232,12 +235,7 @@ fn a_daemon_cut_off_from_postgres_says_stuck_and_recovers_by_itself() {
 /// and live equals the reference fold with nothing skipped or doubled.
 #[test]
 fn ten_cuts_under_load_lose_nothing_and_need_no_restart() {
-    let g = guests();
-    let env = Env::new(Backend::Postgres);
-    let mut generator = Generator::new(103);
-    env.import(&generator.open_accounts(20));
-    env.import(&generator.money(200));
-    env.deploy("balance", &g.balance_v1);
+    let (env, mut generator) = balance_env(Backend::Postgres, 103, 20, 200);
     let mut daemon = env.serve();
     wait_status(&env, "balance", "running");
     let appender = crate::support::Appender::start(&env, 1030, generator.accounts().to_vec());
@@ -587,13 +585,8 @@ fn statements_in_use_connection_are_denied(backend: Backend) {
 /// application's writes never wait for it.
 #[test]
 fn promote_compiles_before_it_takes_the_write_lock() {
-    let g = guests();
-    let env = Env::new(Backend::Sqlite);
-    let mut generator = Generator::new(108);
-    env.import(&generator.open_accounts(5));
-    env.import(&generator.money(200));
-    env.deploy("balance", &g.balance_v1);
-    env.create_balance_replay("v2", &g.balance_py_v2);
+    let (env, _) = balance_env(Backend::Sqlite, 108, 5, 200);
+    env.create_balance_replay("v2", &guests().balance_py_v2);
     env.ok(&["replay", "start", "v2"]);
     env.ok(&["replay", "project", "v2"]);
     let cold_cache = env.dir().join("cold-cache");
@@ -641,12 +634,7 @@ fn promote_compiles_before_it_takes_the_write_lock() {
 /// that event with the reason (never a retry loop); a skip gets past each.
 #[test]
 fn an_undecodable_row_stops_the_projector_there_and_can_be_skipped() {
-    let g = guests();
-    let env = Env::new(Backend::Sqlite);
-    let mut generator = Generator::new(109);
-    env.import(&generator.open_accounts(3));
-    env.import(&generator.money(20));
-    env.deploy("balance", &g.balance_v1);
+    let (env, mut generator) = balance_env(Backend::Sqlite, 109, 3, 20);
     let mut daemon = env.serve();
     env.wait_live("balance", "1");
     let account = generator.accounts()[0].clone();
@@ -693,11 +681,7 @@ fn an_undecodable_row_stops_the_projector_there_and_can_be_skipped() {
 /// `init` creates a new file.
 #[test]
 fn a_deleted_database_file_stops_the_daemon_and_no_command_recreates_it() {
-    let g = guests();
-    let env = Env::new(Backend::Sqlite);
-    let mut generator = Generator::new(110);
-    env.import(&generator.open_accounts(3));
-    env.deploy("balance", &g.balance_v1);
+    let (env, _) = balance_env(Backend::Sqlite, 110, 3, 0);
     let daemon = env.serve();
     wait_status(&env, "balance", "running");
     let path = env.db_path();
@@ -724,11 +708,7 @@ fn a_deleted_database_file_stops_the_daemon_and_no_command_recreates_it() {
 /// daemon that reads the damaged pages stops with the same advice instead of retrying.
 #[test]
 fn a_damaged_database_file_is_named_with_what_to_do() {
-    let g = guests();
-    let env = Env::new(Backend::Sqlite);
-    let mut generator = Generator::new(111);
-    env.import(&generator.open_accounts(5));
-    env.deploy("balance", &g.balance_v1);
+    let (env, mut generator) = balance_env(Backend::Sqlite, 111, 5, 0);
     for _ in 0..4 {
         env.import(&generator.money(5_000));
     }
@@ -764,11 +744,7 @@ fn a_damaged_database_file_is_named_with_what_to_do() {
 /// clean shutdown leaves it `unserved`.
 #[test]
 fn projector_list_never_says_running_while_nothing_moves() {
-    let g = guests();
-    let env = Env::new(Backend::Sqlite);
-    let mut generator = Generator::new(112);
-    env.import(&generator.open_accounts(3));
-    env.deploy("balance", &g.balance_v1);
+    let (env, mut generator) = balance_env(Backend::Sqlite, 112, 3, 0);
     assert_eq!(status(&env, "balance").0, "unserved");
     let daemon = env.serve();
     wait_status(&env, "balance", "running");
