@@ -35,6 +35,62 @@ pub struct Settings {
     pub cache_dir: Option<PathBuf>,
     /// How often an idle daemon worker looks for new events.
     pub poll_interval: Duration,
+    /// What a live projector does when it fails on an event, unless configured apart.
+    pub on_failure: FailurePolicy,
+    /// The failure policies of projectors configured apart (`[projectors.NAME]`).
+    pub projector_policies: HashMap<String, FailurePolicy>,
+}
+
+/// What the daemon does when a live projector fails on an event (`on_failure` in `zdr.toml`,
+/// globally or per projector). A replay never follows it: a clone must be exact, so it stops
+/// at the event whatever the policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailurePolicy {
+    /// Stop at the event until an operator resumes or skips it (the default).
+    #[default]
+    Stop,
+    /// Retry the event's batch, with exponential backoff, while it fails because of a database
+    /// error that may pass (a serialization failure, a deadlock, a lock timeout), at most
+    /// `attempts` times in a row; then stop.
+    Retry {
+        /// How many attempts in all before stopping.
+        attempts: u32,
+    },
+    /// Record the event in the dead-letter table (`zdr projector parked`) with its error and
+    /// go on with the next ones; `zdr projector retry` applies it later.
+    Park,
+}
+
+/// How many attempts `on_failure = "retry"` makes unless `retry_attempts` says otherwise.
+pub const DEFAULT_RETRY_ATTEMPTS: u32 = 5;
+
+impl std::fmt::Display for FailurePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailurePolicy::Stop => f.write_str("stop"),
+            FailurePolicy::Retry { attempts } => write!(f, "retry ({attempts} attempts)"),
+            FailurePolicy::Park => f.write_str("park"),
+        }
+    }
+}
+
+impl Settings {
+    /// The failure policy of live projector `name`.
+    pub fn failure_policy(&self, name: &str) -> FailurePolicy {
+        self.projector_policies
+            .get(name)
+            .copied()
+            .unwrap_or(self.on_failure)
+    }
+}
+
+/// `on_failure` as written in the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum OnFailure {
+    Stop,
+    Retry,
+    Park,
 }
 
 /// The keys `zdr.toml` accepts.
@@ -47,16 +103,20 @@ struct FileConfig {
     memory_mib: Option<usize>,
     cache_dir: Option<PathBuf>,
     poll_interval_ms: Option<u64>,
+    on_failure: Option<OnFailure>,
+    retry_attempts: Option<u32>,
     #[serde(default)]
     projectors: BTreeMap<String, ProjectorConfig>,
 }
 
-/// `[projectors.NAME]`: bounds for one projector, over the global ones.
+/// `[projectors.NAME]`: bounds and failure policy for one projector, over the global ones.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ProjectorConfig {
     call_timeout_ms: Option<u64>,
     memory_mib: Option<usize>,
+    on_failure: Option<OnFailure>,
+    retry_attempts: Option<u32>,
 }
 
 /// Why the configuration could not be read.
@@ -114,8 +174,29 @@ impl Settings {
             "",
             &mut problems,
         );
+        let on_failure = policy_of(
+            FailurePolicy::Stop,
+            file.on_failure,
+            file.retry_attempts,
+            "",
+            &mut problems,
+        );
+        let mut projector_policies = HashMap::new();
         let mut projector_limits = HashMap::new();
         for (name, p) in &file.projectors {
+            if p.on_failure.is_some() || p.retry_attempts.is_some() {
+                let scope = format!("projectors.{name}.");
+                projector_policies.insert(
+                    name.clone(),
+                    policy_of(
+                        on_failure,
+                        p.on_failure,
+                        p.retry_attempts,
+                        &scope,
+                        &mut problems,
+                    ),
+                );
+            }
             let scope = format!("projectors.{name}.");
             projector_limits.insert(
                 name.clone(),
@@ -143,6 +224,8 @@ impl Settings {
             projector_limits,
             cache_dir: file.cache_dir.or_else(default_cache_dir),
             poll_interval: Duration::from_millis(file.poll_interval_ms.unwrap_or(100).max(1)),
+            on_failure,
+            projector_policies,
         })
     }
 }
@@ -166,6 +249,47 @@ fn limits_of(
     Limits {
         call_timeout,
         memory_bytes,
+    }
+}
+
+/// The failure policy `on_failure` and `retry_attempts` make over `base`, reporting a bad
+/// combination under `scope`.
+fn policy_of(
+    base: FailurePolicy,
+    on_failure: Option<OnFailure>,
+    retry_attempts: Option<u32>,
+    scope: &str,
+    problems: &mut Vec<String>,
+) -> FailurePolicy {
+    let base_attempts = match base {
+        FailurePolicy::Retry { attempts } => Some(attempts),
+        _ => None,
+    };
+    let policy = match on_failure {
+        None => base,
+        Some(OnFailure::Stop) => FailurePolicy::Stop,
+        Some(OnFailure::Park) => FailurePolicy::Park,
+        Some(OnFailure::Retry) => FailurePolicy::Retry {
+            attempts: base_attempts.unwrap_or(DEFAULT_RETRY_ATTEMPTS),
+        },
+    };
+    match (policy, retry_attempts) {
+        (_, None) => policy,
+        (FailurePolicy::Retry { .. }, Some(attempts)) if (1..=100).contains(&attempts) => {
+            FailurePolicy::Retry { attempts }
+        }
+        (FailurePolicy::Retry { .. }, Some(attempts)) => {
+            problems.push(format!(
+                "{scope}retry_attempts must be 1 to 100, got {attempts}"
+            ));
+            policy
+        }
+        (_, Some(_)) => {
+            problems.push(format!(
+                "{scope}retry_attempts needs {scope}on_failure = \"retry\""
+            ));
+            policy
+        }
     }
 }
 
@@ -234,6 +358,48 @@ mod tests {
             "{err}"
         );
         assert!(err.contains("projectors.x.memory_mib"), "{err}");
+    }
+
+    #[test]
+    fn failure_policies_default_to_stop_and_are_set_globally_or_per_projector() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zdr.toml");
+        std::fs::write(&path, "").unwrap();
+        let s = Settings::resolve(Some(&path), None).unwrap();
+        assert_eq!(s.failure_policy("balance"), FailurePolicy::Stop);
+        std::fs::write(
+            &path,
+            "on_failure = \"retry\"\n[projectors.balance]\non_failure = \"park\"\n\
+             [projectors.audit]\nretry_attempts = 9\n[projectors.other]\nmemory_mib = 5\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(Some(&path), None).unwrap();
+        assert_eq!(s.failure_policy("balance"), FailurePolicy::Park);
+        assert_eq!(
+            s.failure_policy("audit"),
+            FailurePolicy::Retry { attempts: 9 }
+        );
+        assert_eq!(
+            s.failure_policy("other"),
+            FailurePolicy::Retry {
+                attempts: DEFAULT_RETRY_ATTEMPTS
+            }
+        );
+        std::fs::write(&path, "on_failure = \"skip\"\n").unwrap();
+        let err = Settings::resolve(Some(&path), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("on_failure") && err.contains("park"), "{err}");
+        std::fs::write(&path, "[projectors.balance]\nretry_attempts = 3\n").unwrap();
+        let err = Settings::resolve(Some(&path), None)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "projectors.balance.retry_attempts needs projectors.balance.on_failure = \"retry\""
+            ),
+            "{err}"
+        );
     }
 
     #[test]

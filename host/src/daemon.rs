@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
 use crate::backend::{Db, RunLock, StoreError, WorkerState};
-use crate::config::Settings;
+use crate::config::{FailurePolicy, Settings};
 use crate::projection::{LiveBatch, Projection, ProjectionError};
 use crate::runtime::Runtime;
 
@@ -222,6 +222,7 @@ fn spawn_worker(
         lock_name,
         batch_size: settings.batch_size,
         poll: settings.poll_interval,
+        policy: settings.failure_policy(projector),
     };
     let handle = tokio::task::spawn_blocking(move || {
         let outcome = work(&runtime, &db, &context, ownership, &worker_stop);
@@ -243,6 +244,8 @@ struct WorkerContext {
     lock_name: String,
     batch_size: usize,
     poll: Duration,
+    /// What to do when live fails on an event (`on_failure`).
+    policy: FailurePolicy,
 }
 
 /// Waits up to `total` for new events (woken early by a notification where the backend has
@@ -355,6 +358,8 @@ fn work(
     let mut serving: Option<(i64, String)> = None;
     let mut paused_logged = false;
     let mut failing = Backoff::new(MAX_RETRY_PAUSE);
+    // Under `on_failure = "retry"`: the event being retried and the attempts made at it.
+    let mut retrying: Option<(i64, u32)> = None;
     let mut ownership_checked = Instant::now();
     while !stop.load(Ordering::Relaxed) {
         if ownership_checked.elapsed() >= OWNERSHIP_CHECK {
@@ -366,9 +371,10 @@ fn work(
                 }
             }
         }
-        match turn(&mut projection, db, projector, &mut serving) {
+        match turn(&mut projection, db, projector, context.policy, &mut serving) {
             Ok(turn) => {
                 failing.reset();
+                retrying = None;
                 reporter.report(WorkerState::Running);
                 match turn {
                     Turn::Worked => {}
@@ -391,10 +397,62 @@ fn work(
                 paused_logged = matches!(turn, Turn::Paused);
             }
             Err(err) if err.failed_event().is_some() => {
-                // Recorded on the live target: `turn` sees it stopped from now on.
+                let retry = match (context.policy, err.failed_event()) {
+                    (FailurePolicy::Retry { attempts }, Some((event_id, message)))
+                        if err.is_retryable() =>
+                    {
+                        Some((attempts, event_id, message))
+                    }
+                    _ => None,
+                };
+                let Some((attempts, event_id, message)) = retry else {
+                    // Recorded on the live target: `turn` sees it stopped from now on.
+                    tracing::error!(
+                        projector,
+                        "{err}; paused until `zdr projector resume {projector}`"
+                    );
+                    continue;
+                };
+                let tried = match retrying {
+                    Some((id, tried)) if id == event_id => tried + 1,
+                    _ => 1,
+                };
+                if tried < attempts {
+                    retrying = Some((event_id, tried));
+                    let pause = failing.pause();
+                    tracing::warn!(
+                        projector,
+                        event_id,
+                        "attempt {tried} of {attempts} failed, retrying in {:.1} s (on_failure = retry): {err}",
+                        pause.as_secs_f64()
+                    );
+                    reporter.report(WorkerState::Stuck(format!(
+                        "retrying event {event_id} after attempt {tried} of {attempts}: {message}"
+                    )));
+                    nap(pause, stop);
+                    continue;
+                }
+                retrying = None;
+                let message = format!("{message} (gave up after {attempts} attempts)");
+                let stopped = db
+                    .live_target(projector)
+                    .map_err(ProjectionError::from)
+                    .and_then(|live| match live {
+                        Some(live) => projection.stop_live(live.id, event_id, &message),
+                        None => Ok(()),
+                    });
+                if let Err(recording) = stopped {
+                    // The next turn fails again and starts a new round of attempts.
+                    tracing::error!(
+                        projector,
+                        "cannot record the failure ({message}): {recording}"
+                    );
+                    continue;
+                }
                 tracing::error!(
                     projector,
-                    "{err}; paused until `zdr projector resume {projector}`"
+                    event_id,
+                    "{message}; paused until `zdr projector resume {projector}`"
                 );
             }
             Err(ProjectionError::Store(err)) if err.is_fatal() => return Err(err),
@@ -424,6 +482,7 @@ fn turn(
     projection: &mut Projection<'_>,
     db: &Db,
     projector: &str,
+    policy: FailurePolicy,
     serving: &mut Option<(i64, String)>,
 ) -> Result<Turn, ProjectionError> {
     db.verify_open()?;
@@ -463,7 +522,7 @@ fn turn(
     if db.head()? <= live.checkpoint {
         return Ok(Turn::Idle);
     }
-    match projection.live_batch(projector)? {
+    match projection.live_batch(projector, policy)? {
         LiveBatch::Applied {
             events,
             checkpoint,
@@ -476,6 +535,7 @@ fn turn(
             projection.prepare(&targets)?;
             Ok(Turn::Worked)
         }
+        LiveBatch::Parked { .. } => Ok(Turn::Worked),
         LiveBatch::Idle => Ok(Turn::Idle),
         LiveBatch::Paused => Ok(Turn::Paused),
     }

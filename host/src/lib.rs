@@ -8,6 +8,7 @@
 //! | 5 | [`daemon`] | `zdr serve`: a worker per live projector, hot swap, shutdown |
 //! | 4 | [`lifecycle`] | deploy and the replay state machine, as compare-and-set |
 //! | 3 | [`projection`] | the batch driver: events → guest → rows and checkpoint |
+//! | 3 | [`diff`] | comparing a replay's tables with live, in the database |
 //! | 3 | [`plugin`] | authoring: manifest, build, scaffold, inspect |
 //! | 2 | [`events`], [`runtime`] | event shapes; wasmtime, bindings, guest limits |
 //! | 1 | [`backend`], [`sandbox`], [`config`], [`model`], [`machine`] | storage; the SQL guard; settings; shared vocabulary; the replay state machine |
@@ -16,6 +17,7 @@ pub mod backend;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod diff;
 pub mod events;
 pub mod lifecycle;
 pub mod machine;

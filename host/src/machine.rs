@@ -4,7 +4,7 @@
 //! and the projection reports a clone's failure through [`Command::CloneFailed`].
 //!
 //! ```text
-//! created ──start──▶ started ──project──▶ projecting ──promote──▶ promoted
+//! created ──start──▶ started ──project──▶ projecting ──promote──▶ promoted ──rollback──▶ rolled-back
 //!    │                  │ ↺ start             │
 //!    │ clone failed     │ clone failed        │ clone failed
 //!    └──────────────▶ failed ◀────────────────┘
@@ -35,18 +35,21 @@ pub enum Command {
     Remove,
     /// `replay remove --force`: also a replay whose clone still receives events.
     ForceRemove,
+    /// `replay rollback`: swap the former live tables back in after a promote.
+    Rollback,
     /// The projection reports that a clone's projector failed on an event.
     CloneFailed,
 }
 
 impl Command {
     /// Every command, for tables and tests.
-    pub const ALL: [Command; 6] = [
+    pub const ALL: [Command; 7] = [
         Command::Start,
         Command::Project,
         Command::Promote,
         Command::Remove,
         Command::ForceRemove,
+        Command::Rollback,
         Command::CloneFailed,
     ];
 }
@@ -59,6 +62,7 @@ impl fmt::Display for Command {
             Command::Promote => "promote",
             Command::Remove => "remove",
             Command::ForceRemove => "remove --force",
+            Command::Rollback => "rollback",
             Command::CloneFailed => "clone failed",
         })
     }
@@ -84,12 +88,55 @@ pub enum Cell {
 }
 
 use Cell::{Move, Refuse};
-use Command::{CloneFailed, ForceRemove, Project, Promote, Remove, Start};
+use Command::{CloneFailed, ForceRemove, Project, Promote, Remove, Rollback, Start};
 use Next::{Gone, State};
-use ReplayState::{Created, Failed, Projecting, Promoted, Started};
+use ReplayState::{Created, Failed, Projecting, Promoted, RolledBack, Started};
+
+/// A rollback before a promote.
+const NOTHING_TO_ROLL_BACK: Cell = Refuse(
+    "has not been promoted: nothing to roll back (remove it with `zdr replay remove {key}` to drop its clone)",
+);
 
 /// The table: every (state, command) pair, once.
-pub const TABLE: [(ReplayState, Command, Cell); 30] = [
+pub const TABLE: [(ReplayState, Command, Cell); 42] = [
+    (Created, Rollback, NOTHING_TO_ROLL_BACK),
+    (Started, Rollback, NOTHING_TO_ROLL_BACK),
+    (Failed, Rollback, NOTHING_TO_ROLL_BACK),
+    (Projecting, Rollback, NOTHING_TO_ROLL_BACK),
+    (Promoted, Rollback, Move(State(RolledBack))),
+    (
+        RolledBack,
+        Rollback,
+        Refuse(
+            "is already rolled back: the version it had promoted is out again; replay anew (a new key) to promote it once more",
+        ),
+    ),
+    (
+        RolledBack,
+        Start,
+        Refuse(
+            "is rolled back; create a new replay to rebuild (`zdr replay remove {key}` drops this one)",
+        ),
+    ),
+    (
+        RolledBack,
+        Project,
+        Refuse(
+            "is rolled back; create a new replay to rebuild (`zdr replay remove {key}` drops this one)",
+        ),
+    ),
+    (
+        RolledBack,
+        Promote,
+        Refuse("is rolled back; replay anew (a new key) to promote its version again"),
+    ),
+    (RolledBack, Remove, Move(Gone)),
+    (RolledBack, ForceRemove, Move(Gone)),
+    (
+        RolledBack,
+        CloneFailed,
+        Refuse("is rolled back; it has no clone left to fail"),
+    ),
     (Created, Start, Move(State(Started))),
     (
         Created,
@@ -206,7 +253,7 @@ pub fn sources(command: Command) -> Vec<ReplayState> {
 mod tests {
     use super::*;
 
-    const STATES: [ReplayState; 5] = [Created, Started, Failed, Projecting, Promoted];
+    const STATES: [ReplayState; 6] = [Created, Started, Failed, Projecting, Promoted, RolledBack];
 
     #[test]
     fn the_table_has_every_pair_once() {
@@ -233,6 +280,9 @@ mod tests {
         }
         assert_eq!(state, Promoted);
         assert_eq!(cell(Promoted, Remove), Move(Gone));
+        assert_eq!(cell(Promoted, Rollback), Move(State(RolledBack)));
+        assert_eq!(cell(RolledBack, Remove), Move(Gone));
+        assert_eq!(sources(Rollback), [Promoted]);
         assert_eq!(cell(Failed, Start), Move(State(Started)));
         assert_eq!(sources(CloneFailed), [Created, Started, Projecting]);
         assert_eq!(sources(Start), [Created, Started, Failed]);

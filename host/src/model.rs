@@ -128,6 +128,10 @@ pub enum ReplayState {
     Projecting,
     /// The clone is live; the former live tables are kept until `remove`.
     Promoted,
+    /// After a promote, the former live tables were brought up to date and swapped back in;
+    /// the promoted version's tables are kept until `remove`.
+    #[serde(rename = "rolled-back")]
+    RolledBack,
 }
 
 impl ReplayState {
@@ -139,6 +143,7 @@ impl ReplayState {
             ReplayState::Failed => "failed",
             ReplayState::Projecting => "projecting",
             ReplayState::Promoted => "promoted",
+            ReplayState::RolledBack => "rolled-back",
         }
     }
 
@@ -150,6 +155,7 @@ impl ReplayState {
             "failed" => ReplayState::Failed,
             "projecting" => ReplayState::Projecting,
             "promoted" => ReplayState::Promoted,
+            "rolled-back" => ReplayState::RolledBack,
             _ => return None,
         })
     }

@@ -20,7 +20,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::{Db, StoreError};
+use crate::backend::{Db, DbError, StoreError};
+use crate::config::FailurePolicy;
 use crate::events::ReadEvent;
 use crate::model::{Description, Role, Target};
 use crate::runtime::{GuestError, Instance, LoadedComponent, Runtime};
@@ -62,6 +63,22 @@ pub enum ProjectionError {
         event_id: i64,
         /// What the guest did.
         error: GuestError,
+        /// Whether a database error that may pass on a new attempt (a serialization failure,
+        /// a deadlock, a lock timeout) made the event fail.
+        retryable: bool,
+    },
+    /// The projector could not be started (instantiated and bound) for its next event; the
+    /// failure is recorded on the target. Not the event's fault, so never parked.
+    #[error("projector {projector} ({target}) cannot start before event {event_id}: {error}")]
+    Start {
+        /// Projector name.
+        projector: String,
+        /// Which target.
+        target: String,
+        /// The event it was to handle next.
+        event_id: i64,
+        /// What the guest did.
+        error: GuestError,
     },
     /// A row of the event store could not be decoded; the failure is recorded on the target.
     #[error(
@@ -93,11 +110,34 @@ pub enum ProjectionError {
 }
 
 impl ProjectionError {
+    /// Whether the event itself failed (the projector failed on it, or it cannot be decoded),
+    /// so that a live projector whose policy is `park` may set it aside and go on.
+    pub fn is_parkable(&self) -> bool {
+        matches!(
+            self,
+            ProjectionError::Guest { .. } | ProjectionError::BadEvent { .. }
+        )
+    }
+
+    /// Whether this failure came from a database error that may pass on a new attempt.
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            ProjectionError::Guest {
+                retryable: true,
+                ..
+            }
+        )
+    }
+
     /// The event this failure stops its target at, and the message to record: for a guest
     /// failure or an undecodable row; `None` for anything else (the database, a load).
     pub fn failed_event(&self) -> Option<(i64, String)> {
         match self {
             ProjectionError::Guest {
+                event_id, error, ..
+            }
+            | ProjectionError::Start {
                 event_id, error, ..
             } => Some((*event_id, error.to_string())),
             ProjectionError::BadEvent {
@@ -137,6 +177,14 @@ pub enum LiveBatch {
         checkpoint: i64,
         /// Projecting clones written as well.
         clones: usize,
+    },
+    /// Live failed on an event and its policy is `park`: the batch was rolled back and the
+    /// event parked; the next batch passes over it.
+    Parked {
+        /// The event.
+        event_id: i64,
+        /// Why it failed.
+        message: String,
     },
 }
 
@@ -277,7 +325,7 @@ impl<'a> Projection<'a> {
             let db = self.db;
             let loaded = self.loaded(target)?;
             let tag = format!("{}@{} [{}]", target.projector, target.version, label);
-            let guest = |error: GuestError| ProjectionError::Guest {
+            let guest = |error: GuestError| ProjectionError::Start {
                 projector: target.projector.clone(),
                 target: label.clone(),
                 event_id: target.checkpoint + 1,
@@ -287,7 +335,8 @@ impl<'a> Projection<'a> {
                 .instantiate(&loaded.component, &target.projector, &tag)
                 .map_err(guest)?;
             let connection = db.guest_connection(target, &loaded.description);
-            let for_replay = matches!(target.role, Role::Clone | Role::Building);
+            // Every target but live is being rebuilt or caught up: side effects stay off.
+            let for_replay = target.role != Role::Live;
             instance.bind(connection, for_replay).map_err(guest)?;
             tracing::debug!(projector = %target.projector, version = %target.version, target = %label, "instance bound");
             self.instances.insert(key, instance);
@@ -346,6 +395,7 @@ impl<'a> Projection<'a> {
                         }
                         .into());
                     }
+                    let retryable = aborted.as_ref().is_some_and(DbError::is_transient);
                     let error = match (outcome, aborted) {
                         (Err(error), _) => Some(error),
                         (Ok(()), Some(database)) => {
@@ -359,6 +409,7 @@ impl<'a> Projection<'a> {
                             target: target_label(target),
                             event_id: id,
                             error,
+                            retryable,
                         });
                     }
                 }
@@ -527,9 +578,19 @@ impl<'a> Projection<'a> {
     /// with another version, and the new instance is made here (the hot swap); a version not
     /// loaded yet is reported ([`LiveBatch::NeedsLoad`]) instead of compiled under the lock.
     ///
+    /// A live failure on an event follows `policy`: `park` parks the event (the batch rolls
+    /// back and the next one passes over it), `retry` leaves a failure a new attempt may cure
+    /// unrecorded for the caller to try again, and anything else is recorded, which stops the
+    /// projector.
+    ///
     /// # Errors
-    /// A live failure on an event (recorded; the projector is paused) or a database failure.
-    pub fn live_batch(&mut self, projector: &str) -> Result<LiveBatch, ProjectionError> {
+    /// A live failure on an event (recorded, unless the caller is to retry it) or a database
+    /// failure.
+    pub fn live_batch(
+        &mut self,
+        projector: &str,
+        policy: FailurePolicy,
+    ) -> Result<LiveBatch, ProjectionError> {
         let db = self.db;
         let mut live_id = None;
         let outcome = db.write(|db| -> Result<LiveBatch, ProjectionError> {
@@ -625,14 +686,39 @@ impl<'a> Projection<'a> {
                 clones: written,
             })
         });
-        match outcome {
-            Err(err) if err.failed_event().is_some() => {
-                if let Some(id) = live_id {
-                    self.record_or_log(id, &err);
-                }
-                Err(err)
+        let (Err(err), Some(live_id)) = (&outcome, live_id) else {
+            return outcome;
+        };
+        let Some((event_id, message)) = err.failed_event() else {
+            return outcome;
+        };
+        match policy {
+            FailurePolicy::Park if err.is_parkable() => {
+                tracing::warn!(
+                    projector,
+                    event_id,
+                    "parking the event (on_failure = park): {message}"
+                );
+                self.park(live_id, event_id, &message)?;
+                Ok(LiveBatch::Parked { event_id, message })
             }
-            other => other,
+            FailurePolicy::Retry { .. } if err.is_retryable() => outcome,
+            _ => {
+                self.record_or_log(live_id, err);
+                outcome
+            }
         }
+    }
+
+    /// Parks event `event_id` of live target `live_id`, in a transaction of its own (the
+    /// batch that failed was rolled back).
+    fn park(&mut self, live_id: i64, event_id: i64, message: &str) -> Result<(), ProjectionError> {
+        self.db.write(|db| {
+            if let Some(live) = db.target(live_id)? {
+                db.park_event(&live, event_id, message)?;
+            }
+            Ok::<_, StoreError>(())
+        })?;
+        Ok(())
     }
 }

@@ -40,7 +40,11 @@ fn replay_in(runtime: &Runtime, state: ReplayState) -> (tempfile::TempDir, Db) {
         .map(|_| zdr::events::NewEvent::new("Tick", None, "{}", "{}").expect("an event"))
         .collect();
     db.append_events(&ticks).expect("append");
-    lifecycle::deploy(runtime, &db, &faulty(), 100, &mut |_, _| {}).expect("deploy");
+    let options = lifecycle::DeployOptions {
+        batch_size: 100,
+        allow_same_version: false,
+    };
+    lifecycle::deploy(runtime, &db, &faulty(), &options, &mut |_, _| {}).expect("deploy");
     lifecycle::create(runtime, &db, KEY, &[faulty()]).expect("create");
     let steps: &[Command] = match state {
         ReplayState::Created => &[],
@@ -48,6 +52,12 @@ fn replay_in(runtime: &Runtime, state: ReplayState) -> (tempfile::TempDir, Db) {
         ReplayState::Failed => &[Command::Start, Command::CloneFailed],
         ReplayState::Projecting => &[Command::Start, Command::Project],
         ReplayState::Promoted => &[Command::Start, Command::Project, Command::Promote],
+        ReplayState::RolledBack => &[
+            Command::Start,
+            Command::Project,
+            Command::Promote,
+            Command::Rollback,
+        ],
     };
     for step in steps {
         run(runtime, &db, *step).unwrap_or_else(|err| panic!("reaching {state}: {step}: {err}"));
@@ -61,7 +71,10 @@ fn run(runtime: &Runtime, db: &Db, command: Command) -> Result<(), LifecycleErro
     match command {
         Command::Start => lifecycle::start(runtime, db, KEY, 100, &mut |_, _| {}).map(drop),
         Command::Project => lifecycle::project(runtime, db, KEY, 100, &mut |_, _| {}),
-        Command::Promote => lifecycle::promote(runtime, db, KEY).map(drop),
+        Command::Promote => {
+            lifecycle::promote(runtime, db, KEY, &lifecycle::PromoteOptions::default()).map(drop)
+        }
+        Command::Rollback => lifecycle::rollback(runtime, db, KEY, 100, &mut |_, _| {}).map(drop),
         Command::Remove => lifecycle::remove(runtime, db, KEY, false).map(drop),
         Command::ForceRemove => lifecycle::remove(runtime, db, KEY, true).map(drop),
         Command::CloneFailed => {

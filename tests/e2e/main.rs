@@ -17,6 +17,8 @@ mod hostile;
 mod languages;
 mod lifecycle;
 mod machine;
+mod policies;
 mod postgres;
+mod safety;
 mod sandbox;
 mod states;

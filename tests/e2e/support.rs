@@ -73,6 +73,9 @@ pub struct Guests {
     pub faulty: String,
     /// `balance` version 99, whose promote always vetoes.
     pub veto: String,
+    /// `balance` version 3: version 2's layout, but the accounts ending in `-00000` open with
+    /// a balance of 1 (`balance-off`).
+    pub balance_off: String,
     /// `balance` version 1 in JavaScript (`plugins/balance-js`).
     pub balance_js_v1: String,
     /// `balance` version 2 in JavaScript.
@@ -100,6 +103,7 @@ pub fn guests() -> &'static Guests {
             sql_probe: path("tests/guests", "sql_probe.wasm"),
             faulty: path("tests/guests", "faulty.wasm"),
             veto: path("tests/guests", "veto.wasm"),
+            balance_off: path("tests/guests", "balance_off.wasm"),
             balance_js_v1: built_file("plugins/target/js/balance_v1.wasm"),
             balance_js_v2: built_file("plugins/target/js/balance_v2.wasm"),
             balance_py_v1: built_file("plugins/target/py/balance_v1.wasm"),
@@ -1528,6 +1532,76 @@ impl Writer {
                 tx.commit()
                     .unwrap_or_else(|e| panic!("the appender cannot commit: {}", pg_error(&e)));
             }
+        }
+    }
+}
+
+/// What a [`Reader`] got from each of its queries: the rows, or the database's error.
+pub type Reads = Vec<Result<Vec<Vec<String>>, String>>;
+
+/// A reader of a read model: runs one query again and again on a connection of its own, as an
+/// application would, until stopped, and keeps every answer.
+pub struct Reader {
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<Reads>>,
+}
+
+impl Reader {
+    /// Starts querying `sql` against the database of `env`.
+    pub fn start(env: &Env, sql: &str) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let backend = env.backend();
+        let path = match backend {
+            Backend::Sqlite => env.db_path(),
+            Backend::Postgres => PathBuf::new(),
+        };
+        let (url, sql) = (env.url().to_string(), sql.to_string());
+        let thread_stop = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut reads = Vec::new();
+            match backend {
+                Backend::Sqlite => {
+                    let conn = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+                        .expect("cannot open the database read-only");
+                    conn.busy_timeout(Duration::from_secs(30))
+                        .expect("busy_timeout");
+                    while !thread_stop.load(Ordering::Relaxed) {
+                        reads.push(query_rows(&conn, &sql).map_err(|e| e.to_string()));
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                Backend::Postgres => {
+                    let mut client = postgres_connect(&url);
+                    while !thread_stop.load(Ordering::Relaxed) {
+                        reads.push(pg_rows(&mut client, &sql));
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+            }
+            reads
+        });
+        Self {
+            stop,
+            handle: Some(handle),
+        }
+    }
+
+    /// Stops querying and returns every answer, in order.
+    pub fn stop(mut self) -> Reads {
+        self.stop.store(true, Ordering::Relaxed);
+        match self.handle.take().map(JoinHandle::join) {
+            Some(Ok(reads)) => reads,
+            Some(Err(panic)) => std::panic::resume_unwind(panic),
+            None => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(handle) = self.handle.take() {
+            let _ = handle.join();
         }
     }
 }

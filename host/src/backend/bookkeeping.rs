@@ -98,6 +98,16 @@ CREATE TABLE IF NOT EXISTS zdr_skips (
     at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (target_id, event_id)
 );
+CREATE TABLE IF NOT EXISTS zdr_parked (
+    target_id BIGINT NOT NULL,
+    projector TEXT NOT NULL,
+    event_id BIGINT NOT NULL,
+    error TEXT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 1,
+    parked_at DOUBLE PRECISION NOT NULL,
+    last_attempt_at DOUBLE PRECISION NOT NULL,
+    PRIMARY KEY (target_id, event_id)
+);
 ";
 
 /// A statement written for both backends, made ready for each the first time it is used.
@@ -235,7 +245,8 @@ static VERSION: Sql = Sql::new(
     "SELECT v.description, v.component_hash, c.wasm FROM zdr_versions v \
      JOIN zdr_components c ON c.hash = v.component_hash WHERE v.id = $1",
 );
-static DESCRIPTION: Sql = Sql::new("SELECT description FROM zdr_versions WHERE id = $1");
+static DESCRIPTION: Sql =
+    Sql::new("SELECT description, component_hash FROM zdr_versions WHERE id = $1");
 static ADD_REPLAY: Sql = Sql::new(
     "INSERT INTO zdr_replays (key, state) VALUES ($1, 'created') ON CONFLICT (key) DO NOTHING",
 );
@@ -280,8 +291,22 @@ static SKIPS: Sql = Sql::new(
     "SELECT event_id, reason, skipped_by, at FROM zdr_skips WHERE target_id = $1 ORDER BY at, event_id",
 );
 static SKIPPED_AFTER: Sql = Sql::new(
-    "SELECT event_id FROM zdr_skips WHERE target_id = $1 AND event_id > $2 ORDER BY event_id",
+    "SELECT event_id FROM zdr_skips WHERE target_id = $1 AND event_id > $2 \
+     UNION SELECT event_id FROM zdr_parked WHERE target_id = $1 AND event_id > $2 ORDER BY 1",
 );
+static PARK: Sql = Sql::new(
+    "INSERT INTO zdr_parked (target_id, projector, event_id, error, attempts, parked_at, last_attempt_at) \
+     VALUES ($1, $2, $3, $4, 1, {now}, {now}) \
+     ON CONFLICT (target_id, event_id) DO UPDATE SET error = excluded.error, \
+     attempts = zdr_parked.attempts + 1, last_attempt_at = excluded.last_attempt_at",
+);
+static PARKED: Sql = Sql::new(
+    "SELECT event_id, error, attempts, parked_at, last_attempt_at FROM zdr_parked \
+     WHERE target_id = $1 ORDER BY event_id",
+);
+static COUNT_PARKED: Sql = Sql::new("SELECT COUNT(*) FROM zdr_parked WHERE target_id = $1");
+static UNPARK: Sql = Sql::new("DELETE FROM zdr_parked WHERE target_id = $1 AND event_id = $2");
+static FORGET_PARKED: Sql = Sql::new("DELETE FROM zdr_parked WHERE target_id = $1");
 
 /// What a daemon worker says about the projector it serves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -308,6 +333,21 @@ pub struct WorkerReport {
     pub seen_at: String,
     /// How long ago that was, by the database's clock, in seconds.
     pub seen_secs_ago: f64,
+}
+
+/// An event a live projector whose policy is `park` failed on and passed over.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ParkedEvent {
+    /// The event.
+    pub event_id: i64,
+    /// The latest error it failed with.
+    pub error: String,
+    /// How many times it failed (parked, then retried).
+    pub attempts: i64,
+    /// When it was first parked (ISO 8601, UTC).
+    pub parked_at: String,
+    /// When it last failed.
+    pub last_attempt_at: String,
 }
 
 /// An event an operator let a live projector pass.
@@ -444,11 +484,25 @@ impl Db {
     /// # Errors
     /// An unknown version, or a database failure.
     pub fn description(&self, version_id: i64) -> Result<Description, StoreError> {
+        Ok(self.description_and_hash(version_id)?.0)
+    }
+
+    /// A version's description and the content hash of its component (no component bytes).
+    ///
+    /// # Errors
+    /// An unknown version, or a database failure.
+    pub fn description_and_hash(
+        &self,
+        version_id: i64,
+    ) -> Result<(Description, String), StoreError> {
         let rows = self.select(&DESCRIPTION, &[Value::Integer(version_id)])?;
         let row = rows.rows.first().ok_or_else(|| {
             StoreError::Corrupt(format!("projector version {version_id} does not exist"))
         })?;
-        parse_description(version_id, &text(row, 0)?)
+        Ok((
+            parse_description(version_id, &text(row, 0)?)?,
+            text(row, 1)?,
+        ))
     }
 
     /// Inserts a target row and returns it.
@@ -615,6 +669,7 @@ impl Db {
     /// # Errors
     /// A database failure.
     pub fn delete_target(&self, target_id: i64) -> Result<(), StoreError> {
+        self.run(&FORGET_PARKED, &[Value::Integer(target_id)])?;
         self.run(&DELETE_TARGET, &[Value::Integer(target_id)])?;
         Ok(())
     }
@@ -828,6 +883,42 @@ impl Db {
         reason: &str,
         by: &str,
     ) -> Result<(), StoreError> {
+        self.record_skip(live, event_id, reason, by)?;
+        self.run(
+            &MARK_SKIP,
+            &[Value::Integer(live.id), Value::Integer(event_id)],
+        )?;
+        Ok(())
+    }
+
+    /// Lets go of event `event_id`, parked on live target `live`, for good: it leaves the
+    /// dead-letter table and joins the skips, with `reason` and `by`. Returns whether it was
+    /// parked (nothing is written when it was not).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn skip_parked(
+        &self,
+        live: &Target,
+        event_id: i64,
+        reason: &str,
+        by: &str,
+    ) -> Result<bool, StoreError> {
+        if !self.unpark(live.id, event_id)? {
+            return Ok(false);
+        }
+        self.record_skip(live, event_id, reason, by)?;
+        Ok(true)
+    }
+
+    /// Adds a line to the skips of live target `live`.
+    fn record_skip(
+        &self,
+        live: &Target,
+        event_id: i64,
+        reason: &str,
+        by: &str,
+    ) -> Result<(), StoreError> {
         self.run(
             &ADD_SKIP,
             &[
@@ -837,10 +928,6 @@ impl Db {
                 text_value(reason),
                 text_value(by),
             ],
-        )?;
-        self.run(
-            &MARK_SKIP,
-            &[Value::Integer(live.id), Value::Integer(event_id)],
         )?;
         Ok(())
     }
@@ -862,6 +949,71 @@ impl Db {
                 })
             })
             .collect()
+    }
+
+    /// Parks event `event_id` of live target `live` with `error`: recorded in the dead-letter
+    /// table, and passed over by the target from now on (as a skip is) until retried. Parking
+    /// it again counts another attempt and keeps the latest error.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn park_event(&self, live: &Target, event_id: i64, error: &str) -> Result<(), StoreError> {
+        self.run(
+            &PARK,
+            &[
+                Value::Integer(live.id),
+                text_value(&live.projector),
+                Value::Integer(event_id),
+                text_value(error),
+            ],
+        )?;
+        self.run(
+            &MARK_SKIP,
+            &[Value::Integer(live.id), Value::Integer(event_id)],
+        )?;
+        Ok(())
+    }
+
+    /// The events parked on target `target_id`, in id order.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn parked(&self, target_id: i64) -> Result<Vec<ParkedEvent>, StoreError> {
+        let rows = self.select(&PARKED, &[Value::Integer(target_id)])?;
+        rows.rows
+            .iter()
+            .map(|row| {
+                Ok(ParkedEvent {
+                    event_id: integer(row, 0)?,
+                    error: text(row, 1)?,
+                    attempts: integer(row, 2)?,
+                    parked_at: iso_utc(real(row, 3)?),
+                    last_attempt_at: iso_utc(real(row, 4)?),
+                })
+            })
+            .collect()
+    }
+
+    /// How many events are parked on target `target_id`.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn count_parked(&self, target_id: i64) -> Result<i64, StoreError> {
+        let rows = self.select(&COUNT_PARKED, &[Value::Integer(target_id)])?;
+        rows.rows.first().map_or(Ok(0), |row| integer(row, 0))
+    }
+
+    /// Takes event `event_id` off target `target_id`'s dead-letter table (it was applied, or
+    /// skipped). Returns whether it was parked.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn unpark(&self, target_id: i64, event_id: i64) -> Result<bool, StoreError> {
+        let changed = self.run(
+            &UNPARK,
+            &[Value::Integer(target_id), Value::Integer(event_id)],
+        )?;
+        Ok(changed > 0)
     }
 
     /// The events skipped on target `target_id` with ids above `after`, in order.

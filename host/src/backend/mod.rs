@@ -26,7 +26,7 @@ use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-pub use bookkeeping::{SkipRecord, WorkerReport, WorkerState};
+pub use bookkeeping::{ParkedEvent, SkipRecord, WorkerReport, WorkerState};
 pub use guest::{Call, GuestConnection, MAX_QUERY_ROWS, MAX_RESULT_BYTES, MAX_VALUE_BYTES};
 pub use value::{DbError, RowSet, Value};
 
@@ -39,7 +39,8 @@ use crate::sandbox::{Dialect, Guard, GuardCache, Mode, PhysicalName};
 ///
 /// 2: `zdr_workers` (what each daemon worker reports), `zdr_skips` (events an operator let a
 /// live projector pass) and `zdr_targets.skip_event_id`.
-pub const SCHEMA_VERSION: i64 = 2;
+/// 3: `zdr_parked`, the dead-letter table of live projectors whose policy is `park`.
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// Columns of Spatie's `stored_events` that zdr reads.
 const EVENT_COLUMNS: [&str; 8] = [
@@ -144,6 +145,9 @@ pub trait Store: Send + Sync {
 
     /// Begins the write transaction: zdr's writers (batches, lifecycle steps) are serialised.
     fn begin_write(&self) -> Result<(), StoreError>;
+    /// Begins a read-only transaction whose reads all see one snapshot of the database (a
+    /// comparison of live and a clone while the daemon writes both). Ended with `commit`.
+    fn begin_snapshot(&self) -> Result<(), StoreError>;
     /// Commits the current transaction.
     fn commit(&self) -> Result<(), StoreError>;
     /// Rolls the current transaction back.
@@ -173,6 +177,9 @@ pub trait Store: Send + Sync {
     /// Names of views, triggers or foreign keys outside the projector that mention live table
     /// `table`: objects that would break (or be broken by) moving its tables.
     fn dependents_of(&self, table: &str) -> Result<Vec<String>, StoreError>;
+    /// The columns of a table, in order, with their declared types and their place in the
+    /// primary key.
+    fn table_columns(&self, name: &PhysicalName) -> Result<Vec<TableColumn>, StoreError>;
     /// Creates the namespace a target's tables live in, if the backend has them (PostgreSQL
     /// schemas).
     fn create_namespace(&self, namespace: &str) -> Result<(), StoreError>;
@@ -313,6 +320,23 @@ impl Db {
         self.sql_batch(&format!(
             "ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}"
         ))
+    }
+
+    /// Runs `f` in one read-only transaction whose reads all see the same snapshot, and ends
+    /// it whatever `f` returns.
+    ///
+    /// # Errors
+    /// `f`'s error, or a failure to begin.
+    pub fn read_snapshot<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Db) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.store.verify_open().map_err(E::from)?;
+        self.store.begin_snapshot().map_err(E::from)?;
+        let outcome = f(self);
+        // Nothing was written: ending the transaction either way only releases the snapshot.
+        let _ = self.store.commit();
+        outcome
     }
 
     /// Runs a trusted, host-written SELECT (never guest SQL) and returns its rows: for the
@@ -569,6 +593,17 @@ impl HeldLock for Unheld {
     fn is_held(&mut self) -> bool {
         false
     }
+}
+
+/// One column of a table, as the catalog has it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableColumn {
+    /// The column's name.
+    pub name: String,
+    /// Its declared type, as the database spells it (lowercase).
+    pub type_name: String,
+    /// Its place in the primary key (from 1), if it is part of it.
+    pub key_position: Option<i64>,
 }
 
 /// A replay as stored.

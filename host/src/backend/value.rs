@@ -90,6 +90,13 @@ impl DbError {
         }
     }
 
+    /// Whether the statement failed for a reason that may pass if the transaction is tried
+    /// again: a serialization failure, a deadlock, or a lock not granted in time (SQLSTATE
+    /// 40001, 40P01, 55P03).
+    pub fn is_transient(&self) -> bool {
+        matches!(self.sqlstate(), Some("40001" | "40P01" | "55P03"))
+    }
+
     /// Whether the statement failed because the connection broke (SQLSTATE class 08, or the
     /// server shutting down or terminating the session): the connection's failure, not the
     /// statement's.

@@ -18,8 +18,7 @@ use super::{blocking, output, read_component, runtime};
 use crate::backend::{Backend, Db};
 use crate::config::Settings;
 use crate::events::NewEvent;
-use crate::lifecycle::{self, ComponentSpec, Deployed};
-use crate::model::Role;
+use crate::lifecycle::{self, ComponentSpec, DeployOptions, Deployed};
 use crate::runtime::Runtime;
 
 /// Run the walkthrough on a fresh SQLite file, or on an empty PostgreSQL database given with
@@ -210,7 +209,11 @@ impl Demo {
                 source: "balance v1".into(),
                 wasm: v1,
             };
-            match lifecycle::deploy(&rt, &db, &spec, s.batch_size, &mut |_, _| {})? {
+            let options = DeployOptions {
+                batch_size: s.batch_size,
+                allow_same_version: false,
+            };
+            match lifecycle::deploy(&rt, &db, &spec, &options, &mut |_, _| {})? {
                 Deployed::New { version, events } => {
                     outln!(
                         "deployed balance version {version}: built from {events} event(s), now live"
@@ -337,7 +340,9 @@ impl Demo {
         let (rt, s) = (runtime.clone(), settings.clone());
         blocking(move || {
             let db = Db::open(&s.database_url)?;
-            for t in lifecycle::promote(&rt, &db, "v2")? {
+            let promoted =
+                lifecycle::promote(&rt, &db, "v2", &lifecycle::PromoteOptions::default())?;
+            for t in &promoted.targets {
                 outln!("promoted {} version {}", t.projector, t.version);
             }
             Ok(())
@@ -434,34 +439,22 @@ fn verify(runtime: &Runtime, settings: &Settings, v2: Vec<u8>) -> anyhow::Result
     };
     let _ = lifecycle::create(runtime, &db, "verify", &[spec])?;
     lifecycle::start(runtime, &db, "verify", settings.batch_size, &mut |_, _| {})?;
-    let clone = db
-        .replay_targets("verify")?
-        .pop()
-        .context("the verify replay has no clone")?;
-    let description = db.description(clone.version_id)?;
-    let fresh = db
-        .physical_names(&clone, &description, Role::Clone, Some("verify"))
-        .pop()
-        .context("balance declares no table")?;
-    let diff = db.read_rows(&format!(
-        "SELECT (SELECT COUNT(*) FROM (SELECT * FROM balances EXCEPT SELECT * FROM {fresh}) AS a) \
-         + (SELECT COUNT(*) FROM (SELECT * FROM {fresh} EXCEPT SELECT * FROM balances) AS b)"
-    ))?;
-    let rows = db.read_rows("SELECT COUNT(*) FROM balances")?;
+    // The same comparison `zdr replay diff verify` makes: live against the fresh rebuild.
+    let diffs = lifecycle::diff(&db, "verify", &[], crate::diff::DEFAULT_SAMPLE)?;
     lifecycle::remove(runtime, &db, "verify", false)?;
-    let cell = |r: &crate::backend::RowSet| {
-        r.rows
-            .first()
-            .and_then(|row| row.first())
-            .map(|v| v.to_string())
-            .unwrap_or_default()
-    };
-    let differing = cell(&diff);
-    outln!(
-        "{} live rows, {differing} differing from the fresh fold",
-        cell(&rows)
-    );
-    if differing != "0" {
+    let tables: Vec<_> = diffs.iter().flat_map(|d| &d.tables).collect();
+    for table in &tables {
+        for line in table.lines("fresh rebuild") {
+            outln!("{line}");
+        }
+    }
+    let differing: i64 = tables
+        .iter()
+        .map(|t| t.only_in_live + t.only_in_replay + t.differing)
+        .sum();
+    let rows: i64 = tables.iter().map(|t| t.live_rows).sum();
+    outln!("{rows} live rows, {differing} differing from the fresh fold");
+    if !diffs.iter().all(|d| d.is_same()) {
         bail!("the live read model differs from a fresh rebuild");
     }
     Ok(())

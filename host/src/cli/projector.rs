@@ -1,4 +1,5 @@
-//! `zdr projector`: deploy, list, resume and skip past a poison event.
+//! `zdr projector`: deploy, list, resume and skip past a poison event, and the dead-letter
+//! table of projectors that park (`parked`, `retry`).
 
 use std::path::PathBuf;
 
@@ -7,7 +8,7 @@ use clap::{Args, Subcommand};
 use super::output::{self, ProgressReporter};
 use super::{blocking, open_ready, read_component, runtime};
 use crate::config::Settings;
-use crate::lifecycle::{self, ComponentSpec, Deployed, ServingStatus};
+use crate::lifecycle::{self, ComponentSpec, DeployOptions, Deployed, ServingStatus, short_hash};
 
 #[derive(Debug, Subcommand)]
 pub enum ProjectorCommand {
@@ -18,9 +19,14 @@ pub enum ProjectorCommand {
     List(List),
     /// Resume a projector stopped at a failure (after deploying a fix, if needed).
     Resume(Resume),
-    /// Let a live projector stopped at an event pass it (recorded with who and why); a replay
-    /// still fails at it.
+    /// Let a live projector stopped at an event, or one it parked, pass it (recorded with who
+    /// and why); a replay still fails at it.
     Skip(Skip),
+    /// List the events a live projector parked (`on_failure = "park"`), with their errors.
+    Parked(Parked),
+    /// Apply the events a live projector parked, now that their cause is fixed; those that
+    /// fail again stay parked.
+    Retry(Retry),
 }
 
 impl ProjectorCommand {
@@ -30,6 +36,8 @@ impl ProjectorCommand {
             ProjectorCommand::List(cmd) => cmd.run(settings).await,
             ProjectorCommand::Resume(cmd) => cmd.run(settings).await,
             ProjectorCommand::Skip(cmd) => cmd.run(settings).await,
+            ProjectorCommand::Parked(cmd) => cmd.run(settings).await,
+            ProjectorCommand::Retry(cmd) => cmd.run(settings).await,
         }
     }
 }
@@ -41,6 +49,10 @@ pub struct Deploy {
     name: String,
     /// The component file.
     file: PathBuf,
+    /// Replace a live version with other code of the same version string (through a
+    /// zero-downtime replay, as any upgrade).
+    #[arg(long)]
+    allow_same_version: bool,
 }
 
 impl Deploy {
@@ -52,13 +64,17 @@ impl Deploy {
             wasm,
         };
         let runtime = runtime(&settings)?;
+        let allow_same_version = self.allow_same_version;
         let outcome = blocking(move || {
             let db = open_ready(&settings)?;
             let mut progress = ProgressReporter::new(false);
-            let outcome =
-                lifecycle::deploy(&runtime, &db, &spec, settings.batch_size, &mut |t, p| {
-                    progress.update(t, p)
-                });
+            let options = DeployOptions {
+                batch_size: settings.batch_size,
+                allow_same_version,
+            };
+            let outcome = lifecycle::deploy(&runtime, &db, &spec, &options, &mut |t, p| {
+                progress.update(t, p)
+            });
             progress.finish();
             Ok(outcome?)
         })
@@ -74,11 +90,26 @@ impl Deploy {
                 "{} version {version} is already live; nothing to do",
                 self.name
             ),
-            Deployed::Upgraded { from, to, key } => {
-                outln!(
-                    "upgraded {} from version {from} to {to} with zero downtime (replay {key})",
-                    self.name
-                )
+            Deployed::Upgraded {
+                from,
+                to,
+                from_hash,
+                to_hash,
+                key,
+            } => {
+                if from == to {
+                    outln!(
+                        "replaced the code of {} version {to} ({} with {}) with zero downtime (replay {key})",
+                        self.name,
+                        short_hash(&from_hash),
+                        short_hash(&to_hash)
+                    )
+                } else {
+                    outln!(
+                        "upgraded {} from version {from} to {to} with zero downtime (replay {key})",
+                        self.name
+                    )
+                }
             }
         }
         Ok(())
@@ -112,6 +143,9 @@ impl List {
                 if let Some(reason) = &p.status_reason {
                     status.push_str(&format!(": {reason}"));
                 }
+                if p.parked > 0 {
+                    status.push_str(&format!("; {} parked", p.parked));
+                }
                 if !p.skipped.is_empty() {
                     let ids: Vec<String> =
                         p.skipped.iter().map(|s| s.event_id.to_string()).collect();
@@ -120,6 +154,7 @@ impl List {
                 vec![
                     p.name.clone(),
                     p.version.clone(),
+                    short_hash(&p.content_hash).to_string(),
                     p.checkpoint.to_string(),
                     p.lag.to_string(),
                     status,
@@ -128,7 +163,15 @@ impl List {
             })
             .collect();
         output::print_table(
-            &["NAME", "VERSION", "CHECKPOINT", "LAG", "STATUS", "TABLES"],
+            &[
+                "NAME",
+                "VERSION",
+                "CODE",
+                "CHECKPOINT",
+                "LAG",
+                "STATUS",
+                "TABLES",
+            ],
             &rows,
         );
         Ok(())
@@ -182,7 +225,7 @@ impl Skip {
             .or_else(|| std::env::var("LOGNAME").ok())
             .unwrap_or_else(|| "unknown".into());
         let (name, event, reason) = (self.name.clone(), self.event, self.reason.clone());
-        let live = blocking(move || {
+        let skipped = blocking(move || {
             Ok(lifecycle::skip_event(
                 &open_ready(&settings)?,
                 &name,
@@ -192,12 +235,111 @@ impl Skip {
             )?)
         })
         .await?;
-        outln!(
-            "skipped event {} of {}: the daemon goes on from event {}",
-            self.event,
-            self.name,
-            live.checkpoint + 1
+        if skipped.was_parked {
+            outln!(
+                "skipped parked event {} of {}: it leaves the dead-letter table for good",
+                self.event,
+                self.name
+            );
+        } else {
+            outln!(
+                "skipped event {} of {}: the daemon goes on from event {}",
+                self.event,
+                self.name,
+                skipped.live.checkpoint + 1
+            );
+        }
+        Ok(())
+    }
+}
+
+/// List the events NAME parked.
+#[derive(Debug, Args)]
+pub struct Parked {
+    /// The projector's name.
+    name: String,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+impl Parked {
+    async fn run(self, settings: Settings) -> anyhow::Result<()> {
+        let name = self.name.clone();
+        let parked =
+            blocking(move || Ok(lifecycle::parked(&open_ready(&settings)?, &name)?)).await?;
+        if self.json {
+            return output::print_json(&parked);
+        }
+        if parked.is_empty() {
+            outln!("{} has no parked events", self.name);
+            return Ok(());
+        }
+        let rows: Vec<Vec<String>> = parked
+            .iter()
+            .map(|p| {
+                vec![
+                    p.event_id.to_string(),
+                    p.attempts.to_string(),
+                    p.parked_at.clone(),
+                    p.last_attempt_at.clone(),
+                    p.error.clone(),
+                ]
+            })
+            .collect();
+        output::print_table(
+            &["EVENT", "ATTEMPTS", "PARKED", "LAST ATTEMPT", "ERROR"],
+            &rows,
         );
+        outln!(
+            "next: fix the cause, then `zdr projector retry {}` (or let one go with `zdr projector skip {} --event ID --reason …`)",
+            self.name,
+            self.name
+        );
+        Ok(())
+    }
+}
+
+/// Retry the events NAME parked.
+#[derive(Debug, Args)]
+pub struct Retry {
+    /// The projector's name.
+    name: String,
+    /// Only this event (default: every parked event, in id order).
+    #[arg(long)]
+    event: Option<i64>,
+}
+
+impl Retry {
+    async fn run(self, settings: Settings) -> anyhow::Result<()> {
+        let runtime = runtime(&settings)?;
+        let (name, event) = (self.name.clone(), self.event);
+        let retried = blocking(move || {
+            Ok(lifecycle::retry_parked(
+                &runtime,
+                &open_ready(&settings)?,
+                &name,
+                event,
+            )?)
+        })
+        .await?;
+        for id in &retried.applied {
+            outln!("applied parked event {id} of {}", self.name);
+        }
+        for (id, error) in &retried.failed {
+            outln!(
+                "event {id} of {} failed again and stays parked: {error}",
+                self.name
+            );
+        }
+        if !retried.failed.is_empty() {
+            anyhow::bail!(
+                "{} of {} parked event(s) failed again; see `zdr projector parked {}`",
+                retried.failed.len(),
+                retried.failed.len() + retried.applied.len(),
+                self.name
+            );
+        }
         Ok(())
     }
 }

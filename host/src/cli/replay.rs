@@ -9,7 +9,10 @@ use clap::{Args, Subcommand};
 use super::output::{self, ProgressReporter};
 use super::{blocking, open_ready, read_component, runtime};
 use crate::config::Settings;
-use crate::lifecycle::{self, ComponentSpec, ReplayStatus};
+use crate::diff::TableFilter;
+use crate::lifecycle::{
+    self, Check, ComponentSpec, PromoteOptions, ReplayStatus, RunOptions, RunStep,
+};
 
 #[derive(Debug, Subcommand)]
 pub enum ReplayCommand {
@@ -23,8 +26,16 @@ pub enum ReplayCommand {
     Lag(ReadArgs),
     /// Catch up and turn on dual writes: new events go to live and clone.
     Project(KeyArgs),
+    /// Compare the replay's tables with live, in the database: counts, rows only on one side,
+    /// rows that differ (by primary key), with a sample.
+    Diff(Diff),
     /// Swap the clone in as live, atomically; the daemon hot-swaps to the new version.
-    Promote(KeyArgs),
+    Promote(Promote),
+    /// The whole rebuild in one command: create, start, project and, with --promote, promote.
+    /// Run it again after a stop to carry on where it stopped.
+    Run(Run),
+    /// After a promote: bring the former live tables up to date and swap them back in.
+    Rollback(KeyArgs),
     /// Drop what the replay left (clone tables, or the former live tables after a promote).
     Remove(Remove),
     /// List replays.
@@ -58,6 +69,100 @@ pub struct ReadArgs {
     json: bool,
 }
 
+/// Diff KEY.
+#[derive(Debug, Args)]
+pub struct Diff {
+    /// The replay key.
+    key: String,
+    /// Compare only this table, or these columns of it: TABLE or TABLE:COL[,COL…]. Repeatable.
+    #[arg(long = "table", value_name = "TABLE[:COLS]")]
+    tables: Vec<String>,
+    /// How many rows of each kind to show per table.
+    #[arg(long, default_value_t = crate::diff::DEFAULT_SAMPLE)]
+    sample: usize,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Promote KEY.
+#[derive(Debug, Args)]
+pub struct Promote {
+    /// The replay key.
+    key: String,
+    #[command(flatten)]
+    flags: PromoteFlags,
+}
+
+/// How to promote: the checks first, and the wait for the clone to be close to live.
+#[derive(Debug, Args)]
+pub struct PromoteFlags {
+    /// Check the clone against live first and refuse to promote when a check fails. Without
+    /// --expect-same or --check: every table both versions have, on their common columns.
+    #[arg(long)]
+    verify: bool,
+    /// A check (implies --verify): the clone holds the same rows as live on TABLE (or on these
+    /// columns of it). Repeatable.
+    #[arg(long = "expect-same", value_name = "TABLE[:COLS]")]
+    expect_same: Vec<String>,
+    /// A check (implies --verify): this query returns the same rows on live and on the clone;
+    /// it runs through the projector's SQL guard. Repeatable.
+    #[arg(long = "check", value_name = "SQL")]
+    checks: Vec<String>,
+    /// Promote even when a check fails, or while the replaced version has parked events.
+    #[arg(long)]
+    force: bool,
+    /// First wait until every clone is within N events of the head (`zdr serve` catches it up).
+    #[arg(long, value_name = "N")]
+    max_lag: Option<i64>,
+    /// How long --max-lag waits, in seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    timeout: u64,
+}
+
+impl PromoteFlags {
+    /// The lifecycle's options for these flags.
+    fn options(&self) -> anyhow::Result<PromoteOptions> {
+        let mut checks = Vec::new();
+        for table in &self.expect_same {
+            checks.push(Check::Same(
+                TableFilter::parse(table).map_err(anyhow::Error::msg)?,
+            ));
+        }
+        checks.extend(self.checks.iter().cloned().map(Check::Query));
+        Ok(PromoteOptions {
+            verify: (self.verify || !checks.is_empty()).then_some(checks),
+            force: self.force,
+            max_lag: self.max_lag,
+            timeout: std::time::Duration::from_secs(self.timeout),
+        })
+    }
+
+    /// Whether any flag asks for more than a plain promote.
+    fn any(&self) -> bool {
+        self.verify
+            || !self.expect_same.is_empty()
+            || !self.checks.is_empty()
+            || self.force
+            || self.max_lag.is_some()
+    }
+}
+
+/// Run KEY with one or more --projector NAME=FILE.wasm.
+#[derive(Debug, Args)]
+pub struct Run {
+    /// The replay key: lowercase letters, digits and '_'.
+    key: String,
+    /// A projector to rebuild and the component of its new version: NAME=FILE.wasm. Repeatable.
+    #[arg(long = "projector", value_name = "NAME=FILE", required = true)]
+    projectors: Vec<String>,
+    /// Promote at the end (with the checks and the wait the flags below ask for).
+    #[arg(long)]
+    promote: bool,
+    #[command(flatten)]
+    flags: PromoteFlags,
+}
+
 /// Remove KEY.
 #[derive(Debug, Args)]
 pub struct Remove {
@@ -80,18 +185,7 @@ impl ReplayCommand {
     pub async fn run(self, settings: Settings) -> anyhow::Result<()> {
         match self {
             ReplayCommand::Create(cmd) => {
-                let mut specs = Vec::new();
-                for arg in &cmd.projectors {
-                    let (name, file) = arg.split_once('=').with_context(|| {
-                        format!("--projector takes NAME=FILE.wasm, got {arg:?}")
-                    })?;
-                    let file = PathBuf::from(file);
-                    specs.push(ComponentSpec {
-                        name: name.to_string(),
-                        source: file.display().to_string(),
-                        wasm: read_component(&file)?,
-                    });
-                }
+                let specs = component_specs(&cmd.projectors)?;
                 let runtime = runtime(&settings)?;
                 let key = cmd.key.clone();
                 let targets = blocking(move || {
@@ -194,14 +288,104 @@ impl ReplayCommand {
                 );
                 Ok(())
             }
+            ReplayCommand::Diff(cmd) => {
+                let filters = cmd
+                    .tables
+                    .iter()
+                    .map(|t| TableFilter::parse(t).map_err(anyhow::Error::msg))
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let key = cmd.key.clone();
+                let sample = cmd.sample;
+                let diffs = blocking(move || {
+                    Ok(lifecycle::diff(
+                        &open_ready(&settings)?,
+                        &key,
+                        &filters,
+                        sample,
+                    )?)
+                })
+                .await?;
+                if cmd.json {
+                    return output::print_json(&diffs);
+                }
+                for d in &diffs {
+                    let side = if d.replay_role == crate::model::Role::Clone {
+                        "clone"
+                    } else {
+                        "former live tables"
+                    };
+                    outln!(
+                        "{}: live version {} at event {}, {side} version {} at event {}",
+                        d.projector,
+                        d.live_version,
+                        d.live_checkpoint,
+                        d.replay_version,
+                        d.replay_checkpoint
+                    );
+                    for table in &d.tables {
+                        for line in table.lines(side) {
+                            outln!("  {line}");
+                        }
+                    }
+                }
+                let same = diffs.iter().all(|d| d.is_same());
+                outln!(
+                    "{}",
+                    if same {
+                        "same rows on every compared column"
+                    } else {
+                        "the tables differ"
+                    }
+                );
+                Ok(())
+            }
+            ReplayCommand::Rollback(cmd) => {
+                let runtime = runtime(&settings)?;
+                let key = cmd.key.clone();
+                let restored = blocking(move || {
+                    let db = open_ready(&settings)?;
+                    let mut progress = ProgressReporter::new(false);
+                    let result = lifecycle::rollback(
+                        &runtime,
+                        &db,
+                        &key,
+                        settings.batch_size,
+                        &mut |t, p| progress.update(t, p),
+                    );
+                    progress.finish();
+                    Ok(result?)
+                })
+                .await?;
+                for t in &restored {
+                    outln!(
+                        "rolled back {}: version {} is live again, up to event {} (the rolled-back tables are kept until `zdr replay remove {}`)",
+                        t.projector,
+                        t.version,
+                        t.checkpoint,
+                        cmd.key
+                    );
+                }
+                Ok(())
+            }
             ReplayCommand::Promote(cmd) => {
                 let runtime = runtime(&settings)?;
                 let key = cmd.key.clone();
+                let options = cmd.flags.options()?;
                 let promoted = blocking(move || {
-                    Ok(lifecycle::promote(&runtime, &open_ready(&settings)?, &key)?)
+                    Ok(lifecycle::promote(
+                        &runtime,
+                        &open_ready(&settings)?,
+                        &key,
+                        &options,
+                    )?)
                 })
                 .await?;
-                for t in &promoted {
+                if let Some(verification) = &promoted.verification {
+                    for line in verification.to_string().lines() {
+                        outln!("{line}");
+                    }
+                }
+                for t in &promoted.targets {
                     outln!(
                         "promoted {} version {}: now live (previous tables kept until `zdr replay remove {}`)",
                         t.projector,
@@ -210,6 +394,66 @@ impl ReplayCommand {
                     );
                 }
                 Ok(())
+            }
+            ReplayCommand::Run(cmd) => {
+                let specs = component_specs(&cmd.projectors)?;
+                if cmd.flags.any() && !cmd.promote {
+                    anyhow::bail!(
+                        "--verify, --expect-same, --check, --force and --max-lag apply to the promote: add --promote"
+                    );
+                }
+                let options = RunOptions {
+                    batch_size: settings.batch_size,
+                    promote: cmd.promote.then(|| cmd.flags.options()).transpose()?,
+                };
+                let runtime = runtime(&settings)?;
+                let key = cmd.key.clone();
+                let outcome = blocking(move || {
+                    let db = open_ready(&settings)?;
+                    let mut progress = ProgressReporter::new(false);
+                    let result = lifecycle::run(
+                        &runtime,
+                        &db,
+                        &key,
+                        &specs,
+                        &options,
+                        &mut |t, p| progress.update(t, p),
+                        &mut |step| report_step(&key, &step),
+                    );
+                    progress.finish();
+                    let state = db.replay(&key).ok().flatten().map(|row| row.state);
+                    Ok((result, state))
+                })
+                .await?;
+                match outcome {
+                    (Ok(()), _) if cmd.promote => {
+                        outln!(
+                            "replay {}: done; `zdr replay rollback {}` undoes the promote until `zdr replay remove {}`",
+                            cmd.key,
+                            cmd.key,
+                            cmd.key
+                        );
+                        Ok(())
+                    }
+                    (Ok(()), _) => {
+                        outln!(
+                            "replay {}: projecting. next: zdr replay promote {} (or run this command again with --promote)",
+                            cmd.key,
+                            cmd.key
+                        );
+                        Ok(())
+                    }
+                    (Err(err), state) => {
+                        let left = state.map_or_else(
+                            || "the replay was not created".to_string(),
+                            |state| format!("the replay is left {state}"),
+                        );
+                        Err(anyhow::Error::new(err.source).context(format!(
+                            "replay run {} stopped while {}; {left}: fix the cause, then run the same command again to carry on (or `zdr replay remove {}` to give up)",
+                            cmd.key, err.stage, cmd.key
+                        )))
+                    }
+                }
             }
             ReplayCommand::Remove(cmd) => {
                 let runtime = runtime(&settings)?;
@@ -251,6 +495,57 @@ impl ReplayCommand {
                     .collect();
                 output::print_table(&["KEY", "STATE", "PROJECTORS", "LAG", "CREATED"], &rows);
                 Ok(())
+            }
+        }
+    }
+}
+
+/// Reads `--projector NAME=FILE.wasm` arguments and their files.
+fn component_specs(args: &[String]) -> anyhow::Result<Vec<ComponentSpec>> {
+    let mut specs = Vec::new();
+    for arg in args {
+        let (name, file) = arg
+            .split_once('=')
+            .with_context(|| format!("--projector takes NAME=FILE.wasm, got {arg:?}"))?;
+        let file = PathBuf::from(file);
+        specs.push(ComponentSpec {
+            name: name.to_string(),
+            source: file.display().to_string(),
+            wasm: read_component(&file)?,
+        });
+    }
+    Ok(specs)
+}
+
+/// Prints one finished step of `replay run`.
+fn report_step(key: &str, step: &RunStep) {
+    match step {
+        RunStep::Created(targets) => {
+            for t in targets {
+                outln!(
+                    "created replay {key} for {} version {}",
+                    t.projector,
+                    t.version
+                );
+            }
+        }
+        RunStep::Resumed(state) => {
+            outln!("replay {key} exists ({state}) with these components: carrying on");
+        }
+        RunStep::Replayed(applied) => {
+            outln!("replay {key}: applied {applied} event(s); caught up");
+        }
+        RunStep::Projecting => {
+            outln!("replay {key} is projecting: new events go to live and clone");
+        }
+        RunStep::Promoted(promoted) => {
+            if let Some(verification) = &promoted.verification {
+                for line in verification.to_string().lines() {
+                    outln!("{line}");
+                }
+            }
+            for t in &promoted.targets {
+                outln!("promoted {} version {}: now live", t.projector, t.version);
             }
         }
     }

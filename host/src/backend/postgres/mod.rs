@@ -46,7 +46,8 @@ use super::guest::{MAX_VALUE_BYTES, RawGuestConnection, RowCollector};
 use super::highwater::{HighWater, Observed, Scan};
 use super::naming::Layout;
 use super::{
-    DbError, HeldLock, RowSet, RunLock, Store, StoreError, Value, check_event_columns, redact,
+    DbError, HeldLock, RowSet, RunLock, Store, StoreError, TableColumn, Value, check_event_columns,
+    redact,
 };
 use crate::events::{Event, NewEvent, ReadEvent, Undecodable};
 use crate::sandbox::{Checked, Dialect, PhysicalName};
@@ -509,6 +510,43 @@ impl Store for PgStore {
             )
             .context("inspecting stored_events")?;
         check_event_columns(&columns)
+    }
+
+    fn begin_snapshot(&self) -> Result<(), StoreError> {
+        self.batch(
+            "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+            "beginning a read snapshot",
+        )
+    }
+
+    fn table_columns(&self, name: &PhysicalName) -> Result<Vec<TableColumn>, StoreError> {
+        let schema = name.schema.clone().unwrap_or_else(|| self.schema.clone());
+        let mut conn = lock(&self.conn);
+        let rows: Vec<(String, String, Option<i32>)> = self
+            .rt
+            .block_on(
+                sqlx::query_as(
+                    "SELECT a.attname::text, lower(format_type(a.atttypid, a.atttypmod)), \
+                     (SELECT array_position(i.indkey::int2[], a.attnum)::int FROM pg_index i \
+                      WHERE i.indrelid = c.oid AND i.indisprimary) \
+                     FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
+                     ORDER BY a.attnum",
+                )
+                .bind(&schema)
+                .bind(&name.name)
+                .fetch_all(&mut *conn),
+            )
+            .context(format!("reading the columns of {name}"))?;
+        Ok(rows
+            .into_iter()
+            .map(|(name, type_name, key)| TableColumn {
+                name,
+                type_name,
+                key_position: key.map(i64::from),
+            })
+            .collect())
     }
 
     fn create_namespace(&self, namespace: &str) -> Result<(), StoreError> {

@@ -30,7 +30,9 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, ToSql, param
 
 use super::guest::{MAX_VALUE_BYTES, RawGuestConnection, RowCollector};
 use super::naming::Layout;
-use super::{DbError, HeldLock, RowSet, RunLock, Store, StoreError, Value, check_event_columns};
+use super::{
+    DbError, HeldLock, RowSet, RunLock, Store, StoreError, TableColumn, Value, check_event_columns,
+};
 use crate::events::{Event, NewEvent, ReadEvent, Undecodable};
 use crate::sandbox::{Checked, Dialect, PhysicalName};
 
@@ -426,6 +428,31 @@ impl Store for SqliteStore {
             .optional()
             .map(|found| found.is_some())
             .context("looking up a table")
+    }
+
+    fn begin_snapshot(&self) -> Result<(), StoreError> {
+        // A deferred transaction takes its snapshot at its first read and keeps it (WAL).
+        self.exec("BEGIN DEFERRED")
+    }
+
+    fn table_columns(&self, name: &PhysicalName) -> Result<Vec<TableColumn>, StoreError> {
+        let conn = lock(&self.conn);
+        let mut stmt = conn
+            .prepare("SELECT name, lower(type), pk FROM pragma_table_info(?1)")
+            .context("reading a table's columns")?;
+        let columns = stmt
+            .query_map([&name.name], |r| {
+                let pk: i64 = r.get(2)?;
+                Ok(TableColumn {
+                    name: r.get(0)?,
+                    type_name: r.get(1)?,
+                    key_position: (pk > 0).then_some(pk),
+                })
+            })
+            .context("reading a table's columns")?
+            .collect::<Result<Vec<_>, _>>()
+            .context("reading a table's columns")?;
+        Ok(columns)
     }
 
     fn create_namespace(&self, _namespace: &str) -> Result<(), StoreError> {

@@ -6,15 +6,25 @@
 //! Every function here blocks (SQLite and wasmtime run synchronously); call it from a blocking
 //! thread, never on the async runtime.
 
+mod parked;
+mod rollback;
+mod run;
+mod verify;
+
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use crate::backend::{Db, ReplayRow, RunLock, SkipRecord, StoreError, WorkerReport, WorkerState};
+use crate::diff::{self, DiffError, ProjectorDiff, TableFilter};
 use crate::machine::{self, Cell, Command, Next};
 use crate::model::{self, Description, ReplayState, Role, Target};
 use crate::projection::{Progress, Projection, ProjectionError};
 use crate::runtime::{Runtime, content_hash};
 use crate::sandbox::check_declared_ddl;
+pub use parked::{Retried, parked, retry_parked};
+pub use rollback::rollback;
+pub use run::{RunError, RunOptions, RunStage, RunStep, run};
+pub use verify::{Check, CheckOutcome, Verification};
 
 /// Why a lifecycle command failed. Every message says what is wrong and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -30,6 +40,17 @@ pub enum LifecycleError {
     /// The command does not fit the replay's state: the machine's table refuses it.
     #[error(transparent)]
     Refused(#[from] Refusal),
+    /// A check before the promote found live and the clone different; nothing was promoted.
+    #[error(
+        "replay {key} was not promoted: a check failed (see below); fix the projector and replay \
+         again, or pass --force to promote anyway\n{verification}"
+    )]
+    Unverified {
+        /// The replay.
+        key: String,
+        /// What the checks found.
+        verification: Verification,
+    },
     /// Another process changed the replay's state between this command's check and its move.
     #[error(
         "replay {key} changed state meanwhile (it was {state} when `{command}` began); check `zdr replay show {key}`"
@@ -57,6 +78,15 @@ pub enum LifecycleError {
 }
 
 type Result<T> = std::result::Result<T, LifecycleError>;
+
+impl From<DiffError> for LifecycleError {
+    fn from(err: DiffError) -> Self {
+        match err {
+            DiffError::Unknown(message) => LifecycleError::Invalid(message),
+            DiffError::Store(err) => LifecycleError::Store(err),
+        }
+    }
+}
 
 /// A command the replay's state does not allow, with what to do instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -214,6 +244,10 @@ pub enum Deployed {
         from: String,
         /// The version now live.
         to: String,
+        /// The content hash of the code that was live.
+        from_hash: String,
+        /// The content hash of the code now live.
+        to_hash: String,
         /// The replay that did it.
         key: String,
     },
@@ -232,23 +266,36 @@ pub fn deploy(
     runtime: &Runtime,
     db: &Db,
     spec: &ComponentSpec,
-    batch_size: usize,
+    options: &DeployOptions,
     progress: &mut dyn FnMut(&Target, Progress),
 ) -> Result<Deployed> {
+    let batch_size = options.batch_size;
     let description = describe_checked(runtime, db, spec)?;
     let hash = content_hash(&spec.wasm);
     if let Some(live) = db.live_target(&spec.name)? {
-        let (_, live_hash, _) = db.version(live.version_id)?;
+        let (_, live_hash) = db.description_and_hash(live.version_id)?;
         if live_hash == hash {
             return Ok(Deployed::Unchanged {
                 version: live.version,
             });
         }
+        if live.version == description.version && !options.allow_same_version {
+            return Err(LifecycleError::Invalid(format!(
+                "{} version {} is live with other code (content {} live, {} in {}): give the new \
+                 build a new version in describe(), or pass --allow-same-version to replace the \
+                 live code with a zero-downtime replay",
+                spec.name,
+                live.version,
+                short_hash(&live_hash),
+                short_hash(&hash),
+                spec.source
+            )));
+        }
         let key = format!("upgrade_{}", &hash[..12]);
         create(runtime, db, &key, std::slice::from_ref(spec))?;
         let rebuilt = start(runtime, db, &key, batch_size, progress)
             .and_then(|_| project(runtime, db, &key, batch_size, progress))
-            .and_then(|()| promote(runtime, db, &key));
+            .and_then(|()| promote(runtime, db, &key, &PromoteOptions::default()));
         if let Err(err) = rebuilt {
             // All or nothing: the old version keeps serving and the half-built clone goes.
             if let Err(cleanup) = remove(runtime, db, &key, true) {
@@ -266,6 +313,8 @@ pub fn deploy(
         return Ok(Deployed::Upgraded {
             from: live.version,
             to: description.version,
+            from_hash: live_hash,
+            to_hash: hash,
             key,
         });
     }
@@ -314,6 +363,20 @@ pub fn deploy(
         version: description.version,
         events,
     })
+}
+
+/// How a deploy goes about it.
+#[derive(Debug, Clone, Copy)]
+pub struct DeployOptions {
+    /// Events per transaction while building or replaying.
+    pub batch_size: usize,
+    /// Replace a live version with different code of the same version string.
+    pub allow_same_version: bool,
+}
+
+/// The first twelve hex digits of a content hash: enough to tell builds apart in a message.
+pub fn short_hash(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
 }
 
 /// Drops the tables and the row of a `building` target.
@@ -570,10 +633,54 @@ pub fn project(
 ///
 /// # Errors
 /// A wrong state (not projecting, a clone failed or out of step), a veto, or a database failure.
-pub fn promote(runtime: &Runtime, db: &Db, key: &str) -> Result<Vec<Target>> {
+pub fn promote(
+    runtime: &Runtime,
+    db: &Db,
+    key: &str,
+    options: &PromoteOptions,
+) -> Result<Promoted> {
     let replay = replay_row(db, key)?;
     checked_move(&replay, Command::Promote)?;
+    if let Some(max_lag) = options.max_lag {
+        wait_for_lag(db, key, max_lag, options.timeout)?;
+    }
     let _lock = run_lock(db, key)?;
+    if !options.force {
+        for clone in db.replay_targets(key)? {
+            let Some(live) = db.live_target(&clone.projector)? else {
+                continue;
+            };
+            let parked = db.count_parked(live.id)?;
+            if parked > 0 {
+                return Err(LifecycleError::WrongState(format!(
+                    "projector {} has {parked} parked event(s) on its live version {} (see `zdr \
+                     projector parked {}`): retry or skip them first, so that the version you \
+                     replace leaves nothing behind unseen, or pass --force to promote anyway (the \
+                     clone applied them all, as every replay does)",
+                    live.projector, live.version, live.projector
+                )));
+            }
+        }
+    }
+    let verification = match &options.verify {
+        Some(checks) => {
+            let verification = verify::verify(db, key, checks, diff::DEFAULT_SAMPLE)?;
+            if !verification.passed() {
+                if !options.force {
+                    return Err(LifecycleError::Unverified {
+                        key: key.to_string(),
+                        verification,
+                    });
+                }
+                tracing::warn!(
+                    key,
+                    "promoting although a check failed (--force):\n{verification}"
+                );
+            }
+            Some(verification)
+        }
+        None => None,
+    };
     let mut projection = Projection::new(runtime, db, crate::projection::DEFAULT_BATCH_SIZE);
     // The new version is compiled and instantiated before the write lock is taken: a
     // component not yet in the compile cache takes seconds, and every writer would wait.
@@ -586,7 +693,69 @@ pub fn promote(runtime: &Runtime, db: &Db, key: &str) -> Result<Vec<Target>> {
             ))
         })?;
     }
-    retry_on_lock_timeout(|| promote_once(&mut projection, db, &replay))
+    let targets = retry_on_lock_timeout(|| promote_once(&mut projection, db, &replay))?;
+    Ok(Promoted {
+        targets,
+        verification,
+    })
+}
+
+/// How a promote goes about it.
+#[derive(Debug, Clone)]
+pub struct PromoteOptions {
+    /// Checks to pass first (`--verify`); `Some` with no checks compares every table both
+    /// versions have on their common columns. `None` promotes without checking.
+    pub verify: Option<Vec<Check>>,
+    /// Promote even when a check fails.
+    pub force: bool,
+    /// Wait until every clone is within this many events of the head before taking the lock,
+    /// so the catch-up under the lock stays short.
+    pub max_lag: Option<i64>,
+    /// How long to wait for that.
+    pub timeout: Duration,
+}
+
+impl Default for PromoteOptions {
+    fn default() -> Self {
+        Self {
+            verify: None,
+            force: false,
+            max_lag: None,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What a promote did.
+#[derive(Debug, Clone)]
+pub struct Promoted {
+    /// The targets now live.
+    pub targets: Vec<Target>,
+    /// What the checks found, when asked for.
+    pub verification: Option<Verification>,
+}
+
+/// Waits until every clone of replay `key` is within `max_lag` events of the head.
+fn wait_for_lag(db: &Db, key: &str, max_lag: i64, timeout: Duration) -> Result<()> {
+    let started = std::time::Instant::now();
+    loop {
+        let status = status(db, key)?;
+        let behind = status.projectors.iter().find(|p| p.lag > max_lag);
+        let Some(part) = behind else {
+            return Ok(());
+        };
+        if started.elapsed() >= timeout {
+            return Err(LifecycleError::WrongState(format!(
+                "the clone of {} in replay {key} is still {} event(s) behind the head after {} s \
+                 (--max-lag {max_lag}): is `zdr serve` running to project it? Try again, or raise \
+                 --max-lag or --timeout",
+                part.projector,
+                part.lag,
+                timeout.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// How often a promote is retried when readers hold the tables past the lock timeout.
@@ -752,6 +921,59 @@ pub struct ReplayStatus {
     pub projectors: Vec<ReplayPart>,
 }
 
+/// Compares each projector's tables in replay `key` with live, in one read snapshot: the
+/// clone before a promote, the former live tables after one. `filters` pick tables and
+/// columns (each must name a table some projector of the replay has in both versions).
+///
+/// # Errors
+/// An unknown key, a filter that names nothing, or a database failure.
+pub fn diff(
+    db: &Db,
+    key: &str,
+    filters: &[TableFilter],
+    sample: usize,
+) -> Result<Vec<ProjectorDiff>> {
+    replay_row(db, key)?;
+    let filters = TableFilter::merged(filters);
+    let filters = filters.as_slice();
+    db.read_snapshot(|db| {
+        let mut diffs = Vec::new();
+        for target in db.replay_targets(key)? {
+            let live = db.live_target(&target.projector)?.ok_or_else(|| {
+                LifecycleError::NotFound(format!(
+                    "projector {} has no live version to compare replay {key} with",
+                    target.projector
+                ))
+            })?;
+            let live_description = db.description(live.version_id)?;
+            let replay_description = db.description(target.version_id)?;
+            diffs.push(diff::diff_targets(
+                db,
+                &live,
+                &live_description,
+                &target,
+                &replay_description,
+                filters,
+                sample,
+            )?);
+        }
+        for filter in filters {
+            let found = diffs.iter().any(|d| {
+                d.tables
+                    .iter()
+                    .any(|t| t.table.eq_ignore_ascii_case(&filter.table))
+            });
+            if !found {
+                return Err(LifecycleError::Invalid(format!(
+                    "no projector of replay {key} has a table {:?} in both versions",
+                    filter.table
+                )));
+            }
+        }
+        Ok(diffs)
+    })
+}
+
 /// The state of replay `key` with each projector's checkpoint and lag.
 ///
 /// # Errors
@@ -899,6 +1121,8 @@ pub struct ProjectorStatus {
     pub name: String,
     /// Live version.
     pub version: String,
+    /// The SHA-256 of the live version's component: two builds of one version differ here.
+    pub content_hash: String,
     /// Live checkpoint.
     pub checkpoint: i64,
     /// Events after the checkpoint.
@@ -919,6 +1143,8 @@ pub struct ProjectorStatus {
     pub failure: Option<model::Failure>,
     /// Events an operator let it pass, oldest first.
     pub skipped: Vec<SkipRecord>,
+    /// Events it parked (`on_failure = "park"`) and nobody retried or skipped yet.
+    pub parked: i64,
 }
 
 /// Every live projector with its version, checkpoint and status.
@@ -930,12 +1156,13 @@ pub fn projectors(db: &Db) -> Result<Vec<ProjectorStatus>> {
     let reports = db.worker_reports()?;
     let mut out = Vec::new();
     for live in db.live_targets()? {
-        let description = db.description(live.version_id)?;
+        let (description, content_hash) = db.description_and_hash(live.version_id)?;
         let report = reports.iter().find(|r| r.projector == live.projector);
         let (status, status_reason, status_since) = serving_status(&live, report);
         out.push(ProjectorStatus {
             name: live.projector.clone(),
             version: live.version.clone(),
+            content_hash,
             checkpoint: live.checkpoint,
             lag: (head - live.checkpoint).max(0),
             tables: description.table_names(),
@@ -946,20 +1173,31 @@ pub fn projectors(db: &Db) -> Result<Vec<ProjectorStatus>> {
             daemon: report.map(|r| r.daemon.clone()),
             failure: live.failure.clone(),
             skipped: db.skips(live.id)?,
+            parked: db.count_parked(live.id)?,
         });
     }
     Ok(out)
 }
 
+/// What `skip_event` let go of.
+#[derive(Debug, Clone)]
+pub struct Skipped {
+    /// The live target, as it was.
+    pub live: Target,
+    /// Whether the event was parked (rather than the one live was stopped at).
+    pub was_parked: bool,
+}
+
 /// Lets live projector `name`, stopped at event `event_id`, pass that event: the skip is
-/// recorded with `reason` and `by`, the failure cleared, and the daemon goes on after it. Only
+/// recorded with `reason` and `by`, the failure cleared, and the daemon goes on after it. An
+/// event the projector parked leaves the dead-letter table for the skips instead. Only
 /// live projectors skip; a replay must be exact, so it fails at the same event until the
 /// projector handles it.
 ///
 /// # Errors
 /// No such projector, one that is not stopped or stopped at another event, an empty reason,
 /// or a database failure.
-pub fn skip_event(db: &Db, name: &str, event_id: i64, reason: &str, by: &str) -> Result<Target> {
+pub fn skip_event(db: &Db, name: &str, event_id: i64, reason: &str, by: &str) -> Result<Skipped> {
     if reason.trim().is_empty() {
         return Err(LifecycleError::Invalid(
             "say why the event is skipped with --reason; it is recorded with the skip".into(),
@@ -971,9 +1209,16 @@ pub fn skip_event(db: &Db, name: &str, event_id: i64, reason: &str, by: &str) ->
                 "no live projector named {name:?}; see `zdr projector list`"
             ))
         })?;
+        if db.skip_parked(&live, event_id, reason.trim(), by)? {
+            return Ok(Skipped {
+                live,
+                was_parked: true,
+            });
+        }
         match &live.failure {
             None => Err(LifecycleError::WrongState(format!(
-                "projector {name} is not stopped; only the event a projector is stopped at can be skipped"
+                "projector {name} is not stopped at event {event_id}, nor has it parked it; only \
+                 the event a projector is stopped at, or one it parked, can be skipped"
             ))),
             Some(failure) if failure.event_id != event_id => {
                 Err(LifecycleError::WrongState(format!(
@@ -983,7 +1228,10 @@ pub fn skip_event(db: &Db, name: &str, event_id: i64, reason: &str, by: &str) ->
             }
             Some(_) => {
                 db.skip_event(&live, event_id, reason.trim(), by)?;
-                Ok(live)
+                Ok(Skipped {
+                    live,
+                    was_parked: false,
+                })
             }
         }
     })
