@@ -1,5 +1,5 @@
 //! PostgreSQL under pressure: appenders whose transactions commit out of id order, readers
-//! of the live table while promote swaps it back and forth twenty times, and a projector
+//! of the live table while promote swaps it back and forth ten times, and a projector
 //! trying PostgreSQL's own ways out of its tables.
 //!
 //! The rest of the lifecycle runs on both backends in the other modules (`both_backends!`),
@@ -261,9 +261,9 @@ fn read_live(url: &str, states: &[Vec<Vec<String>>; 2], stop: &AtomicBool) -> Re
 }
 
 #[test]
-fn sixteen_readers_see_one_whole_version_through_twenty_promotes() {
+fn sixteen_readers_see_one_whole_version_through_ten_promotes() {
     const READERS: usize = 16;
-    const PROMOTES: usize = 20;
+    const PROMOTES: usize = 10;
     const ACCOUNTS: usize = 40;
     let g = guests();
     let env = Env::new(Backend::Postgres);
@@ -354,14 +354,14 @@ fn sixteen_readers_see_one_whole_version_through_twenty_promotes() {
         "the readers never saw both versions: {logs:?}"
     );
 
-    // Twenty promotes later, version 1 is live again, its table the fold, and the daemon that
-    // hot-swapped twenty times still serves it.
+    // Ten promotes later, version 1 is live again, its table the fold, and the daemon that
+    // hot-swapped ten times still serves it.
     env.import(&generator.money(50));
     env.wait_live("balance", "1");
     assert_same_rows(
         &env.balances_v1("balances"),
         &fold_v1(&env.stored_events()),
-        "live after twenty promotes",
+        "live after ten promotes",
     );
     assert!(
         env.schema_objects()

@@ -10,8 +10,8 @@ use std::process::Stdio;
 use serde_json::json;
 
 use crate::support::{
-    Appender, Backend, Env, Generator, PATIENCE, Reader, assert_same_rows, both_backends, fold_v1,
-    fold_v2, guests, wait_until,
+    Appender, Backend, Env, Generator, NewEvent, PATIENCE, Reader, assert_same_rows, both_backends,
+    fold_v1, fold_v2, guests, wait_until,
 };
 
 both_backends!(
@@ -19,6 +19,7 @@ both_backends!(
     replay_run_rebuilds_under_a_running_daemon_and_finishes_when_run_again_after_a_kill,
     replay_run_without_a_daemon_stops_at_a_failed_check_and_carries_on_when_run_again,
     other_code_under_the_live_version_is_refused_unless_allowed,
+    a_projectors_own_check_runs_read_only_on_the_clone_and_refuses_what_it_finds_wrong,
 );
 
 /// The accounts the tests open.
@@ -142,6 +143,10 @@ fn a_wrong_version_is_named_by_diff_refused_by_verify_forced_then_rolled_back(ba
     assert!(
         out.contains("FAILED: --expect-same balances:balance"),
         "{out}"
+    );
+    assert!(
+        out.contains("passed: the check exported by balance version 3"),
+        "every account has a name, so version 3's own check passes:\n{out}"
     );
     assert!(out.contains("promoted balance version 3"), "{out}");
     env.wait_live("balance", "3");
@@ -411,4 +416,62 @@ fn other_code_under_the_live_version_is_refused_unless_allowed(backend: Backend)
 /// Borrows owned arguments for `Env::ok` and `Env::fail`.
 fn strs(args: &[String]) -> Vec<&str> {
     args.iter().map(String::as_str).collect()
+}
+
+fn a_projectors_own_check_runs_read_only_on_the_clone_and_refuses_what_it_finds_wrong(
+    backend: Backend,
+) {
+    let g = guests();
+    let env = Env::new(backend);
+    let mut generator = Generator::new(21);
+    env.import(&generator.open_accounts(4));
+    // An account opened without a holder's name: both versions store it, and version 3's own
+    // check (`balance-off` exports one) refuses a read model that holds it.
+    env.import(&[NewEvent::new(
+        "AccountOpened",
+        Some("acct-nameless"),
+        json!({ "name": "" }),
+    )]);
+    env.import(&generator.money(40));
+    env.deploy("balance", &g.balance_v1);
+    env.create_balance_replay("own", &g.balance_off);
+    env.ok(&["replay", "start", "own"]);
+    env.ok(&["replay", "project", "own"]);
+
+    // The operator's check passes (the names are the same on both sides); the projector's
+    // fails, says why, and the promote is refused.
+    let err = env.fail(&["replay", "promote", "own", "--expect-same", "balances:name"]);
+    assert!(err.contains("passed: --expect-same balances:name"), "{err}");
+    assert!(
+        err.contains("FAILED: the check exported by balance version 3"),
+        "{err}"
+    );
+    assert!(
+        err.contains("accounts without a holder's name: acct-nameless"),
+        "the refusal carries what the check found:\n{err}"
+    );
+    // The check tries a write first and fails differently when the host does not deny it.
+    assert!(
+        !err.contains("let check write") && !err.contains("not denied"),
+        "a check may only read:\n{err}"
+    );
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(env.show("own")["state"], "projecting");
+    assert_eq!(env.projector("balance")["version"], "1");
+
+    // With --force the failed check is shown and the promote goes through.
+    let out = env.ok(&[
+        "replay",
+        "promote",
+        "own",
+        "--expect-same",
+        "balances:name",
+        "--force",
+    ]);
+    assert!(
+        out.contains("FAILED: the check exported by balance version 3"),
+        "{out}"
+    );
+    assert!(out.contains("promoted balance version 3"), "{out}");
+    assert_eq!(env.projector("balance")["version"], "3");
 }

@@ -664,7 +664,7 @@ pub fn promote(
     }
     let verification = match &options.verify {
         Some(checks) => {
-            let verification = verify::verify(db, key, checks, diff::DEFAULT_SAMPLE)?;
+            let verification = verify::verify(runtime, db, key, checks, diff::DEFAULT_SAMPLE)?;
             if !verification.passed() {
                 if !options.force {
                     return Err(LifecycleError::Unverified {

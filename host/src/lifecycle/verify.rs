@@ -1,8 +1,10 @@
 //! Checks before a promote (`zdr replay promote KEY --verify`): the clone must hold the same
 //! rows as live on the tables and columns the operator names (`--expect-same`), and operator
 //! queries must answer the same on both (`--check`, run through the same guard as a
-//! projector's queries, so they reach nothing but the projector's tables). Everything is read in
-//! one snapshot, so a daemon writing both copies meanwhile never makes them differ.
+//! projector's queries, so they reach nothing but the projector's tables), and a new version
+//! that exports its own `check` (the `checked-projector` world) must find its clone sound.
+//! Everything is read in one snapshot, so a daemon writing both copies meanwhile never makes
+//! them differ.
 
 use std::time::{Duration, Instant};
 
@@ -10,6 +12,8 @@ use super::{LifecycleError, Result, replay_row};
 use crate::backend::{Call, Db, RowSet, Value};
 use crate::diff::{self, TableFilter};
 use crate::model::{Description, Target};
+use crate::projection::Projection;
+use crate::runtime::{GuestError, Runtime};
 use crate::sandbox::Mode;
 
 /// One check before a promote.
@@ -83,13 +87,23 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs `checks` against replay `key`'s clones and live, in one read snapshot. With no checks,
 /// every table both versions of each projector have must hold the same rows on their common
-/// columns.
+/// columns. Then each new version that exports `check` checks its clone.
 ///
 /// # Errors
-/// An unknown key, a check that names nothing or that the guard refuses, or a database
-/// failure. A check that finds a difference is an outcome, not an error.
-pub fn verify(db: &Db, key: &str, checks: &[Check], sample: usize) -> Result<Verification> {
+/// An unknown key, a check that names nothing or that the guard refuses, a version that cannot
+/// be loaded, or a database failure. A check that finds a difference is an outcome, not an
+/// error.
+pub fn verify(
+    runtime: &Runtime,
+    db: &Db,
+    key: &str,
+    checks: &[Check],
+    sample: usize,
+) -> Result<Verification> {
     replay_row(db, key)?;
+    // The new versions are compiled before the snapshot is taken: a compile takes seconds.
+    let mut projection = Projection::new(runtime, db, 1);
+    projection.prepare(&db.replay_targets(key)?)?;
     db.read_snapshot(|db| {
         let mut sides = Vec::new();
         for clone in db.replay_targets(key)? {
@@ -141,8 +155,38 @@ pub fn verify(db: &Db, key: &str, checks: &[Check], sample: usize) -> Result<Ver
                 Check::Query(sql) => verification.checks.push(query_check(db, key, &sides, sql)?),
             }
         }
+        // Last, since a query of the projector's that fails ends a PostgreSQL snapshot.
+        for (_, _, clone, _) in &sides {
+            if let Some(outcome) = projector_check(&mut projection, clone)? {
+                verification.checks.push(outcome);
+            }
+        }
         Ok(verification)
     })
+}
+
+/// Runs the `check` export of `clone`'s version on the clone, when it has one.
+fn projector_check(
+    projection: &mut Projection<'_>,
+    clone: &Target,
+) -> Result<Option<CheckOutcome>> {
+    let Some(outcome) = projection.instance(clone)?.check() else {
+        return Ok(None);
+    };
+    let check = format!(
+        "the check exported by {} version {}",
+        clone.projector, clone.version
+    );
+    let (passed, detail) = match outcome {
+        Ok(()) => (true, Vec::new()),
+        Err(GuestError::Returned(found)) => (false, vec![found]),
+        Err(other) => (false, vec![format!("the check could not run: {other}")]),
+    };
+    Ok(Some(CheckOutcome {
+        check,
+        passed,
+        detail,
+    }))
 }
 
 /// Live and a clone of one projector, with both versions' descriptions.

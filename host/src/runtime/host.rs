@@ -25,6 +25,8 @@ pub struct HostState {
     /// The export call under way that may use the connection (`handle-event`, `promote`,
     /// `remove-target`), with its deadline; `None` outside them, where statements are denied.
     pub(super) call: Option<Call>,
+    /// Whether the call under way may only read (`check`): `execute` answers `denied`.
+    pub(super) read_only: bool,
     /// `name@version [target]`, used to tag every log line of this instance.
     pub(super) tag: Arc<str>,
     /// The memory cap, kept to explain an out-of-memory trap.
@@ -58,6 +60,7 @@ impl HostState {
             limits,
             connection: None,
             call: None,
+            read_only: false,
             tag,
             memory_bytes,
         }
@@ -103,6 +106,11 @@ impl database::HostConnection for HostState {
         let Some(call) = self.call else {
             return Ok(Err(outside_a_call(&self.tag)));
         };
+        if self.read_only {
+            return Ok(Err(types::Error::Denied(
+                "check may only read: execute is denied while the read model is checked".into(),
+            )));
+        }
         let params = params.into_iter().map(value_from_guest).collect::<Vec<_>>();
         let outcome = connection.execute(&sql, &params, call);
         Ok(outcome.map_err(|err| error_to_guest(&self.tag, &sql, err)))

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::types::{ComponentExtern, ComponentItem};
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, ComponentExportIndex, Linker, TypedFunc};
 use wasmtime::{Config, Engine, Store};
 
 use crate::backend::{Call, DbError, GuestConnection};
@@ -163,7 +163,8 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(LoadError::World)?;
         let pre = ProjectorPre::new(instance_pre).map_err(LoadError::World)?;
-        Ok(Arc::new(LoadedComponent { pre }))
+        let check = component.get_export_index(None, CHECK_EXPORT);
+        Ok(Arc::new(LoadedComponent { pre, check }))
     }
 
     /// What a component imports and exports, by name, whether or not it matches the world:
@@ -214,13 +215,29 @@ impl Runtime {
         );
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(deadline_ticks(limits.call_timeout));
-        let bindings = component
+        let trap = |err: wasmtime::Error| GuestError::Trap(format!("{err:#}"));
+        let instance = component
             .pre
+            .instance_pre()
             .instantiate(&mut store)
-            .map_err(|err| GuestError::Trap(format!("{err:#}")))?;
+            .map_err(trap)?;
+        let bindings = Projector::new(&mut store, &instance).map_err(trap)?;
+        // The optional export of the `checked-projector` world; one of the wrong type is kept
+        // as the reason, so that `describe` (deploy) refuses the component.
+        let check = component.check.map(|index| {
+            instance
+                .get_typed_func::<(), (Result<(), String>,)>(&mut store, index)
+                .map_err(|err| {
+                    format!(
+                        "the component exports `{CHECK_EXPORT}`, but not as `func() -> \
+                         result<_, string>` (the checked-projector world's): {err:#}"
+                    )
+                })
+        });
         Ok(Instance {
             store,
             bindings,
+            check,
             poisoned: false,
             timeout: limits.call_timeout,
         })
@@ -234,6 +251,9 @@ impl Runtime {
     pub fn describe(&self, wasm: &[u8]) -> anyhow::Result<Description> {
         let component = self.load(wasm)?;
         let mut instance = self.instantiate(&component, "", "describe")?;
+        if let Some(Err(wrong)) = &instance.check {
+            return Err(GuestError::InvalidDescription(wrong.clone()).into());
+        }
         Ok(instance.describe()?)
     }
 }
@@ -298,15 +318,25 @@ fn item_name((name, item): (&str, ComponentExtern<'_>)) -> ComponentItemName {
     }
 }
 
+/// The name of the optional export of the `checked-projector` world.
+const CHECK_EXPORT: &str = "check";
+
+/// The `check` export, typed.
+type CheckFunc = TypedFunc<(), (Result<(), String>,)>;
+
 /// A component compiled, checked against the world and ready to instantiate cheaply.
 pub struct LoadedComponent {
     pre: ProjectorPre<HostState>,
+    /// Where its `check` export is, when it has one (the `checked-projector` world).
+    check: Option<ComponentExportIndex>,
 }
 
 /// One instance of a projector, bound to at most one target.
 pub struct Instance {
     store: Store<HostState>,
     bindings: Projector,
+    /// The `check` export when the component has one, or why it cannot be called.
+    check: Option<Result<CheckFunc, String>>,
     poisoned: bool,
     timeout: Duration,
 }
@@ -327,15 +357,48 @@ impl Instance {
             ));
         }
         self.store.set_epoch_deadline(deadline_ticks(self.timeout));
-        self.store.data_mut().call = with_database.then(|| Call {
+        let state = self.store.data_mut();
+        state.call = with_database.then(|| Call {
             deadline: Instant::now() + self.timeout,
         });
+        state.read_only = false;
         Ok(())
     }
 
     /// Ends a call: statements are denied again until the next one.
     fn disarm(&mut self) {
-        self.store.data_mut().call = None;
+        let state = self.store.data_mut();
+        state.call = None;
+        state.read_only = false;
+    }
+
+    /// Whether the component exports `check` (the `checked-projector` world).
+    pub fn has_check(&self) -> bool {
+        self.check.is_some()
+    }
+
+    /// Calls the projector's own `check` of its target's read model, where queries may run
+    /// and writes are denied. `None` when the component exports no `check`.
+    ///
+    /// # Errors
+    /// What the check found wrong ([`GuestError::Returned`]), a trap, or an export of the
+    /// wrong type.
+    pub fn check(&mut self) -> Option<Result<(), GuestError>> {
+        let func = match self.check.clone()? {
+            Ok(func) => func,
+            Err(wrong) => return Some(Err(GuestError::InvalidDescription(wrong))),
+        };
+        if let Err(err) = self.arm(true) {
+            return Some(Err(err));
+        }
+        self.store.data_mut().read_only = true;
+        let outcome = func.call(&mut self.store, ());
+        self.disarm();
+        Some(match outcome {
+            Ok((Ok(()),)) => Ok(()),
+            Ok((Err(message),)) => Err(GuestError::Returned(message)),
+            Err(err) => Err(self.trapped(err)),
+        })
     }
 
     /// The database error that aborted the current transaction since this was last asked

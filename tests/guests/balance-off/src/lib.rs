@@ -6,15 +6,19 @@
 //! values, that `promote --verify` refuses it, and that `rollback` undoes a forced promote.
 //! Event parsing comes from `plugins/balance-common`; the SQL is version 2's but for the
 //! opening balance.
+//!
+//! It implements the `checked-projector` world: its `check` (run by `promote --verify` on the
+//! clone) refuses a read model where an account has no holder's name, and first makes sure the
+//! host does not let a check write.
 
 mod bindings {
-    //! Bindings for the `projector` world, generated from the repository's WIT.
+    //! Bindings for the `checked-projector` world, generated from the repository's WIT.
     #![allow(
         clippy::too_many_arguments,
         reason = "the generated `handle-event` export takes the event record's fields flattened"
     )]
     wit_bindgen::generate!({
-        world: "projector",
+        world: "checked-projector",
         path: "../../../wit",
     });
 }
@@ -44,6 +48,12 @@ const WRONG_ACCOUNT_SUFFIX: &str = "-00000";
 const ADD_MONEY: &str = "UPDATE balances SET balance = balance + $1, transaction_count = transaction_count + 1, last_activity = $2 WHERE account_uuid = $3";
 /// Subtracts money: `$1` amount, `$2` the event's time, `$3` account.
 const SUBTRACT_MONEY: &str = "UPDATE balances SET balance = balance - $1, transaction_count = transaction_count + 1, last_activity = $2 WHERE account_uuid = $3";
+
+/// The accounts without a holder's name, the first few: what `check` looks for.
+const NAMELESS: &str =
+    "SELECT account_uuid FROM balances WHERE name = '' ORDER BY account_uuid LIMIT 5";
+/// A write `check` tries, which the host must deny.
+const WRITE_IN_CHECK: &str = "UPDATE balances SET balance = balance WHERE account_uuid = ''";
 
 /// The answer to `handle-event` before the host has handed over a connection.
 const NO_CONNECTION: &str = "no connection: use-connection was not called";
@@ -109,6 +119,41 @@ impl bindings::Guest for BalanceOff {
     fn remove_target() -> Result<(), String> {
         log(Level::Info, "balance v3 (off by one): target removed");
         Ok(())
+    }
+
+    fn check() -> Result<(), String> {
+        CONNECTION.with_borrow(|conn| {
+            let conn = conn.as_ref().ok_or(NO_CONNECTION)?;
+            match conn.execute(WRITE_IN_CHECK, &[]) {
+                Err(Error::Denied(_)) => {}
+                Err(other) => {
+                    return Err(format!(
+                        "a write in check failed, but was not denied: {}",
+                        describe_error(&other)
+                    ));
+                }
+                Ok(_) => return Err("the host let check write".to_owned()),
+            }
+            let nameless = conn
+                .query(NAMELESS, &[])
+                .map_err(|error| format!("reading the balances: {}", describe_error(&error)))?;
+            let accounts: Vec<String> = nameless
+                .rows
+                .iter()
+                .filter_map(|row| match row.first() {
+                    Some(Value::Text(account)) => Some(account.clone()),
+                    _ => None,
+                })
+                .collect();
+            if accounts.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "accounts without a holder's name: {}",
+                    accounts.join(", ")
+                ))
+            }
+        })
     }
 }
 
