@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::projection::DEFAULT_BATCH_SIZE;
+use crate::projection::{DEFAULT_BATCH_SIZE, REBUILD_BATCH_SIZE};
 use crate::runtime::Limits;
 
 /// The database used when nothing else is configured: an SQLite file in the working directory.
@@ -25,8 +25,13 @@ pub const DEFAULT_CONFIG_FILE: &str = "zdr.toml";
 pub struct Settings {
     /// The database URL.
     pub database_url: String,
-    /// Events per transaction.
+    /// Events per transaction of a live batch (the daemon's).
     pub batch_size: usize,
+    /// Events per transaction of a rebuild: deploy, `replay start`, `project`, `rollback`'s
+    /// catch-up (each transaction also bounded by
+    /// [`REBUILD_TIME_BUDGET`](crate::projection::REBUILD_TIME_BUDGET)). `batch_size` when only
+    /// that is set.
+    pub rebuild_batch_size: usize,
     /// Guest bounds.
     pub limits: Limits,
     /// Guest bounds of projectors configured apart (`[projectors.NAME]`), over the defaults.
@@ -99,6 +104,7 @@ enum OnFailure {
 struct FileConfig {
     database_url: Option<String>,
     batch_size: Option<usize>,
+    rebuild_batch_size: Option<usize>,
     call_timeout_ms: Option<u64>,
     memory_mib: Option<usize>,
     cache_dir: Option<PathBuf>,
@@ -167,6 +173,16 @@ impl Settings {
         if !(1..=100_000).contains(&batch_size) {
             problems.push(format!("batch_size must be 1 to 100000, got {batch_size}"));
         }
+        // A `batch_size` the operator set applies to rebuilds too, unless they set that apart.
+        let rebuild_batch_size = file
+            .rebuild_batch_size
+            .or(file.batch_size)
+            .unwrap_or(REBUILD_BATCH_SIZE);
+        if !(1..=100_000).contains(&rebuild_batch_size) {
+            problems.push(format!(
+                "rebuild_batch_size must be 1 to 100000, got {rebuild_batch_size}"
+            ));
+        }
         let limits = limits_of(
             Limits::default(),
             file.call_timeout_ms,
@@ -220,6 +236,7 @@ impl Settings {
                 .or(file.database_url)
                 .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string()),
             batch_size,
+            rebuild_batch_size,
             limits,
             projector_limits,
             cache_dir: file.cache_dir.or_else(default_cache_dir),
@@ -329,6 +346,30 @@ mod tests {
             .to_string();
         assert!(
             err.contains("zdr.toml") && err.contains("databse_url"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn rebuilds_take_larger_batches_unless_told_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zdr.toml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Settings::resolve(Some(&path), None)
+        };
+        let s = resolve("").unwrap();
+        assert_eq!(
+            (s.batch_size, s.rebuild_batch_size),
+            (DEFAULT_BATCH_SIZE, REBUILD_BATCH_SIZE)
+        );
+        let s = resolve("batch_size = 10\n").unwrap();
+        assert_eq!((s.batch_size, s.rebuild_batch_size), (10, 10));
+        let s = resolve("batch_size = 10\nrebuild_batch_size = 50000\n").unwrap();
+        assert_eq!((s.batch_size, s.rebuild_batch_size), (10, 50_000));
+        let err = resolve("rebuild_batch_size = 0\n").unwrap_err().to_string();
+        assert!(
+            err.contains("rebuild_batch_size must be 1 to 100000"),
             "{err}"
         );
     }

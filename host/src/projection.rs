@@ -13,8 +13,9 @@
 //! transaction (PostgreSQL), even if the guest swallowed the error and carried on.
 //!
 //! Two rules keep the write lock short: a batch stops taking events after
-//! [`BATCH_TIME_BUDGET`] (it commits what it has, the rest comes next), and components are
-//! compiled before a write transaction begins ([`Projection::prepare`]), never inside one.
+//! [`BATCH_TIME_BUDGET`] (a rebuild's after [`REBUILD_TIME_BUDGET`]; it commits what it has,
+//! the rest comes next), and components are compiled before a write transaction begins
+//! ([`Projection::prepare`]), never inside one.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,6 +35,16 @@ pub const DEFAULT_BATCH_SIZE: usize = 1000;
 /// slow projector (each of its calls within its own deadline) never holds the write lock for
 /// long; the application's writers wait at most this plus one call.
 pub const BATCH_TIME_BUDGET: Duration = Duration::from_secs(1);
+
+/// Events per transaction of a rebuild (deploy, `replay start`, catch-ups): a commit costs
+/// the same whatever the batch holds (on SQLite it writes the batch's pages to the WAL), so a
+/// rebuild takes ten times live's batch, bounded in time by [`REBUILD_TIME_BUDGET`].
+pub const REBUILD_BATCH_SIZE: usize = 10_000;
+
+/// How long a rebuild's transaction goes on taking events. A rebuild holds zdr's writer lock
+/// (and SQLite's write lock) per transaction, so live batches and the application's writers
+/// wait at most this plus one call while a rebuild runs.
+pub const REBUILD_TIME_BUDGET: Duration = Duration::from_millis(250);
 
 /// Why projecting stopped.
 #[derive(Debug, thiserror::Error)]
@@ -494,7 +505,7 @@ impl<'a> Projection<'a> {
                 if events.is_empty() {
                     return Ok(None);
                 }
-                let until = Instant::now() + BATCH_TIME_BUDGET;
+                let until = Instant::now() + REBUILD_TIME_BUDGET;
                 let last = self.apply(&target, &events, Some(until))?;
                 let count = events.iter().take_while(|e| e.id() <= last).count();
                 db.set_checkpoint(target.id, last)?;

@@ -76,6 +76,22 @@ fn a_parked_poison_event_lets_live_go_on_and_retry_applies_it_after_the_fix(back
     assert!(err.contains(&format!("event {poison}")), "{err}");
     assert_eq!(env.show("r")["state"], "failed");
     env.ok(&["replay", "remove", "r"]);
+    // An upgrade by deploy would replace the version that parked it: refused up front, with
+    // the way forward (deploy has no --force of its own).
+    let err = env.fail(&["projector", "deploy", "balance", &g.balance_v2]);
+    assert!(
+        err.contains("1 parked event(s)")
+            && err.contains("zdr projector parked balance")
+            && err.contains("replay run")
+            && !err.contains("aborted"),
+        "{err}"
+    );
+    assert_eq!(env.projector("balance")["version"], "1");
+    assert!(
+        env.ok(&["replay", "list"])
+            .lines()
+            .all(|l| !l.contains("upgrade_"))
+    );
 
     // Retried before the fix: it fails again and stays parked, one more attempt counted.
     let err = env.fail(&["projector", "retry", "balance"]);

@@ -1390,8 +1390,9 @@ pub fn assert_same_rows(actual: &[Vec<String>], expected: &[Vec<String>], what: 
 
 // ----- a concurrent appender ---------------------------------------------------------------------
 
-/// A thread appending money events straight into `stored_events`, a few per transaction,
-/// until stopped.
+/// A thread appending money events straight into `stored_events`, three per transaction every
+/// 10 ms (about 300 a second: enough to land in every step of a lifecycle, little enough that
+/// a daemon on a loaded machine keeps up), until stopped.
 pub struct Appender {
     stop: Arc<AtomicBool>,
     appended: Arc<AtomicU64>,
@@ -1415,7 +1416,7 @@ impl Appender {
                 let events = generator.money(3);
                 writer.append(&events);
                 thread_appended.fetch_add(events.len() as u64, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(2));
+                std::thread::sleep(Duration::from_millis(10));
             }
         });
         Self {

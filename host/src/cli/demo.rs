@@ -210,7 +210,7 @@ impl Demo {
                 wasm: v1,
             };
             let options = DeployOptions {
-                batch_size: s.batch_size,
+                batch_size: s.rebuild_batch_size,
                 allow_same_version: false,
             };
             match lifecycle::deploy(&rt, &db, &spec, &options, &mut |_, _| {})? {
@@ -276,7 +276,7 @@ impl Demo {
         blocking(move || {
             let db = Db::open(&s.database_url)?;
             let mut progress = output::ProgressReporter::new(false);
-            let applied = lifecycle::start(&rt, &db, "v2", s.batch_size, &mut |t, p| {
+            let applied = lifecycle::start(&rt, &db, "v2", s.rebuild_batch_size, &mut |t, p| {
                 progress.update(t, p)
             })?;
             progress.finish();
@@ -301,7 +301,7 @@ impl Demo {
                 status.lag,
                 status.head
             );
-            let applied = lifecycle::start(&rt, &db, "v2", s.batch_size, &mut |_, _| {})?;
+            let applied = lifecycle::start(&rt, &db, "v2", s.rebuild_batch_size, &mut |_, _| {})?;
             outln!(
                 "caught up {applied} more event(s); lag now {}",
                 lifecycle::status(&db, "v2")?.lag
@@ -316,7 +316,7 @@ impl Demo {
         let (rt, s) = (runtime.clone(), settings.clone());
         blocking(move || {
             let db = Db::open(&s.database_url)?;
-            lifecycle::project(&rt, &db, "v2", s.batch_size, &mut |_, _| {})?;
+            lifecycle::project(&rt, &db, "v2", s.rebuild_batch_size, &mut |_, _| {})?;
             Ok(())
         })
         .await?;
@@ -438,7 +438,13 @@ fn verify(runtime: &Runtime, settings: &Settings, v2: Vec<u8>) -> anyhow::Result
         wasm: v2,
     };
     let _ = lifecycle::create(runtime, &db, "verify", &[spec])?;
-    lifecycle::start(runtime, &db, "verify", settings.batch_size, &mut |_, _| {})?;
+    lifecycle::start(
+        runtime,
+        &db,
+        "verify",
+        settings.rebuild_batch_size,
+        &mut |_, _| {},
+    )?;
     // The same comparison `zdr replay diff verify` makes: live against the fresh rebuild.
     let diffs = lifecycle::diff(&db, "verify", &[], crate::diff::DEFAULT_SAMPLE)?;
     lifecycle::remove(runtime, &db, "verify", false)?;

@@ -69,7 +69,7 @@ impl Deploy {
             let db = open_ready(&settings)?;
             let mut progress = ProgressReporter::new(false);
             let options = DeployOptions {
-                batch_size: settings.batch_size,
+                batch_size: settings.rebuild_batch_size,
                 allow_same_version,
             };
             let outcome = lifecycle::deploy(&runtime, &db, &spec, &options, &mut |t, p| {

@@ -214,10 +214,13 @@ impl ReplayCommand {
                 let applied = blocking(move || {
                     let db = open_ready(&settings)?;
                     let mut progress = ProgressReporter::new(false);
-                    let result =
-                        lifecycle::start(&runtime, &db, &key, settings.batch_size, &mut |t, p| {
-                            progress.update(t, p)
-                        });
+                    let result = lifecycle::start(
+                        &runtime,
+                        &db,
+                        &key,
+                        settings.rebuild_batch_size,
+                        &mut |t, p| progress.update(t, p),
+                    );
                     progress.finish();
                     Ok(result?)
                 })
@@ -274,7 +277,7 @@ impl ReplayCommand {
                         &runtime,
                         &db,
                         &key,
-                        settings.batch_size,
+                        settings.rebuild_batch_size,
                         &mut |t, p| progress.update(t, p),
                     );
                     progress.finish();
@@ -349,7 +352,7 @@ impl ReplayCommand {
                         &runtime,
                         &db,
                         &key,
-                        settings.batch_size,
+                        settings.rebuild_batch_size,
                         &mut |t, p| progress.update(t, p),
                     );
                     progress.finish();
@@ -403,7 +406,7 @@ impl ReplayCommand {
                     );
                 }
                 let options = RunOptions {
-                    batch_size: settings.batch_size,
+                    batch_size: settings.rebuild_batch_size,
                     promote: cmd.promote.then(|| cmd.flags.options()).transpose()?,
                 };
                 let runtime = runtime(&settings)?;

@@ -291,6 +291,21 @@ pub fn deploy(
                 spec.source
             )));
         }
+        // The promote at the end would refuse; say so before the replay, with what deploy
+        // (which has no --force) can do instead.
+        let parked = db.count_parked(live.id)?;
+        if parked > 0 {
+            return Err(LifecycleError::WrongState(format!(
+                "projector {name} has {parked} parked event(s) on its live version {version} \
+                 (see `zdr projector parked {name}`): retry or skip them first, so that the \
+                 version you replace leaves nothing behind unseen; or upgrade with `zdr replay \
+                 run KEY --projector {name}={source} --promote --force`, which promotes anyway \
+                 (the new version applies every event, the parked ones too)",
+                name = spec.name,
+                version = live.version,
+                source = spec.source
+            )));
+        }
         let key = format!("upgrade_{}", &hash[..12]);
         create(runtime, db, &key, std::slice::from_ref(spec))?;
         let rebuilt = start(runtime, db, &key, batch_size, progress)
