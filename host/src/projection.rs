@@ -36,9 +36,10 @@ pub const DEFAULT_BATCH_SIZE: usize = 1000;
 /// long; the application's writers wait at most this plus one call.
 pub const BATCH_TIME_BUDGET: Duration = Duration::from_secs(1);
 
-/// Events per transaction of a rebuild (deploy, `replay start`, catch-ups): a commit costs
-/// the same whatever the batch holds (on SQLite it writes the batch's pages to the WAL), so a
-/// rebuild takes ten times live's batch, bounded in time by [`REBUILD_TIME_BUDGET`].
+/// Events per transaction of a rebuild (deploy, `replay start`, catch-ups): a commit writes
+/// each page its batch dirtied once, however many of the batch's events touched it (on SQLite,
+/// to the WAL), so a rebuild takes ten times live's batch, bounded in time by
+/// [`REBUILD_TIME_BUDGET`].
 pub const REBUILD_BATCH_SIZE: usize = 10_000;
 
 /// How long a rebuild's transaction goes on taking events. A rebuild holds zdr's writer lock
@@ -208,6 +209,21 @@ pub fn target_label(target: &Target) -> String {
         (Role::Building, _) => "building".into(),
         (_, None) => format!("target {}", target.id),
     }
+}
+
+/// How many events a rebuild's next transaction reads, after one that read `read` (asking for
+/// `limit`) and applied `applied` before its time budget ran out: a quarter more than it
+/// applied when the budget cut it short, otherwise twice as many, never above `batch_size`.
+fn next_read_limit(limit: usize, applied: usize, read: usize, batch_size: usize) -> usize {
+    let next = if applied < read {
+        applied + applied / 4
+    } else if read < limit {
+        // Fewer events than asked for were there: the head was reached, nothing to learn.
+        limit
+    } else {
+        limit.saturating_mul(2)
+    };
+    next.clamp(1, batch_size.max(1))
 }
 
 struct Loaded {
@@ -486,6 +502,10 @@ impl<'a> Projection<'a> {
         if let Some(target) = self.db.target(target_id)? {
             self.prepare(std::slice::from_ref(&target))?;
         }
+        // How many events the next transaction reads: the batch size, or a little more than
+        // the time budget let the last one apply (PostgreSQL applies far fewer than 10,000 in
+        // 250 ms; reading what will not be applied is wasted).
+        let mut limit = self.batch_size;
         loop {
             let db = self.db;
             let batch = db.write(|db| {
@@ -501,7 +521,7 @@ impl<'a> Projection<'a> {
                     });
                 }
                 let head = db.head()?;
-                let events = db.read_events(target.checkpoint, head, self.batch_size)?;
+                let events = db.read_events(target.checkpoint, head, limit)?;
                 if events.is_empty() {
                     return Ok(None);
                 }
@@ -509,11 +529,12 @@ impl<'a> Projection<'a> {
                 let last = self.apply(&target, &events, Some(until))?;
                 let count = events.iter().take_while(|e| e.id() <= last).count();
                 db.set_checkpoint(target.id, last)?;
-                Ok(Some((target, count, last, head)))
+                Ok(Some((target, count, events.len(), last, head)))
             });
             match batch {
                 Ok(None) => return Ok(applied),
-                Ok(Some((target, count, last, head))) => {
+                Ok(Some((target, count, read, last, head))) => {
+                    limit = next_read_limit(limit, count, read, self.batch_size);
                     applied += count as u64;
                     progress(
                         &target,
@@ -731,5 +752,24 @@ impl<'a> Projection<'a> {
             Ok::<_, StoreError>(())
         })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_read_limit;
+
+    #[test]
+    fn a_rebuild_reads_about_what_its_time_budget_lets_it_apply() {
+        // Cut short by the budget: a quarter more than it applied next time.
+        assert_eq!(next_read_limit(10_000, 2_000, 10_000, 10_000), 2_500);
+        // Applied all it read: twice as many, up to the batch size.
+        assert_eq!(next_read_limit(2_500, 2_500, 2_500, 10_000), 5_000);
+        assert_eq!(next_read_limit(8_000, 8_000, 8_000, 10_000), 10_000);
+        // The head was reached: keep the limit.
+        assert_eq!(next_read_limit(4_000, 300, 300, 10_000), 4_000);
+        // Never zero, however little was applied, and never above the batch size.
+        assert_eq!(next_read_limit(10, 0, 10, 10_000), 1);
+        assert_eq!(next_read_limit(10_000, 10_000, 10_000, 10_000), 10_000);
     }
 }
