@@ -209,22 +209,7 @@ impl ReplayCommand {
                 Ok(())
             }
             ReplayCommand::Start(cmd) => {
-                let runtime = runtime(&settings)?;
-                let key = cmd.key.clone();
-                let applied = blocking(move || {
-                    let db = open_ready(&settings)?;
-                    let mut progress = ProgressReporter::new(false);
-                    let result = lifecycle::start(
-                        &runtime,
-                        &db,
-                        &key,
-                        settings.rebuild_batch_size,
-                        &mut |t, p| progress.update(t, p),
-                    );
-                    progress.finish();
-                    Ok(result?)
-                })
-                .await?;
+                let applied = rebuild_with_progress(settings, &cmd.key, lifecycle::start).await?;
                 outln!(
                     "replay {}: applied {applied} event(s); caught up. next: zdr replay project {}",
                     cmd.key,
@@ -268,22 +253,7 @@ impl ReplayCommand {
                 Ok(())
             }
             ReplayCommand::Project(cmd) => {
-                let runtime = runtime(&settings)?;
-                let key = cmd.key.clone();
-                blocking(move || {
-                    let db = open_ready(&settings)?;
-                    let mut progress = ProgressReporter::new(false);
-                    let result = lifecycle::project(
-                        &runtime,
-                        &db,
-                        &key,
-                        settings.rebuild_batch_size,
-                        &mut |t, p| progress.update(t, p),
-                    );
-                    progress.finish();
-                    Ok(result?)
-                })
-                .await?;
+                rebuild_with_progress(settings, &cmd.key, lifecycle::project).await?;
                 outln!(
                     "replay {} is projecting: new events go to live and clone. next: zdr replay promote {}",
                     cmd.key,
@@ -343,22 +313,8 @@ impl ReplayCommand {
                 Ok(())
             }
             ReplayCommand::Rollback(cmd) => {
-                let runtime = runtime(&settings)?;
-                let key = cmd.key.clone();
-                let restored = blocking(move || {
-                    let db = open_ready(&settings)?;
-                    let mut progress = ProgressReporter::new(false);
-                    let result = lifecycle::rollback(
-                        &runtime,
-                        &db,
-                        &key,
-                        settings.rebuild_batch_size,
-                        &mut |t, p| progress.update(t, p),
-                    );
-                    progress.finish();
-                    Ok(result?)
-                })
-                .await?;
+                let restored =
+                    rebuild_with_progress(settings, &cmd.key, lifecycle::rollback).await?;
                 for t in &restored {
                     outln!(
                         "rolled back {}: version {} is live again, up to event {} (the rolled-back tables are kept until `zdr replay remove {}`)",
@@ -504,6 +460,41 @@ impl ReplayCommand {
 }
 
 /// Reads `--projector NAME=FILE.wasm` arguments and their files.
+/// The signature the rebuild commands share: `start`, `project` and `rollback` each apply
+/// events in batches of the rebuild size and report progress.
+type RebuildStep<T> = fn(
+    &crate::runtime::Runtime,
+    &crate::backend::Db,
+    &str,
+    usize,
+    &mut dyn FnMut(&crate::model::Target, crate::projection::Progress),
+) -> Result<T, crate::lifecycle::LifecycleError>;
+
+/// Runs one rebuild command on replay `key` off the async runtime, with a progress line on
+/// the terminal.
+async fn rebuild_with_progress<T: Send + 'static>(
+    settings: Settings,
+    key: &str,
+    step: RebuildStep<T>,
+) -> anyhow::Result<T> {
+    let runtime = runtime(&settings)?;
+    let key = key.to_string();
+    blocking(move || {
+        let db = open_ready(&settings)?;
+        let mut progress = ProgressReporter::new(false);
+        let result = step(
+            &runtime,
+            &db,
+            &key,
+            settings.rebuild_batch_size,
+            &mut |t, p| progress.update(t, p),
+        );
+        progress.finish();
+        Ok(result?)
+    })
+    .await
+}
+
 fn component_specs(args: &[String]) -> anyhow::Result<Vec<ComponentSpec>> {
     let mut specs = Vec::new();
     for arg in args {
