@@ -325,9 +325,12 @@ fn diff_table(
         let rows = db.read_rows(&sql)?;
         match rows.rows.first().and_then(|r| r.first()) {
             Some(Value::Integer(n)) => Ok(*n),
-            other => Err(StoreError::Corrupt(format!(
-                "a count came back as {other:?}"
+            Some(other) => Err(StoreError::Corrupt(format!(
+                "a count came back as {other}, not an integer"
             ))),
+            None => Err(StoreError::Corrupt(
+                "a count came back with no row".to_string(),
+            )),
         }
     };
     let live_rows = count(format!("SELECT COUNT(*) FROM {live_sql}"))?;
