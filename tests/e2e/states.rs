@@ -1,12 +1,14 @@
 //! Wrong-state commands and bad input: each fails with a clear message and changes nothing.
 
+use std::io::BufRead;
+use std::io::BufReader;
 use std::process::Stdio;
 
 use serde_json::json;
 
 use crate::support::{
     Backend, Env, Generator, PATIENCE, assert_same_rows, both_backends, fold_v1, fold_v2, guests,
-    wait_child, wait_until,
+    signal, wait_child,
 };
 
 both_backends!(
@@ -83,38 +85,43 @@ fn promote_before_project_is_refused_in_every_earlier_state_and_changes_nothing(
 fn a_second_start_while_one_runs_is_refused_and_the_first_finishes_correctly(backend: Backend) {
     let g = guests();
     let env = Env::new(backend);
-    // One event per transaction makes the first start slow enough to race with.
-    env.write_config("batch_size = 1\n");
+    // Small batches, each reported on its own progress line.
+    env.write_config("batch_size = 10\n");
     env.deploy("balance", &g.balance_v1);
     let mut generator = Generator::new(10);
     let mut history = generator.open_accounts(20);
-    // PostgreSQL's one-event transactions are slower: a shorter history races just as well.
-    history.extend(generator.money(match backend {
-        Backend::Sqlite => 8_000,
-        Backend::Postgres => 3_000,
-    }));
+    history.extend(generator.money(3_000));
     env.import(&history);
     let head = env.head();
     env.create_balance_replay("v2", &g.balance_v2);
 
+    // The first start is stopped (SIGSTOP) at its first progress line, holding its run lock in
+    // the middle of the history, so the race below happens however fast the machine is.
     let mut first = env
         .command(&["replay", "start", "v2"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .env("ZDR_PROGRESS_INTERVAL_MS", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("cannot spawn replay start");
-    wait_until(PATIENCE, "the first start to make progress", || {
-        let show = env.show("v2");
-        let checkpoint = show["projectors"][0]["checkpoint"]
-            .as_i64()
-            .expect("a checkpoint");
-        assert!(
-            checkpoint < head,
-            "the first start finished before the race; make the history bigger"
-        );
-        show["state"] == "started" && checkpoint > 0
-    });
+    let mut progress = BufReader::new(first.stderr.take().expect("a piped stderr"));
+    let mut line = String::new();
+    let read = progress.read_line(&mut line).expect("reading the progress");
+    assert!(
+        read > 0,
+        "the first start ended before its first progress line"
+    );
+    let paused = Paused::new(first.id());
+    // The rest of its progress is drained, so that it never blocks on a full pipe.
+    let drain = std::thread::spawn(move || std::io::copy(&mut progress, &mut std::io::sink()));
 
+    let checkpoint = env.show("v2")["projectors"][0]["checkpoint"]
+        .as_i64()
+        .expect("a checkpoint");
+    assert!(
+        checkpoint < head,
+        "the first start is mid-history when paused: {checkpoint} of {head}"
+    );
     for command in ["start", "project", "remove"] {
         let err = env.fail(&["replay", command, "v2"]);
         assert!(
@@ -130,8 +137,13 @@ fn a_second_start_while_one_runs_is_refused_and_the_first_finishes_correctly(bac
         "the first start finished during the race"
     );
 
+    drop(paused);
     let status = wait_child(&mut first, PATIENCE, "the first replay start");
     assert!(status.success(), "the first start failed: {status}");
+    drain
+        .join()
+        .expect("the progress reader panicked")
+        .expect("reading the progress");
     let show = env.show("v2");
     assert_eq!(show["projectors"][0]["checkpoint"], head, "{show:#}");
     assert_same_rows(
@@ -139,6 +151,25 @@ fn a_second_start_while_one_runs_is_refused_and_the_first_finishes_correctly(bac
         &fold_v2(&env.stored_events()),
         "the clone of the start that won",
     );
+}
+
+/// A process stopped with SIGSTOP until this is dropped (SIGCONT), even when the test panics.
+struct Paused(u32);
+
+impl Paused {
+    fn new(pid: u32) -> Self {
+        signal(pid, "STOP");
+        Self(pid)
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        // Not `signal`: a panic while the test already unwinds would abort the test binary.
+        let _ = std::process::Command::new("kill")
+            .args(["-CONT", &self.0.to_string()])
+            .status();
+    }
 }
 
 fn creating_an_existing_key_is_refused_and_keeps_the_replay(backend: Backend) {
