@@ -18,6 +18,7 @@
 //! ([`Projection::prepare`]), never inside one.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -169,6 +170,32 @@ pub struct Progress {
     pub head: i64,
     /// Events applied so far in this run.
     pub applied: u64,
+    /// Where this run's time went so far.
+    pub time: CatchUpTime,
+}
+
+/// Where a catch-up's time went, summed over its batches: what an operator (and the rebuild
+/// benchmark) needs to see whether the database, the projector or the commits bound a rebuild.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CatchUpTime {
+    /// Reading the head and the events.
+    pub reading: Duration,
+    /// The projector's `handle-event` calls, with the statements they ran.
+    pub projector: Duration,
+    /// The rest of each transaction: beginning it, the checkpoint and the commit.
+    pub committing: Duration,
+}
+
+impl fmt::Display for CatchUpTime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "reading events {:.2} s, projector {:.2} s, checkpoints and commits {:.2} s",
+            self.reading.as_secs_f64(),
+            self.projector.as_secs_f64(),
+            self.committing.as_secs_f64()
+        )
+    }
 }
 
 /// What one live batch did.
@@ -506,8 +533,11 @@ impl<'a> Projection<'a> {
         // the time budget let the last one apply (PostgreSQL applies far fewer than 10,000 in
         // 250 ms; reading what will not be applied is wasted).
         let mut limit = self.batch_size;
+        let mut time = CatchUpTime::default();
         loop {
             let db = self.db;
+            let batch_started = Instant::now();
+            let (mut reading, mut projector) = (Duration::ZERO, Duration::ZERO);
             let batch = db.write(|db| {
                 let target = db.target(target_id)?.ok_or_else(|| {
                     StoreError::Corrupt(format!("target {target_id} disappeared"))
@@ -520,13 +550,17 @@ impl<'a> Projection<'a> {
                         message: failure.message.clone(),
                     });
                 }
+                let read_started = Instant::now();
                 let head = db.head()?;
                 let events = db.read_events(target.checkpoint, head, limit)?;
+                reading = read_started.elapsed();
                 if events.is_empty() {
                     return Ok(None);
                 }
-                let until = Instant::now() + REBUILD_TIME_BUDGET;
+                let apply_started = Instant::now();
+                let until = apply_started + REBUILD_TIME_BUDGET;
                 let last = self.apply(&target, &events, Some(until))?;
+                projector = apply_started.elapsed();
                 let count = events.iter().take_while(|e| e.id() <= last).count();
                 db.set_checkpoint(target.id, last)?;
                 Ok(Some((target, count, events.len(), last, head)))
@@ -536,12 +570,16 @@ impl<'a> Projection<'a> {
                 Ok(Some((target, count, read, last, head))) => {
                     limit = next_read_limit(limit, count, read, self.batch_size);
                     applied += count as u64;
+                    time.reading += reading;
+                    time.projector += projector;
+                    time.committing += batch_started.elapsed().saturating_sub(reading + projector);
                     progress(
                         &target,
                         Progress {
                             checkpoint: last,
                             head,
                             applied,
+                            time,
                         },
                     );
                 }

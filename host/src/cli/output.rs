@@ -133,13 +133,17 @@ impl ProgressReporter {
         )
     }
 
-    /// Clears the bar and prints the final line.
+    /// Clears the bar and prints the final line, with where the time went.
     pub fn finish(&mut self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
         if let Some((label, progress)) = &self.last {
-            errln!("{}", Self::line(label, *progress, self.started));
+            errln!(
+                "{}; time: {}",
+                Self::line(label, *progress, self.started),
+                progress.time
+            );
         }
     }
 }

@@ -12,6 +12,9 @@ wasmtime::component::bindgen!({
         "zdr:projector/database.connection": ConnectionHandle,
     },
     imports: { default: trappable },
+    // Events are lent to `handle-event`, not cloned for it: every event of a rebuild crosses
+    // this boundary, and its strings are copied into the guest's memory anyway.
+    ownership: Borrowing { duplicate_if_necessary: true },
 });
 
 /// The host representation of a guest's `connection` handle. An instance owns at most one

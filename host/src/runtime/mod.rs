@@ -509,17 +509,17 @@ impl Instance {
         self.arm(true)?;
         let guest_event = bindings::zdr::projector::types::Event {
             id: event.id,
-            aggregate_uuid: event.aggregate_uuid.clone(),
+            aggregate_uuid: event.aggregate_uuid.as_deref(),
             aggregate_version: event.aggregate_version,
             event_version: event.event_version,
-            event_class: event.event_class.clone(),
-            event_properties: event.event_properties.clone(),
-            meta_data: event.meta_data.clone(),
-            created_at: event.created_at.clone(),
+            event_class: &event.event_class,
+            event_properties: &event.event_properties,
+            meta_data: &event.meta_data,
+            created_at: &event.created_at,
         };
         let outcome = self
             .bindings
-            .call_handle_event(&mut self.store, &guest_event);
+            .call_handle_event(&mut self.store, guest_event);
         self.disarm();
         match outcome {
             Ok(Ok(())) => Ok(()),
