@@ -197,7 +197,7 @@ pub trait Store: Send + Sync {
 
     /// Waits up to `timeout` for new events and says whether it was woken by one: on
     /// PostgreSQL by the notification of the trigger `zdr init` installs (without it, it just
-    /// sleeps); on SQLite it sleeps.
+    /// sleeps); on SQLite by a commit of another connection (`PRAGMA data_version`).
     fn wait_for_events(&self, timeout: Duration) -> bool;
 }
 

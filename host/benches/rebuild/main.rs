@@ -23,8 +23,11 @@
 //! server URL without a database) the same runs go to PostgreSQL, in databases the benchmark
 //! creates and drops; the native path then makes one round trip per statement.
 
+mod live;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use balance_common::{BalanceEvent, Change, RawEvent};
@@ -71,6 +74,21 @@ struct Args {
     /// for a before-and-after comparison of a change.
     #[arg(long, value_name = "ZDR_BINARY")]
     baseline: Option<PathBuf>,
+    /// Instead of the rebuild runs: run `zdr serve` for this many seconds under appending
+    /// writers and report append-to-visible latency, then promote a replay under readers and
+    /// report how long they stalled.
+    #[arg(long, value_name = "SECONDS")]
+    live: Option<u64>,
+    /// Live run: events appended per second, in all.
+    #[arg(long, default_value_t = 2_000)]
+    rate: u32,
+    /// Live run: concurrent writers.
+    #[arg(long, default_value_t = 4)]
+    writers: u32,
+    /// Live run: how long each writer's transaction stays open before it commits, in ms
+    /// (default 5 on PostgreSQL; 0 on SQLite, whose writers take turns).
+    #[arg(long)]
+    hold_ms: Option<u64>,
     /// `cargo bench` passes this to every bench binary.
     #[arg(long, hide = true)]
     bench: bool,
@@ -129,11 +147,35 @@ fn run(args: &Args) -> Result<(), String> {
         dir: dir.to_path_buf(),
     });
 
+    // Both components compiled into the cache first (on an empty database of their own), so
+    // that no measured step includes a cold compile.
+    for (name, build) in [("warm", Some(&zdr)), ("warm_baseline", baseline.as_ref())] {
+        let Some(build) = build else { continue };
+        let url = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
+        build.run(&url, &["init"])?;
+        build.run(&url, &["projector", "deploy", "balance", &path_str(&v1)])?;
+        build.run(
+            &url,
+            &[
+                "replay",
+                "create",
+                "v2",
+                "--projector",
+                &format!("balance={}", path_str(&v2)),
+            ],
+        )?;
+    }
+
     // The history is imported once; each run starts from a copy of it.
     let pristine = backend.pristine_url();
     zdr.run(&pristine, &["init"])?;
     zdr.run(&pristine, &["events", "import", &path_str(&events)])?;
     backend.freeze()?;
+    if let Some(seconds) = args.live {
+        let mut builds = vec![("zdr", &zdr)];
+        builds.extend(baseline.iter().map(|b| ("baseline", b)));
+        return live_run(args, seconds, backend.as_ref(), &builds, &v1, &v2);
+    }
     println!(
         "{} events, batch {}, {} run(s), {}",
         args.events,
@@ -181,6 +223,94 @@ fn run(args: &Args) -> Result<(), String> {
         print_run(run, &samples, args.events);
     }
     print_summary(&samples, args.events);
+    Ok(())
+}
+
+/// The live scenario (`--live`, see `live.rs`), for this build and then for the baseline.
+fn live_run(
+    args: &Args,
+    seconds: u64,
+    backend: &dyn Backend,
+    builds: &[(&str, &Zdr)],
+    v1: &Path,
+    v2: &Path,
+) -> Result<(), String> {
+    let hold =
+        Duration::from_millis(
+            args.hold_ms
+                .unwrap_or(if args.postgres.is_some() { 5 } else { 0 }),
+        );
+    println!(
+        "live: {} events/s from {} writers, transactions held {} ms, {seconds} s, {}",
+        args.rate,
+        args.writers,
+        hold.as_millis(),
+        backend.name()
+    );
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    let percentiles = |p: &live::Percentiles| {
+        format!(
+            "p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            ms(p.p50),
+            ms(p.p99),
+            ms(p.max)
+        )
+    };
+    for (label, zdr) in builds {
+        let copy = format!("live_{}", label.replace(' ', "_"));
+        let url = backend.copy(&copy)?;
+        zdr.run(&url, &["projector", "deploy", "balance", &path_str(v1)])?;
+        let log_path = zdr.dir.join(format!("{copy}.log"));
+        let log =
+            std::fs::File::create(&log_path).map_err(|e| format!("creating the serve log: {e}"))?;
+        let serve = zdr
+            .command(&url, &["serve"])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .map_err(|e| format!("cannot run zdr serve: {e}"))?;
+        let db: Arc<dyn live::LiveDatabase> = match &args.postgres {
+            Some(_) => Arc::new(live::PostgresLive { url: url.clone() }),
+            None => Arc::new(live::SqliteLive {
+                path: url.trim_start_matches("sqlite://").to_owned(),
+            }),
+        };
+        let settings = live::LiveSettings {
+            seconds,
+            rate: args.rate,
+            writers: args.writers,
+            hold,
+            accounts: ACCOUNTS.min(args.events),
+        };
+        let run_zdr = |command: &[&str]| zdr.run(&url, command).map(drop);
+        let report = match live::run(db, &settings, &run_zdr, serve, &path_str(v2)) {
+            Ok(report) => report,
+            Err(e) => {
+                let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+                return Err(format!("{label}: {e}\nthe daemon's log:\n{log}"));
+            }
+        };
+        println!(
+            "{label}: appended {} events in {:.1} s ({:.0} events/s)",
+            report.appended,
+            report.seconds,
+            report.appended as f64 / report.seconds
+        );
+        println!(
+            "{label}: append to visible, steady: {}; while a replay starts, projects and promotes: {}",
+            percentiles(&report.latency),
+            percentiles(&report.latency_during_replay)
+        );
+        println!(
+            "{label}: promote {:.1} ms; {} readers: {} queries overlapped it, the longest {:.1} ms (median query before it {:.2} ms)",
+            ms(report.promote),
+            report.readers,
+            report.reads_during_promote,
+            ms(report.longest_read_during_promote),
+            ms(report.median_read_before_promote)
+        );
+        backend.drop_copy(&copy)?;
+    }
     Ok(())
 }
 
