@@ -538,7 +538,8 @@ impl<'a> Projection<'a> {
             let db = self.db;
             let batch_started = Instant::now();
             let (mut reading, mut projector) = (Duration::ZERO, Duration::ZERO);
-            let batch = db.write(|db| {
+            // A rebuild's transaction: live batches do not wait for it (see `rebuild_write`).
+            let batch = db.rebuild_write(|db| {
                 let target = db.target(target_id)?.ok_or_else(|| {
                     StoreError::Corrupt(format!("target {target_id} disappeared"))
                 })?;

@@ -7,6 +7,7 @@
 //! (`concurrency::two_daemons_never_apply_an_event_twice_and_one_takes_over_when_the_owner_dies`).
 
 use std::collections::BTreeMap;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
@@ -14,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use crate::sandbox::{PG_ESCAPES, check_outcomes, probes};
 use crate::support::{
-    Backend, Env, Generator, PG_APPEND, assert_same_rows, fold_v1, fold_v2, guests, pg_error,
-    postgres_connect,
+    Backend, Env, Generator, PATIENCE, PG_APPEND, assert_same_rows, fold_v1, fold_v2, guests,
+    pg_error, postgres_connect, wait_child, wait_until,
 };
 
 /// What one appender did.
@@ -433,4 +434,69 @@ fn a_projector_trying_postgres_escapes_is_denied_and_the_daemon_keeps_serving() 
     );
     daemon.assert_running();
     daemon.stop();
+}
+
+/// A rebuild's transaction never holds up live: with `replay start` stopped inside a batch (a
+/// reader holds its clone table's strongest lock), the daemon still applies new events, and the
+/// rebuild finishes correctly once the lock is gone.
+#[test]
+fn live_batches_go_on_while_a_rebuild_batch_is_held_up() {
+    let g = guests();
+    let env = Env::new(Backend::Postgres);
+    // The held-up statement must not reach its deadline while the test looks at live.
+    env.write_config("call_timeout_ms = 600000\n");
+    let mut generator = Generator::new(31);
+    env.import(&generator.open_accounts(20));
+    env.import(&generator.money(200));
+    env.deploy("balance", &g.balance_v1);
+    env.create_balance_replay("v2", &g.balance_v2);
+    let clone = env.clone_table("v2", "balances");
+    let _daemon = env.serve();
+
+    let mut holder = env.postgres();
+    let mut lock = holder.transaction().expect("begin");
+    lock.batch_execute(&format!("LOCK TABLE {clone} IN ACCESS EXCLUSIVE MODE"))
+        .expect("lock the clone");
+    let mut start = env
+        .command(&["replay", "start", "v2"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("cannot spawn replay start");
+    let mut observer = env.postgres();
+    wait_until(
+        PATIENCE,
+        "replay start to wait for its clone's lock",
+        || {
+            let waiting: i64 = observer
+            .query_one(
+                "SELECT COUNT(*) FROM pg_locks WHERE NOT granted AND relation = $1::text::regclass",
+                &[&clone],
+            )
+            .expect("pg_locks")
+            .get(0);
+            waiting > 0
+        },
+    );
+
+    env.import(&generator.money(30));
+    let events = env.stored_events();
+    wait_until(
+        Duration::from_secs(60),
+        "live to apply new events while a rebuild's batch is held up",
+        || env.balances_v1("balances") == fold_v1(&events),
+    );
+    assert!(
+        start.try_wait().expect("try_wait").is_none(),
+        "replay start finished while its clone was locked"
+    );
+
+    lock.commit().expect("release the clone");
+    let status = wait_child(&mut start, PATIENCE, "replay start");
+    assert!(status.success(), "replay start failed: {status}");
+    assert_same_rows(
+        &env.balances_v2(&clone),
+        &fold_v2(&env.stored_events()),
+        "the clone of the held-up rebuild",
+    );
 }

@@ -145,6 +145,11 @@ pub trait Store: Send + Sync {
 
     /// Begins the write transaction: zdr's writers (batches, lifecycle steps) are serialised.
     fn begin_write(&self) -> Result<(), StoreError>;
+    /// Begins a rebuild's batch transaction (see [`Db::rebuild_write`]): on PostgreSQL without
+    /// the writer lock, on SQLite the same single-writer transaction as [`Store::begin_write`].
+    fn begin_rebuild_write(&self) -> Result<(), StoreError> {
+        self.begin_write()
+    }
     /// Begins a read-only transaction whose reads all see one snapshot of the database (a
     /// comparison of live and a clone while the daemon writes both). Ended with `commit`.
     fn begin_snapshot(&self) -> Result<(), StoreError>;
@@ -484,8 +489,34 @@ impl Db {
         &self,
         f: impl FnOnce(&Db) -> Result<T, E>,
     ) -> Result<T, E> {
+        self.transaction(|store| store.begin_write(), f)
+    }
+
+    /// Runs one batch of a rebuild (`replay start`, the bulk of `project` and `rollback`, a
+    /// deploy's build from history) like [`Db::write`], but on PostgreSQL without zdr's writer
+    /// lock, so that live batches never wait for a rebuild's long transaction. Safe because
+    /// nothing else writes the target a rebuild catches up: its tables and checkpoint are a
+    /// clone's, a new projector's or a retired set's, which no daemon serves, and the command's
+    /// run lock keeps every other lifecycle step of the same replay or projector out. What
+    /// must not interleave with live batches (the switch to projecting, a promote, a deploy's
+    /// switch to live) still goes through [`Db::write`].
+    ///
+    /// # Errors
+    /// `f`'s error, or a failure to begin or commit.
+    pub fn rebuild_write<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Db) -> Result<T, E>,
+    ) -> Result<T, E> {
+        self.transaction(|store| store.begin_rebuild_write(), f)
+    }
+
+    fn transaction<T, E: From<StoreError>>(
+        &self,
+        begin: impl FnOnce(&dyn Store) -> Result<(), StoreError>,
+        f: impl FnOnce(&Db) -> Result<T, E>,
+    ) -> Result<T, E> {
         self.store.verify_open().map_err(E::from)?;
-        self.store.begin_write().map_err(E::from)?;
+        begin(self.store.as_ref()).map_err(E::from)?;
         self.in_write.store(true, Ordering::Relaxed);
         let outcome = match f(self) {
             Ok(value) => match self.store.commit() {

@@ -673,6 +673,13 @@ impl Store for PgStore {
         )
     }
 
+    fn begin_rebuild_write(&self) -> Result<(), StoreError> {
+        self.batch(
+            "BEGIN ISOLATION LEVEL READ COMMITTED".to_string(),
+            "beginning a rebuild's transaction",
+        )
+    }
+
     fn commit(&self) -> Result<(), StoreError> {
         self.batch("COMMIT", "committing")
     }
