@@ -49,6 +49,8 @@ const INDEX_BY_NAME: &str = "CREATE INDEX native_balances_by_name ON native_bala
 const OPEN_ACCOUNT: &str = "INSERT INTO native_balances (account_uuid, name, balance, transaction_count, last_activity) VALUES ($1, $2, 0, 0, $3)";
 const ADD_MONEY: &str = "UPDATE native_balances SET balance = balance + $1, transaction_count = transaction_count + 1, last_activity = $2 WHERE account_uuid = $3";
 const SUBTRACT_MONEY: &str = "UPDATE native_balances SET balance = balance - $1, transaction_count = transaction_count + 1, last_activity = $2 WHERE account_uuid = $3";
+/// What two native rebuilds must agree on.
+const DIGEST: &str = "SELECT COUNT(*) || ' rows, balance ' || COALESCE(SUM(balance), 0) || ', transactions ' || COALESCE(SUM(transaction_count), 0) FROM native_balances";
 /// zdr's event read (`backend/sqlite/events.rs`), `$n` placeholders.
 const READ_EVENTS: &str = "SELECT id, aggregate_uuid, aggregate_version, COALESCE(event_version, 1), event_class, \
      COALESCE(event_properties, '{}'), COALESCE(meta_data, '{}'), COALESCE(CAST(created_at AS TEXT), '') \
@@ -89,6 +91,11 @@ struct Args {
     /// (default 5 on PostgreSQL; 0 on SQLite, whose writers take turns).
     #[arg(long)]
     hold_ms: Option<u64>,
+    /// PostgreSQL: also run the native rebuild split by aggregate into this many partitions,
+    /// each on a thread and a connection of its own (events of one aggregate stay in order):
+    /// what a partitioned replay could gain on this machine.
+    #[arg(long, default_value_t = 1)]
+    partitions: usize,
     /// `cargo bench` passes this to every bench binary.
     #[arg(long, hide = true)]
     bench: bool,
@@ -104,7 +111,7 @@ fn main() {
 
 /// One measured run of one path.
 struct Sample {
-    path: &'static str,
+    path: String,
     seconds: f64,
     /// Peak resident memory of the zdr process, in KiB.
     peak_kib: Option<i64>,
@@ -214,8 +221,25 @@ fn run(args: &Args) -> Result<(), String> {
         let copy = format!("run{run}_native");
         let url = backend.copy(&copy)?;
         let started = Instant::now();
-        backend.native(&url, args.batch)?;
+        backend.native(&url, args.batch, 1)?;
         samples.push(Sample::plain("native", started.elapsed()));
+        if args.partitions > 1 {
+            let whole = backend.digest(&url)?;
+            backend.drop_copy(&copy)?;
+            let url = backend.copy(&copy)?;
+            let started = Instant::now();
+            backend.native(&url, args.batch, args.partitions)?;
+            samples.push(Sample::plain(
+                &format!("native, {} partitions", args.partitions),
+                started.elapsed(),
+            ));
+            let split = backend.digest(&url)?;
+            if split != whole {
+                return Err(format!(
+                    "the partitioned native rebuild differs from the whole one: {split} against {whole}"
+                ));
+            }
+        }
         if let Some(raw) = backend.raw(&url, args.events, args.batch)? {
             samples.push(Sample::plain("raw", raw));
         }
@@ -315,9 +339,9 @@ fn live_run(
 }
 
 impl Sample {
-    fn plain(path: &'static str, elapsed: Duration) -> Self {
+    fn plain(path: &str, elapsed: Duration) -> Self {
         Sample {
-            path,
+            path: path.to_owned(),
             seconds: elapsed.as_secs_f64(),
             peak_kib: None,
             split: None,
@@ -327,12 +351,12 @@ impl Sample {
 
 /// Prints one run's rows.
 fn print_run(run: usize, samples: &[Sample], events: usize) {
-    let mut paths: Vec<&'static str> = Vec::new();
+    let mut paths: Vec<&str> = Vec::new();
     for sample in samples.iter().rev() {
-        if paths.contains(&sample.path) {
+        if paths.contains(&sample.path.as_str()) {
             break;
         }
-        paths.push(sample.path);
+        paths.push(&sample.path);
     }
     for sample in samples
         .iter()
@@ -363,10 +387,10 @@ fn print_run(run: usize, samples: &[Sample], events: usize) {
 /// Prints each path's minimum and median throughput and the ratios of the medians, as a
 /// Markdown table.
 fn print_summary(samples: &[Sample], events: usize) {
-    let mut paths: Vec<&'static str> = Vec::new();
+    let mut paths: Vec<&str> = Vec::new();
     for sample in samples {
-        if !paths.contains(&sample.path) {
-            paths.push(sample.path);
+        if !paths.contains(&sample.path.as_str()) {
+            paths.push(&sample.path);
         }
     }
     let median_of = |path: &str| {
@@ -405,9 +429,9 @@ struct Timed {
 }
 
 impl Timed {
-    fn into_sample(self, path: &'static str) -> Sample {
+    fn into_sample(self, path: &str) -> Sample {
         Sample {
-            path,
+            path: path.to_owned(),
             seconds: self.elapsed.as_secs_f64(),
             peak_kib: Some(self.peak_kib),
             // The progress reporter's last line ends with zdr's own split of its time.
@@ -512,8 +536,11 @@ trait Backend {
     /// A fresh copy of the pristine database named `name`; its URL.
     fn copy(&self, name: &str) -> Result<String, String>;
     fn drop_copy(&self, name: &str) -> Result<(), String>;
-    /// The native v2 rebuild of the whole history into `native_balances`.
-    fn native(&self, url: &str, batch: usize) -> Result<(), String>;
+    /// The native v2 rebuild of the whole history into `native_balances`, split by aggregate
+    /// into `partitions` running side by side.
+    fn native(&self, url: &str, batch: usize, partitions: usize) -> Result<(), String>;
+    /// Row count and sums of the native path's table, to check two native runs agree.
+    fn digest(&self, url: &str) -> Result<String, String>;
     /// The raw upsert loop, when there is one; its time.
     fn raw(&self, url: &str, events: usize, batch: usize) -> Result<Option<Duration>, String>;
 }
@@ -676,7 +703,10 @@ impl Backend for Sqlite {
         Ok(())
     }
 
-    fn native(&self, url: &str, batch: usize) -> Result<(), String> {
+    fn native(&self, url: &str, batch: usize, partitions: usize) -> Result<(), String> {
+        if partitions > 1 {
+            return Err("--partitions is for PostgreSQL: SQLite has a single writer".into());
+        }
         let mut conn = Self::open(url)?;
         let fail = |e: rusqlite::Error| format!("native path: {e}");
         conn.execute_batch(&format!(
@@ -736,6 +766,12 @@ impl Backend for Sqlite {
             tx.commit().map_err(fail)?;
         }
         Ok(())
+    }
+
+    fn digest(&self, url: &str) -> Result<String, String> {
+        Self::open(url)?
+            .query_row(DIGEST, [], |row| row.get(0))
+            .map_err(|e| format!("native digest: {e}"))
     }
 
     fn raw(&self, url: &str, events: usize, batch: usize) -> Result<Option<Duration>, String> {
@@ -831,14 +867,14 @@ impl Backend for Postgres {
         ))
     }
 
-    fn native(&self, url: &str, batch: usize) -> Result<(), String> {
+    fn native(&self, url: &str, batch: usize, partitions: usize) -> Result<(), String> {
         let fail = |e: postgres::Error| format!("native path: {e}");
         let mut client = postgres::Client::connect(url, postgres::NoTls).map_err(fail)?;
         client
             .batch_execute(&format!(
                 "{CREATE_BALANCES}; {INDEX_BY_NAME}; \
                  CREATE TABLE native_checkpoint (id INTEGER PRIMARY KEY, checkpoint BIGINT NOT NULL); \
-                 INSERT INTO native_checkpoint VALUES (1, 0);"
+                 INSERT INTO native_checkpoint SELECT g, 0 FROM generate_series(0, {partitions} - 1) g;"
             ))
             .map_err(fail)?;
         let head: i64 = client
@@ -848,70 +884,114 @@ impl Backend for Postgres {
             )
             .map_err(fail)?
             .get(0);
-        let read = client
-            .prepare(
-                "SELECT id, aggregate_uuid, event_class, COALESCE(event_properties, '{}')::TEXT, \
-                 COALESCE(CAST(created_at AS TEXT), '') \
-                 FROM stored_events WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3",
-            )
-            .map_err(fail)?;
-        // Typed as zdr binds them: a guest's integer is a BIGINT.
-        use postgres::types::Type;
-        let open = client
-            .prepare_typed(OPEN_ACCOUNT, &[Type::TEXT, Type::TEXT, Type::TEXT])
-            .map_err(fail)?;
-        let add = client
-            .prepare_typed(ADD_MONEY, &[Type::INT8, Type::TEXT, Type::TEXT])
-            .map_err(fail)?;
-        let subtract = client
-            .prepare_typed(SUBTRACT_MONEY, &[Type::INT8, Type::TEXT, Type::TEXT])
-            .map_err(fail)?;
-        let mut checkpoint = 0i64;
-        while checkpoint < head {
-            let mut tx = client.transaction().map_err(fail)?;
-            let rows = tx
-                .query(&read, &[&checkpoint, &head, &(batch as i64)])
-                .map_err(fail)?;
-            for row in &rows {
-                let event = NativeEvent {
-                    id: row.get(0),
-                    aggregate_uuid: row.get(1),
-                    event_class: row.get(2),
-                    event_properties: row.get(3),
-                    created_at: row.get(4),
-                };
-                let Some((sql, params)) = event.statement()? else {
-                    continue;
-                };
-                let stmt = if sql == OPEN_ACCOUNT {
-                    &open
-                } else if sql == ADD_MONEY {
-                    &add
-                } else {
-                    &subtract
-                };
-                let [a, b, c] = &params;
-                let changed = tx
-                    .execute(stmt, &[a.as_sql(), b.as_sql(), c.as_sql()])
-                    .map_err(fail)?;
-                if changed == 0 {
-                    return Err(format!("native path: event {} changed no row", event.id));
-                }
-            }
-            checkpoint = rows.last().map_or(head, |r| r.get(0));
-            tx.execute(
-                "UPDATE native_checkpoint SET checkpoint = $1 WHERE id = 1",
-                &[&checkpoint],
-            )
-            .map_err(fail)?;
-            tx.commit().map_err(fail)?;
+        let workers: Vec<_> = (0..partitions)
+            .map(|partition| {
+                let url = url.to_owned();
+                std::thread::spawn(move || {
+                    native_partition(&url, batch, head, partitions as i32, partition as i32)
+                })
+            })
+            .collect();
+        for worker in workers {
+            worker
+                .join()
+                .map_err(|_| "a native partition panicked".to_string())??;
         }
         Ok(())
+    }
+
+    fn digest(&self, url: &str) -> Result<String, String> {
+        let fail = |e: postgres::Error| format!("native digest: {e}");
+        postgres::Client::connect(url, postgres::NoTls)
+            .and_then(|mut client| client.query_one(DIGEST, &[]))
+            .map(|row| row.get(0))
+            .map_err(fail)
     }
 
     fn raw(&self, _url: &str, _events: usize, _batch: usize) -> Result<Option<Duration>, String> {
         Ok(None)
     }
+}
+
+/// One partition of the native PostgreSQL rebuild: the events whose aggregate hashes to
+/// `partition` of `partitions`, in id order, with a checkpoint of its own.
+fn native_partition(
+    url: &str,
+    batch: usize,
+    head: i64,
+    partitions: i32,
+    partition: i32,
+) -> Result<(), String> {
+    use postgres::types::Type;
+    let fail = |e: postgres::Error| format!("native path: {e}");
+    let mut client = postgres::Client::connect(url, postgres::NoTls).map_err(fail)?;
+    let read = client
+        .prepare(
+            "SELECT id, aggregate_uuid, event_class, COALESCE(event_properties, '{}')::TEXT, \
+             COALESCE(CAST(created_at AS TEXT), '') \
+             FROM stored_events WHERE id > $1 AND id <= $2 \
+             AND ($4 = 1 OR abs(hashtext(COALESCE(aggregate_uuid::TEXT, ''))) % $4 = $5) \
+             ORDER BY id LIMIT $3",
+        )
+        .map_err(fail)?;
+    // Typed as zdr binds them: a guest's integer is a BIGINT.
+    let open = client
+        .prepare_typed(OPEN_ACCOUNT, &[Type::TEXT, Type::TEXT, Type::TEXT])
+        .map_err(fail)?;
+    let add = client
+        .prepare_typed(ADD_MONEY, &[Type::INT8, Type::TEXT, Type::TEXT])
+        .map_err(fail)?;
+    let subtract = client
+        .prepare_typed(SUBTRACT_MONEY, &[Type::INT8, Type::TEXT, Type::TEXT])
+        .map_err(fail)?;
+    let mut checkpoint = 0i64;
+    while checkpoint < head {
+        let mut tx = client.transaction().map_err(fail)?;
+        let rows = tx
+            .query(
+                &read,
+                &[&checkpoint, &head, &(batch as i64), &partitions, &partition],
+            )
+            .map_err(fail)?;
+        for row in &rows {
+            let event = NativeEvent {
+                id: row.get(0),
+                aggregate_uuid: row.get(1),
+                event_class: row.get(2),
+                event_properties: row.get(3),
+                created_at: row.get(4),
+            };
+            let Some((sql, params)) = event.statement()? else {
+                continue;
+            };
+            let stmt = if sql == OPEN_ACCOUNT {
+                &open
+            } else if sql == ADD_MONEY {
+                &add
+            } else {
+                &subtract
+            };
+            let [a, b, c] = &params;
+            let changed = tx
+                .execute(stmt, &[a.as_sql(), b.as_sql(), c.as_sql()])
+                .map_err(fail)?;
+            if changed == 0 {
+                return Err(format!("native path: event {} changed no row", event.id));
+            }
+        }
+        checkpoint = if rows.len() < batch {
+            head
+        } else {
+            rows.last().map_or(head, |r| r.get(0))
+        };
+        tx.execute(
+            "UPDATE native_checkpoint SET checkpoint = $1 WHERE id = $2",
+            &[&checkpoint, &partition],
+        )
+        .map_err(fail)?;
+        tx.commit().map_err(fail)?;
+    }
+    Ok(())
 }
 
 impl Drop for Postgres {
