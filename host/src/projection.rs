@@ -551,18 +551,31 @@ impl<'a> Projection<'a> {
                         message: failure.message.clone(),
                     });
                 }
+                // Events the projector does not handle are left out in the database: a
+                // projector of a few classes in a store of many reads only its own.
+                let classes = self.loaded(&target)?.description.handles.clone();
                 let read_started = Instant::now();
                 let head = db.head()?;
-                let events = db.read_events(target.checkpoint, head, limit)?;
+                let events = db.read_events_of(target.checkpoint, head, limit, &classes)?;
                 reading = read_started.elapsed();
                 if events.is_empty() {
-                    return Ok(None);
+                    if target.checkpoint >= head {
+                        return Ok(None);
+                    }
+                    // Nothing it handles up to the head: the checkpoint passes over the rest.
+                    db.set_checkpoint(target.id, head)?;
+                    return Ok(Some((target, 0, 0, head, head)));
                 }
                 let apply_started = Instant::now();
                 let until = apply_started + REBUILD_TIME_BUDGET;
-                let last = self.apply(&target, &events, Some(until))?;
+                let mut last = self.apply(&target, &events, Some(until))?;
                 projector = apply_started.elapsed();
                 let count = events.iter().take_while(|e| e.id() <= last).count();
+                // A read that came back short held every handled event up to the head: once
+                // they are all applied, the events after the last of them are passed over too.
+                if events.len() < limit && count == events.len() {
+                    last = head;
+                }
                 db.set_checkpoint(target.id, last)?;
                 Ok(Some((target, count, events.len(), last, head)))
             });

@@ -20,6 +20,7 @@ both_backends!(
     removing_a_replay_before_promote_drops_only_its_clone,
     random_lifecycle_sequences_keep_every_target_equal_to_the_fold_of_its_version,
     an_existing_laravel_event_store_is_used_as_it_is,
+    rebuilds_read_only_the_classes_a_projector_handles_and_still_reach_the_head,
 );
 
 fn full_lifecycle_ends_with_live_equal_to_the_v2_fold_served_by_the_same_daemon(backend: Backend) {
@@ -770,5 +771,58 @@ fn an_existing_laravel_event_store_is_used_as_it_is(backend: Backend) {
         &env.balances_v1("balances"),
         &fold_v1(&env.stored_events()),
         "after appending and redeploying",
+    );
+}
+
+/// A store of many classes: rebuilds leave out in the database the events the projector does
+/// not handle (namespaced handled classes still match, look-alike names do not), and still
+/// move their checkpoint to the head, also across batches of nothing but other classes and
+/// a history that ends with them.
+fn rebuilds_read_only_the_classes_a_projector_handles_and_still_reach_the_head(backend: Backend) {
+    let g = guests();
+    let env = Env::new(backend);
+    // Small batches, so that many reads come back full, short or empty.
+    env.write_config("rebuild_batch_size = 7\n");
+    let mut generator = Generator::new(12);
+    let others = |n: usize, seed: usize| -> Vec<NewEvent> {
+        (0..n)
+            .map(|i| {
+                let class = [
+                    "OrderPlaced",
+                    "App\\Orders\\OrderShipped",
+                    "App\\Events\\NotMoneyAdded",
+                    "MoneyAddedLater",
+                ][(i + seed) % 4];
+                NewEvent::new(class, Some("order-1"), json!({ "amount": "not a number" }))
+            })
+            .collect()
+    };
+    env.import(&others(20, 0));
+    env.import(&generator.open_accounts(10));
+    env.import(&others(30, 1));
+    env.import(&generator.money(100));
+    env.import(&others(25, 2));
+    env.import(&generator.money(50));
+    env.import(&others(40, 3));
+    let head = env.head();
+
+    env.deploy("balance", &g.balance_v1);
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&env.stored_events()),
+        "balances after a deploy over a store of many classes",
+    );
+    assert_eq!(env.projector("balance")["checkpoint"], head);
+
+    env.create_balance_replay("v2", &g.balance_v2);
+    let out = env.ok(&["replay", "start", "v2"]);
+    // Only the 160 balance events were read and handed over; the 115 others never left the
+    // database.
+    assert!(out.contains("applied 160 event(s); caught up"), "{out}");
+    assert_eq!(env.show("v2")["projectors"][0]["checkpoint"], head);
+    assert_same_rows(
+        &env.balances_v2(&env.clone_table("v2", "balances")),
+        &fold_v2(&env.stored_events()),
+        "the clone rebuilt from a store of many classes",
     );
 }

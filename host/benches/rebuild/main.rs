@@ -51,10 +51,11 @@ const ADD_MONEY: &str = "UPDATE native_balances SET balance = balance + $1, tran
 const SUBTRACT_MONEY: &str = "UPDATE native_balances SET balance = balance - $1, transaction_count = transaction_count + 1, last_activity = $2 WHERE account_uuid = $3";
 /// What two native rebuilds must agree on.
 const DIGEST: &str = "SELECT COUNT(*) || ' rows, balance ' || COALESCE(SUM(balance), 0) || ', transactions ' || COALESCE(SUM(transaction_count), 0) FROM native_balances";
-/// zdr's event read (`backend/sqlite/events.rs`), `$n` placeholders.
+/// zdr's rebuild read (`backend/sqlite/events.rs`): the classes balance handles, `$n` placeholders.
 const READ_EVENTS: &str = "SELECT id, aggregate_uuid, aggregate_version, COALESCE(event_version, 1), event_class, \
      COALESCE(event_properties, '{}'), COALESCE(meta_data, '{}'), COALESCE(CAST(created_at AS TEXT), '') \
-     FROM stored_events WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3";
+     FROM stored_events WHERE id > $1 AND id <= $2 \
+     AND event_class IN ('AccountOpened', 'MoneyAdded', 'MoneySubtracted') ORDER BY id LIMIT $3";
 
 /// Command-line arguments.
 #[derive(Parser)]
@@ -91,6 +92,10 @@ struct Args {
     /// (default 5 on PostgreSQL; 0 on SQLite, whose writers take turns).
     #[arg(long)]
     hold_ms: Option<u64>,
+    /// Percent of the money events replaced by events of a class the balance projector does
+    /// not handle (a store shared by many projectors).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100))]
+    other_classes: u64,
     /// PostgreSQL: also run the native rebuild split by aggregate into this many partitions,
     /// each on a thread and a connection of its own (events of one aggregate stay in order):
     /// what a partitioned replay could gain on this machine.
@@ -133,7 +138,7 @@ fn run(args: &Args) -> Result<(), String> {
     let work = tempfile::tempdir().map_err(|e| format!("creating a temporary folder: {e}"))?;
     let dir = work.path();
     let events = dir.join("events.jsonl");
-    write_history(&events, args.events)?;
+    write_history(&events, args.events, args.other_classes)?;
     std::fs::write(
         dir.join("zdr.toml"),
         format!("rebuild_batch_size = {}\n", args.batch),
@@ -550,8 +555,10 @@ fn path_str(path: &Path) -> String {
 }
 
 /// Writes the bank example's history as zdr's JSON lines: every account opened, then money
-/// added (70%) and subtracted (30%) at random, with a fixed seed.
-fn write_history(path: &Path, events: usize) -> Result<(), String> {
+/// added (70%) and subtracted (30%) at random, with a fixed seed; `other_percent` of those
+/// events are instead of classes the balance projector does not handle, as in a store shared
+/// by many projectors.
+fn write_history(path: &Path, events: usize, other_percent: u64) -> Result<(), String> {
     use std::io::Write;
     let file = std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut out = std::io::BufWriter::new(file);
@@ -578,6 +585,15 @@ fn write_history(path: &Path, events: usize) -> Result<(), String> {
     }
     for _ in accounts..events {
         let account = next() as usize % accounts;
+        if next() % 100 < other_percent {
+            write(
+                &mut out,
+                format!(
+                    "{{\"aggregate_uuid\":\"order-{account}\",\"event_class\":\"App\\\\Orders\\\\OrderPlaced\",\"event_properties\":{{\"lines\":3,\"note\":\"a payload of another domain, of about the size of the others\"}}}}\n"
+                ),
+            )?;
+            continue;
+        }
         let class = if next() % 10 < 3 {
             "MoneySubtracted"
         } else {
@@ -930,6 +946,7 @@ fn native_partition(
             "SELECT id, aggregate_uuid, event_class, COALESCE(event_properties, '{}')::TEXT, \
              COALESCE(CAST(created_at AS TEXT), '') \
              FROM stored_events WHERE id > $1 AND id <= $2 \
+             AND event_class IN ('AccountOpened', 'MoneyAdded', 'MoneySubtracted') \
              AND ($4 = 1 OR abs(hashtext(COALESCE(aggregate_uuid::TEXT, ''))) % $4 = $5) \
              ORDER BY id LIMIT $3",
         )

@@ -1108,6 +1108,7 @@ fn unexpected(i: usize, want: &str, got: Option<&Value>) -> StoreError {
 mod tests {
     use super::*;
     use crate::backend::testing::TestDatabase;
+    use crate::events::{NewEvent, ReadEvent};
     use crate::model::TableDecl;
 
     /// Every piece of bookkeeping, once, on `db`: what each backend must answer the same.
@@ -1242,6 +1243,92 @@ mod tests {
         );
         db.forget_worker("p", "host:1").expect("forget");
         assert!(db.worker_reports().expect("reports").is_empty());
+    }
+
+    /// The database's class filter lets through every event `Description::handles` accepts
+    /// (whole names and last segments, awkward characters included) and, for these names,
+    /// nothing else.
+    fn class_filter_matches_handles(db: &Db) {
+        db.init().expect("init");
+        let classes = [
+            "MoneyAdded",
+            "App\\Events\\MoneyAdded",
+            "Other\\MoneyAdded",
+            "NotMoneyAdded",
+            "App\\Events\\NotMoneyAdded",
+            "MoneyAddedLater",
+            "moneyadded",
+            "Money_Added",
+            "Per%Cent",
+            "App\\Per%Cent",
+            "App\\Orders\\Shipped",
+            "Shipped",
+            "Orders\\Shipped",
+        ];
+        let events: Vec<NewEvent> = classes
+            .iter()
+            .map(|class| NewEvent {
+                aggregate_uuid: Some("a".into()),
+                aggregate_version: None,
+                event_version: 1,
+                event_class: (*class).into(),
+                event_properties: "{}".into(),
+                meta_data: "{}".into(),
+                created_at: None,
+            })
+            .collect();
+        db.append_events(&events).expect("append");
+        let handles: Vec<String> = [
+            "MoneyAdded",
+            "Per%Cent",
+            "Money_Added",
+            "App\\Orders\\Shipped",
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let description = Description {
+            name: "p".into(),
+            version: "1".into(),
+            tables: vec![],
+            handles: handles.clone(),
+        };
+        let read: Vec<String> = db
+            .read_events_of(0, i64::MAX, 100, &handles)
+            .expect("read")
+            .iter()
+            .map(|e| match e {
+                ReadEvent::Event(event) => event.event_class.clone(),
+                ReadEvent::Undecodable(bad) => panic!("undecodable: {}", bad.reason),
+            })
+            .collect();
+        let expected: Vec<String> = classes
+            .iter()
+            .filter(|class| description.handles(class))
+            .map(|class| (*class).to_owned())
+            .collect();
+        assert_eq!(read, expected);
+        assert_eq!(
+            db.read_events_of(0, i64::MAX, 100, &[])
+                .expect("read")
+                .len(),
+            classes.len(),
+            "no classes: every event"
+        );
+    }
+
+    #[test]
+    fn the_class_filter_matches_what_a_projector_handles_on_sqlite() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let db =
+            Db::create(&format!("sqlite://{}", dir.path().join("zdr.db").display())).expect("open");
+        class_filter_matches_handles(&db);
+    }
+
+    #[test]
+    fn the_class_filter_matches_what_a_projector_handles_on_postgres() {
+        let test = TestDatabase::new("class_filter");
+        let db = Db::open(&test.url()).expect("open");
+        class_filter_matches_handles(&db);
     }
 
     #[test]

@@ -174,6 +174,20 @@ pub trait Store: Send + Sync {
         after: i64,
         up_to: i64,
         limit: usize,
+    ) -> Result<Vec<ReadEvent>, StoreError> {
+        self.read_events_of(after, up_to, limit, &[])
+    }
+    /// [`Store::read_events`], leaving out in the database the events a projector that
+    /// handles `classes` would pass over (none left out when `classes` is empty). The filter
+    /// may let through more than [`Description::handles`](crate::model::Description::handles)
+    /// accepts, never less; rows whose class is NULL or not text are always read, so that an
+    /// undecodable row still stops the projection.
+    fn read_events_of(
+        &self,
+        after: i64,
+        up_to: i64,
+        limit: usize,
+        classes: &[String],
     ) -> Result<Vec<ReadEvent>, StoreError>;
 
     /// Whether a table (or view, index…) with this physical name exists (`schema.name` or a

@@ -289,21 +289,28 @@ impl PgStore {
         after: i64,
         up_to: i64,
         limit: usize,
+        classes: &[String],
     ) -> Result<Vec<ReadEvent>, StoreError> {
+        // With no classes every event is read; otherwise a handled name matches the whole class
+        // or its last `\`-separated segment (`Description::handles`; chr(92) is `\`).
+        const READ: &str = "SELECT id, aggregate_uuid::text, aggregate_version::bigint, COALESCE(event_version, 1)::bigint, \
+             event_class::text, COALESCE(event_properties::text, '{}'), COALESCE(meta_data::text, '{}'), \
+             COALESCE(created_at::text, '') \
+             FROM stored_events WHERE id > $1 AND id <= $2 \
+             AND (cardinality($4::text[]) = 0 OR event_class IS NULL OR EXISTS \
+             (SELECT 1 FROM unnest($4::text[]) AS handled(name) WHERE event_class::text = handled.name \
+             OR right(event_class::text, length(handled.name) + 1) = chr(92) || handled.name)) \
+             ORDER BY id LIMIT $3";
         let mut conn = lock(&self.conn);
         let rows = self
             .rt
             .block_on(
-                sqlx::query(
-                    "SELECT id, aggregate_uuid::text, aggregate_version::bigint, COALESCE(event_version, 1)::bigint, \
-                     event_class::text, COALESCE(event_properties::text, '{}'), COALESCE(meta_data::text, '{}'), \
-                     COALESCE(created_at::text, '') \
-                     FROM stored_events WHERE id > $1 AND id <= $2 ORDER BY id LIMIT $3",
-                )
-                .bind(after)
-                .bind(up_to)
-                .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-                .fetch_all(&mut *conn),
+                sqlx::query(READ)
+                    .bind(after)
+                    .bind(up_to)
+                    .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+                    .bind(classes)
+                    .fetch_all(&mut *conn),
             )
             .context("reading events")?;
         rows.iter()

@@ -700,13 +700,14 @@ impl Store for PgStore {
         self.late()
     }
 
-    fn read_events(
+    fn read_events_of(
         &self,
         after: i64,
         up_to: i64,
         limit: usize,
+        classes: &[String],
     ) -> Result<Vec<ReadEvent>, StoreError> {
-        self.read(after, up_to, limit)
+        self.read(after, up_to, limit, classes)
     }
 
     fn object_exists(&self, name: &str) -> Result<bool, StoreError> {

@@ -50,22 +50,58 @@ impl SqliteStore {
         after: i64,
         up_to: i64,
         limit: usize,
+        classes: &[String],
     ) -> Result<Vec<ReadEvent>, StoreError> {
+        const COLUMNS: &str = "SELECT id, aggregate_uuid, aggregate_version, COALESCE(event_version, 1), event_class, \
+             COALESCE(event_properties, '{}'), COALESCE(meta_data, '{}'), COALESCE(CAST(created_at AS TEXT), '') \
+             FROM stored_events WHERE id > ?1 AND id <= ?2";
         let conn = lock(&self.conn);
+        // A very long list would pass SQLite's bounds on a statement's expression depth: read
+        // every event then, and let the projection pass over the others as it always can.
+        if classes.is_empty() || classes.len() > MAX_FILTERED_CLASSES {
+            let mut stmt = conn
+                .prepare_cached(&format!("{COLUMNS} ORDER BY id LIMIT ?3"))
+                .context("preparing the event read")?;
+            let rows = stmt
+                .query_map(params![after, up_to, limit as i64], decode_event)
+                .context("reading events")?;
+            return rows
+                .collect::<Result<Vec<_>, _>>()
+                .context("reading events");
+        }
+        // A handled name matches the whole class or its last `\`-separated segment
+        // (`Description::handles`). One placeholder per name: the statement is cached per
+        // projector's list, and SQLite compares plain values (a JSON list of names was parsed
+        // again for every row).
+        // Whole names first, the cheap test that most rows pass by.
+        let names = 4..4 + classes.len();
+        let whole: Vec<String> = names.clone().map(|n| format!("?{n}")).collect();
+        let mut filter = format!("event_class IN ({})", whole.join(", "));
+        for n in names {
+            filter.push_str(&format!(
+                " OR substr(event_class, -length(?{n}) - 1) = '\\' || ?{n}"
+            ));
+        }
+        filter.push_str(" OR event_class IS NULL OR typeof(event_class) <> 'text'");
         let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, aggregate_uuid, aggregate_version, COALESCE(event_version, 1), event_class, \
-                 COALESCE(event_properties, '{}'), COALESCE(meta_data, '{}'), COALESCE(CAST(created_at AS TEXT), '') \
-                 FROM stored_events WHERE id > ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
-            )
+            .prepare_cached(&format!("{COLUMNS} AND ({filter}) ORDER BY id LIMIT ?3"))
             .context("preparing the event read")?;
+        let mut values: Vec<rusqlite::types::Value> = vec![
+            after.into(),
+            up_to.into(),
+            i64::try_from(limit).unwrap_or(i64::MAX).into(),
+        ];
+        values.extend(classes.iter().map(|c| c.clone().into()));
         let rows = stmt
-            .query_map(params![after, up_to, limit as i64], decode_event)
+            .query_map(rusqlite::params_from_iter(values), decode_event)
             .context("reading events")?;
         rows.collect::<Result<Vec<_>, _>>()
             .context("reading events")
     }
 }
+
+/// The most handled classes a read filters on in SQL (see [`SqliteStore::read`]).
+const MAX_FILTERED_CLASSES: usize = 100;
 
 /// Decodes one row of the event read; a column of the wrong type or text that is not UTF-8
 /// makes the row [`ReadEvent::Undecodable`] with the reason.

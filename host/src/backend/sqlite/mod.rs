@@ -433,13 +433,14 @@ impl Store for SqliteStore {
         Ok(Vec::new())
     }
 
-    fn read_events(
+    fn read_events_of(
         &self,
         after: i64,
         up_to: i64,
         limit: usize,
+        classes: &[String],
     ) -> Result<Vec<ReadEvent>, StoreError> {
-        self.read(after, up_to, limit)
+        self.read(after, up_to, limit, classes)
     }
 
     fn object_exists(&self, name: &str) -> Result<bool, StoreError> {
