@@ -20,6 +20,7 @@ both_backends!(
     replay_run_without_a_daemon_stops_at_a_failed_check_and_carries_on_when_run_again,
     other_code_under_the_live_version_is_refused_unless_allowed,
     a_projectors_own_check_runs_read_only_on_the_clone_and_refuses_what_it_finds_wrong,
+    a_check_that_traps_refuses_the_promote_and_leaves_live_serving,
 );
 
 /// The accounts the tests open.
@@ -474,4 +475,69 @@ fn a_projectors_own_check_runs_read_only_on_the_clone_and_refuses_what_it_finds_
     );
     assert!(out.contains("promoted balance version 3"), "{out}");
     assert_eq!(env.projector("balance")["version"], "3");
+}
+
+/// A projector's check that crashes (a trap) is a failed check, never a crash of zdr: the
+/// promote is refused with the trap named, live keeps its version and goes on serving, and
+/// with --force the promote still goes through on a fresh instance.
+fn a_check_that_traps_refuses_the_promote_and_leaves_live_serving(backend: Backend) {
+    let g = guests();
+    let env = Env::new(backend);
+    let mut generator = Generator::new(22);
+    env.import(&generator.open_accounts(4));
+    // `balance-off`'s check traps when this nameless account is in the read model.
+    env.import(&[NewEvent::new(
+        "AccountOpened",
+        Some("acct-trap"),
+        json!({ "name": "" }),
+    )]);
+    env.import(&generator.money(40));
+    env.deploy("balance", &g.balance_v1);
+    let daemon = env.serve();
+    env.wait_live("balance", "1");
+    env.create_balance_replay("trap", &g.balance_off);
+    env.ok(&["replay", "start", "trap"]);
+    env.ok(&["replay", "project", "trap"]);
+
+    // The operator's check passes, so the refusal is the trapped check's alone.
+    let err = env.fail(&[
+        "replay",
+        "promote",
+        "trap",
+        "--expect-same",
+        "balances:name",
+    ]);
+    assert!(err.contains("passed: --expect-same balances:name"), "{err}");
+    assert!(
+        err.contains("FAILED: the check exported by balance version 3"),
+        "{err}"
+    );
+    assert!(
+        err.contains("the check could not run: the projector trapped"),
+        "the refusal says the check trapped:\n{err}"
+    );
+    assert!(err.contains("--force"), "{err}");
+    assert_eq!(env.show("trap")["state"], "projecting");
+    assert_eq!(env.projector("balance")["version"], "1");
+
+    // Live keeps serving after the trap, and the clone keeps up with it.
+    env.import(&generator.money(20));
+    env.wait_live("balance", "1");
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&env.stored_events()),
+        "live after a trapped check",
+    );
+
+    let out = env.ok(&[
+        "replay",
+        "promote",
+        "trap",
+        "--expect-same",
+        "balances:name",
+        "--force",
+    ]);
+    assert!(out.contains("promoted balance version 3"), "{out}");
+    assert_eq!(env.projector("balance")["version"], "3");
+    daemon.stop();
 }

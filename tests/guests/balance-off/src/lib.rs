@@ -9,7 +9,8 @@
 //!
 //! It implements the `checked-projector` world: its `check` (run by `promote --verify` on the
 //! clone) refuses a read model where an account has no holder's name, and first makes sure the
-//! host does not let a check write.
+//! host does not let a check write. A nameless account named `acct-trap` makes it trap instead
+//! (a panic is a trap in a guest), so the tests can see the host contain a check that crashes.
 
 mod bindings {
     //! Bindings for the `checked-projector` world, generated from the repository's WIT.
@@ -52,6 +53,8 @@ const SUBTRACT_MONEY: &str = "UPDATE balances SET balance = balance - $1, transa
 /// The accounts without a holder's name, the first few: what `check` looks for.
 const NAMELESS: &str =
     "SELECT account_uuid FROM balances WHERE name = '' ORDER BY account_uuid LIMIT 5";
+/// The nameless account whose presence makes `check` trap.
+const TRAP_ACCOUNT: &str = "acct-trap";
 /// A write `check` tries, which the host must deny.
 const WRITE_IN_CHECK: &str = "UPDATE balances SET balance = balance WHERE account_uuid = ''";
 
@@ -145,6 +148,9 @@ impl bindings::Guest for BalanceOff {
                     _ => None,
                 })
                 .collect();
+            if accounts.iter().any(|account| account == TRAP_ACCOUNT) {
+                panic!("check traps on purpose: {TRAP_ACCOUNT} is in the read model");
+            }
             if accounts.is_empty() {
                 Ok(())
             } else {
