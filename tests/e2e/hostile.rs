@@ -263,6 +263,11 @@ fn invalid_components(env: &Env) -> Vec<Case> {
             ],
         ),
         case(
+            "a component whose check export has the wrong type",
+            built("check_wrong_type"),
+            &["the component exports `check`, but not as `func() -> result<_, string>`"],
+        ),
+        case(
             "describe() panics",
             built("describe_traps"),
             &["the projector trapped"],
