@@ -65,28 +65,27 @@ impl Percentiles {
     }
 }
 
-/// The database connections the live run needs, per backend.
+/// Where the live run's connections come from: one per writer, reader and the observer.
 pub trait LiveDatabase: Send + Sync {
-    /// Appends `accounts.len()` events in one transaction, holding it open for `hold` before
-    /// the commit; returns their ids.
-    fn append(
-        &self,
-        conn: &mut Connection,
-        accounts: &[usize],
-        hold: Duration,
-    ) -> Result<Vec<i64>, String>;
-    /// The live `balance` target's checkpoint.
-    fn live_checkpoint(&self, conn: &mut Connection) -> Result<i64, String>;
-    /// What an application reads: one query over the whole read model.
-    fn read_model(&self, conn: &mut Connection) -> Result<(), String>;
-    fn connect(&self) -> Result<Connection, String>;
+    fn connect(&self) -> Result<Box<dyn LiveConnection>, String>;
 }
 
-/// A connection of either backend.
-pub enum Connection {
-    Sqlite(rusqlite::Connection),
-    Postgres(Box<postgres::Client>),
+/// What the live run does on a connection, per backend.
+pub trait LiveConnection {
+    /// Appends one event per account in `accounts` in one transaction, holding it open for
+    /// `hold` before the commit; returns their ids.
+    fn append(&mut self, accounts: &[usize], hold: Duration) -> Result<Vec<i64>, String>;
+    /// The live `balance` target's checkpoint.
+    fn live_checkpoint(&mut self) -> Result<i64, String>;
+    /// What an application reads: one query over the whole read model.
+    fn read_model(&mut self) -> Result<(), String>;
 }
+
+/// The live target's checkpoint, on either backend.
+const LIVE_CHECKPOINT: &str =
+    "SELECT checkpoint FROM zdr_targets WHERE projector = 'balance' AND role = 'live'";
+/// The readers' query, on either backend.
+const READ_MODEL: &str = "SELECT COUNT(*), SUM(balance) FROM balances";
 
 /// Runs the live scenario on the database at `url` where balance v1 is deployed; `zdr` runs
 /// the CLI (serve, replay) on it.
@@ -131,7 +130,7 @@ pub fn run(
                         account
                     })
                     .collect();
-                let ids = db.append(&mut conn, &batch, hold)?;
+                let ids = conn.append(&batch, hold)?;
                 appended += ids.len();
                 if commits.send((ids, Instant::now())).is_err() {
                     break;
@@ -163,7 +162,7 @@ pub fn run(
                         }
                     }
                 }
-                let checkpoint = db.live_checkpoint(&mut conn)?;
+                let checkpoint = conn.live_checkpoint()?;
                 let seen = Instant::now();
                 while let Some((&id, &at)) = pending.first_key_value() {
                     if id > checkpoint {
@@ -216,7 +215,7 @@ pub fn run(
                 let mut reads = Vec::new();
                 while reading.load(Ordering::Relaxed) {
                     let started = Instant::now();
-                    db.read_model(&mut conn)?;
+                    conn.read_model()?;
                     reads.push((started, Instant::now()));
                 }
                 Ok(reads)
@@ -305,25 +304,19 @@ pub struct SqliteLive {
 }
 
 impl LiveDatabase for SqliteLive {
-    fn connect(&self) -> Result<Connection, String> {
+    fn connect(&self) -> Result<Box<dyn LiveConnection>, String> {
         let conn =
             rusqlite::Connection::open(&self.path).map_err(|e| format!("{}: {e}", self.path))?;
         conn.busy_timeout(Duration::from_secs(30))
             .map_err(|e| format!("{}: {e}", self.path))?;
-        Ok(Connection::Sqlite(conn))
+        Ok(Box::new(conn))
     }
+}
 
-    fn append(
-        &self,
-        conn: &mut Connection,
-        accounts: &[usize],
-        hold: Duration,
-    ) -> Result<Vec<i64>, String> {
-        let Connection::Sqlite(conn) = conn else {
-            return Err("not a SQLite connection".into());
-        };
+impl LiveConnection for rusqlite::Connection {
+    fn append(&mut self, accounts: &[usize], hold: Duration) -> Result<Vec<i64>, String> {
         let fail = |e: rusqlite::Error| format!("appending: {e}");
-        let tx = conn
+        let tx = self
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
             .map_err(fail)?;
         let mut ids = Vec::with_capacity(accounts.len());
@@ -341,28 +334,14 @@ impl LiveDatabase for SqliteLive {
         Ok(ids)
     }
 
-    fn live_checkpoint(&self, conn: &mut Connection) -> Result<i64, String> {
-        let Connection::Sqlite(conn) = conn else {
-            return Err("not a SQLite connection".into());
-        };
-        conn.query_row(
-            "SELECT checkpoint FROM zdr_targets WHERE projector = 'balance' AND role = 'live'",
-            [],
-            |row| row.get(0),
-        )
-        .map_err(|e| format!("reading the live checkpoint: {e}"))
+    fn live_checkpoint(&mut self) -> Result<i64, String> {
+        self.query_row(LIVE_CHECKPOINT, [], |row| row.get(0))
+            .map_err(|e| format!("reading the live checkpoint: {e}"))
     }
 
-    fn read_model(&self, conn: &mut Connection) -> Result<(), String> {
-        let Connection::Sqlite(conn) = conn else {
-            return Err("not a SQLite connection".into());
-        };
-        conn.query_row(
-            "SELECT COUNT(*), SUM(balance) FROM balances",
-            [],
-            |_| Ok(()),
-        )
-        .map_err(|e| format!("a reader's query failed: {e}"))
+    fn read_model(&mut self) -> Result<(), String> {
+        self.query_row(READ_MODEL, [], |_| Ok(()))
+            .map_err(|e| format!("a reader's query failed: {e}"))
     }
 }
 
@@ -372,23 +351,17 @@ pub struct PostgresLive {
 }
 
 impl LiveDatabase for PostgresLive {
-    fn connect(&self) -> Result<Connection, String> {
+    fn connect(&self) -> Result<Box<dyn LiveConnection>, String> {
         postgres::Client::connect(&self.url, postgres::NoTls)
-            .map(|client| Connection::Postgres(Box::new(client)))
+            .map(|client| Box::new(client) as Box<dyn LiveConnection>)
             .map_err(|e| format!("{}: {e}", self.url))
     }
+}
 
-    fn append(
-        &self,
-        conn: &mut Connection,
-        accounts: &[usize],
-        hold: Duration,
-    ) -> Result<Vec<i64>, String> {
-        let Connection::Postgres(client) = conn else {
-            return Err("not a PostgreSQL connection".into());
-        };
+impl LiveConnection for postgres::Client {
+    fn append(&mut self, accounts: &[usize], hold: Duration) -> Result<Vec<i64>, String> {
         let fail = |e: postgres::Error| format!("appending: {e}");
-        let mut tx = client.transaction().map_err(fail)?;
+        let mut tx = self.transaction().map_err(fail)?;
         let mut ids = Vec::with_capacity(accounts.len());
         for account in accounts {
             let row = tx
@@ -405,25 +378,14 @@ impl LiveDatabase for PostgresLive {
         Ok(ids)
     }
 
-    fn live_checkpoint(&self, conn: &mut Connection) -> Result<i64, String> {
-        let Connection::Postgres(client) = conn else {
-            return Err("not a PostgreSQL connection".into());
-        };
-        client
-            .query_one(
-                "SELECT checkpoint FROM zdr_targets WHERE projector = 'balance' AND role = 'live'",
-                &[],
-            )
+    fn live_checkpoint(&mut self) -> Result<i64, String> {
+        self.query_one(LIVE_CHECKPOINT, &[])
             .map(|row| row.get(0))
             .map_err(|e| format!("reading the live checkpoint: {e}"))
     }
 
-    fn read_model(&self, conn: &mut Connection) -> Result<(), String> {
-        let Connection::Postgres(client) = conn else {
-            return Err("not a PostgreSQL connection".into());
-        };
-        client
-            .query_one("SELECT COUNT(*), SUM(balance) FROM balances", &[])
+    fn read_model(&mut self) -> Result<(), String> {
+        self.query_one(READ_MODEL, &[])
             .map(drop)
             .map_err(|e| format!("a reader's query failed: {e}"))
     }

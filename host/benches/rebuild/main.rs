@@ -166,16 +166,7 @@ fn run(args: &Args) -> Result<(), String> {
         let url = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
         build.run(&url, &["init"])?;
         build.run(&url, &["projector", "deploy", "balance", &path_str(&v1)])?;
-        build.run(
-            &url,
-            &[
-                "replay",
-                "create",
-                "v2",
-                "--projector",
-                &format!("balance={}", path_str(&v2)),
-            ],
-        )?;
+        build.create_replay(&url, &v2)?;
     }
 
     // The history is imported once; each run starts from a copy of it.
@@ -209,16 +200,7 @@ fn run(args: &Args) -> Result<(), String> {
             let url = backend.copy(&copy)?;
             let deploy = zdr.timed(&url, &["projector", "deploy", "balance", &path_str(&v1)])?;
             samples.push(deploy.into_sample(deploy_label));
-            zdr.run(
-                &url,
-                &[
-                    "replay",
-                    "create",
-                    "v2",
-                    "--projector",
-                    &format!("balance={}", path_str(&v2)),
-                ],
-            )?;
+            zdr.create_replay(&url, &v2)?;
             let replay = zdr.timed(&url, &["replay", "start", "v2"])?;
             samples.push(replay.into_sample(replay_label));
             backend.drop_copy(&copy)?;
@@ -475,6 +457,12 @@ impl Zdr {
             ));
         }
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Creates replay `v2` of balance with the component at `v2`.
+    fn create_replay(&self, url: &str, v2: &Path) -> Result<String, String> {
+        let projector = format!("balance={}", path_str(v2));
+        self.run(url, &["replay", "create", "v2", "--projector", &projector])
     }
 
     /// Runs a command that must succeed, with its wall time and peak resident memory.

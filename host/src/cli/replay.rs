@@ -459,7 +459,6 @@ impl ReplayCommand {
     }
 }
 
-/// Reads `--projector NAME=FILE.wasm` arguments and their files.
 /// The signature the rebuild commands share: `start`, `project` and `rollback` each apply
 /// events in batches of the rebuild size and report progress.
 type RebuildStep<T> = fn(
@@ -495,6 +494,7 @@ async fn rebuild_with_progress<T: Send + 'static>(
     .await
 }
 
+/// Reads `--projector NAME=FILE.wasm` arguments and their files.
 fn component_specs(args: &[String]) -> anyhow::Result<Vec<ComponentSpec>> {
     let mut specs = Vec::new();
     for arg in args {

@@ -72,8 +72,7 @@ impl SqliteStore {
         // A handled name matches the whole class or its last `\`-separated segment
         // (`Description::handles`). One placeholder per name: the statement is cached per
         // projector's list, and SQLite compares plain values (a JSON list of names was parsed
-        // again for every row).
-        // Whole names first, the cheap test that most rows pass by.
+        // again for every row). Whole names first, the cheap test most rows pass by.
         let names = 4..4 + classes.len();
         let whole: Vec<String> = names.clone().map(|n| format!("?{n}")).collect();
         let mut filter = format!("event_class IN ({})", whole.join(", "));
