@@ -24,9 +24,11 @@ use std::time::{Duration, Instant};
 
 use crate::backend::{Db, DbError, StoreError};
 use crate::config::FailurePolicy;
-use crate::events::ReadEvent;
+use crate::events::{Event, ReadEvent};
 use crate::model::{Description, Role, Target};
-use crate::runtime::{GuestError, Instance, LoadedComponent, Runtime};
+use crate::runtime::{
+    Contract, GuestError, Instance, LoadedComponent, MAX_EVENTS_PER_CALL, Runtime,
+};
 
 /// Events per transaction: large enough to amortise the commit, small enough that the write
 /// lock is held for milliseconds and a failed batch costs little to redo.
@@ -108,6 +110,20 @@ pub enum ProjectionError {
         /// What is wrong with it.
         reason: String,
     },
+    /// A run of events given in one `handle-events` call failed inside a rebuild's batch. The
+    /// batch is rolled back and run again with the run's events one per call, which names the
+    /// event that fails: [`Projection::catch_up`] handles this and never returns it.
+    #[error("a run of events of projector {projector} ending at event {through} failed: {message}")]
+    RunFailed {
+        /// Projector name.
+        projector: String,
+        /// The target the run was given to.
+        target_id: i64,
+        /// The id of the run's last event.
+        through: i64,
+        /// How the run failed.
+        message: String,
+    },
     /// The target is stopped at a recorded failure.
     #[error("projector {projector} ({target}) is stopped at event {event_id}: {message}")]
     Stopped {
@@ -180,7 +196,7 @@ pub struct Progress {
 pub struct CatchUpTime {
     /// Reading the head and the events.
     pub reading: Duration,
-    /// The projector's `handle-event` calls, with the statements they ran.
+    /// The projector's `handle-events` calls, with the statements they ran.
     pub projector: Duration,
     /// The rest of each transaction: beginning it, the checkpoint and the commit.
     pub committing: Duration,
@@ -227,6 +243,22 @@ pub enum LiveBatch {
     },
 }
 
+/// The savepoint a run of events given in one `handle-events` call is written under.
+const RUN_SAVEPOINT: &str = "zdr_events";
+
+/// The connection dropped while a guest's statement ran: not the projector's failure; the
+/// batch is retried once reconnected.
+fn connection_lost(target: &Target, event_id: i64, lost: &DbError) -> ProjectionError {
+    StoreError::ConnectionLost {
+        context: format!(
+            "running a statement of projector {} on event {event_id}",
+            target.projector
+        ),
+        message: lost.to_string(),
+    }
+    .into()
+}
+
 /// A short name for a target in messages.
 pub fn target_label(target: &Target) -> String {
     match (target.role, &target.replay_key) {
@@ -269,6 +301,23 @@ pub struct Projection<'a> {
     /// The events skipped on a target, by target id, with the largest skipped id they were
     /// read for.
     skipped: HashMap<i64, (i64, Vec<i64>)>,
+    /// How a failed run of events is undone before its events are given again one at a time.
+    run_undo: RunUndo,
+    /// Per target id, the last event of a run that failed in a rebuild's batch: up to it,
+    /// events go one per call when the batch runs again.
+    one_at_a_time_through: HashMap<i64, i64>,
+}
+
+/// How [`Projection::give`] undoes a run of events that failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RunUndo {
+    /// Under a savepoint per run, rolled back on failure: for a caller's transaction zdr
+    /// cannot run again (a switch under the lock).
+    Savepoint,
+    /// By failing the whole batch ([`ProjectionError::RunFailed`]), which the rebuild runs
+    /// again: nothing to pay while runs succeed (a savepoint journals every page a run
+    /// touches; on SQLite that cost a fifth of a rebuild's time).
+    RetryBatch,
 }
 
 impl<'a> Projection<'a> {
@@ -281,6 +330,8 @@ impl<'a> Projection<'a> {
             versions: HashMap::new(),
             instances: HashMap::new(),
             skipped: HashMap::new(),
+            run_undo: RunUndo::Savepoint,
+            one_at_a_time_through: HashMap::new(),
         }
     }
 
@@ -411,6 +462,9 @@ impl<'a> Projection<'a> {
     /// event an operator let this target skip, are passed over. Returns the id of the last
     /// event applied or passed over (the target's checkpoint when none was).
     ///
+    /// The handled events go to the guest in runs of up to [`MAX_EVENTS_PER_CALL`] (one
+    /// `handle-events` call each on a 0.2.0 component); see [`Projection::give`].
+    ///
     /// # Errors
     /// [`ProjectionError::Guest`] or [`ProjectionError::BadEvent`] naming the event.
     pub fn apply(
@@ -422,6 +476,9 @@ impl<'a> Projection<'a> {
         let description = self.loaded(target)?.description.clone();
         let skipped = self.skipped(target)?.to_vec();
         let mut last = target.checkpoint;
+        // Handled events not yet given to the guest; all of them come before `last`, and they
+        // are given before this returns.
+        let mut run: Vec<&Event> = Vec::new();
         for row in events {
             if until.is_some_and(|until| Instant::now() >= until) {
                 break;
@@ -434,37 +491,10 @@ impl<'a> Projection<'a> {
             }
             match row {
                 ReadEvent::Event(event) if description.handles(&event.event_class) => {
-                    let instance = self.instance(target)?;
-                    let outcome = instance.handle_event(event);
-                    // Asked even when the guest failed, so the next event starts clean.
-                    let aborted = instance.take_aborted();
-                    if let Some(lost) = aborted.as_ref().filter(|e| e.is_connection_lost()) {
-                        // Not the projector's failure: the batch is retried once reconnected.
-                        return Err(StoreError::ConnectionLost {
-                            context: format!(
-                                "running a statement of projector {} on event {id}",
-                                target.projector
-                            ),
-                            message: lost.to_string(),
-                        }
-                        .into());
-                    }
-                    let retryable = aborted.as_ref().is_some_and(DbError::is_transient);
-                    let error = match (outcome, aborted) {
-                        (Err(error), _) => Some(error),
-                        (Ok(()), Some(database)) => {
-                            Some(GuestError::Swallowed(database.to_string()))
-                        }
-                        (Ok(()), None) => None,
-                    };
-                    if let Some(error) = error {
-                        return Err(ProjectionError::Guest {
-                            projector: target.projector.clone(),
-                            target: target_label(target),
-                            event_id: id,
-                            error,
-                            retryable,
-                        });
+                    run.push(event);
+                    if run.len() == MAX_EVENTS_PER_CALL {
+                        self.give(target, &run)?;
+                        run.clear();
                     }
                 }
                 ReadEvent::Event(_) => {}
@@ -474,6 +504,8 @@ impl<'a> Projection<'a> {
                         .as_deref()
                         .is_none_or(|class| description.handles(class));
                     if handled {
+                        // The events before it come first: one of them may be what fails.
+                        self.give(target, &run)?;
                         return Err(ProjectionError::BadEvent {
                             projector: target.projector.clone(),
                             target: target_label(target),
@@ -485,7 +517,110 @@ impl<'a> Projection<'a> {
             }
             last = id;
         }
+        self.give(target, &run)?;
         Ok(last)
+    }
+
+    /// Gives a run of handled events to `target`'s instance inside the caller's transaction.
+    ///
+    /// A 0.2.0 component gets them in one `handle-events` call. When that call fails in any
+    /// way (the guest's error, a trap, a statement that failed and aborted the transaction),
+    /// what it wrote is undone, the instance is replaced by a fresh one (the old one may hold
+    /// state of the undone writes), and the same events are given again one per call: the
+    /// event that fails is then known exactly. In a rebuild ([`RunUndo::RetryBatch`]) the
+    /// whole batch is rolled back and run again; elsewhere the run is rolled back to a
+    /// savepoint and its events given again at once. A failure that does not come back one
+    /// at a time (a run that ran out of its deadline, say) leaves the events applied one by
+    /// one.
+    fn give(&mut self, target: &Target, events: &[&Event]) -> Result<(), ProjectionError> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return Ok(());
+        };
+        let again = self
+            .one_at_a_time_through
+            .get(&target.id)
+            .is_some_and(|through| first.id <= *through);
+        let instance = self.instance(target)?;
+        if events.len() == 1 || again || instance.contract() == Contract::V0_1 {
+            return self.give_one_by_one(target, events);
+        }
+        let savepoint = self.run_undo == RunUndo::Savepoint;
+        if savepoint {
+            self.db.savepoint(RUN_SAVEPOINT)?;
+        }
+        let instance = self.instance(target)?;
+        let outcome = instance.handle_events(events);
+        let aborted = instance.take_aborted();
+        if let Some(lost) = aborted.as_ref().filter(|e| e.is_connection_lost()) {
+            return Err(connection_lost(target, events[0].id, lost));
+        }
+        let failure = match (outcome, aborted) {
+            (Ok(()), None) => {
+                if savepoint {
+                    self.db.release(RUN_SAVEPOINT)?;
+                }
+                return Ok(());
+            }
+            (Err(failure), _) => {
+                let named = failure.index.map(|index| events[index].id);
+                (named, failure.error.to_string())
+            }
+            (Ok(()), Some(database)) => (
+                None,
+                GuestError::Swallowed(database.to_string()).to_string(),
+            ),
+        };
+        self.instances.remove(&(target.id, target.role));
+        if !savepoint {
+            return Err(ProjectionError::RunFailed {
+                projector: target.projector.clone(),
+                target_id: target.id,
+                through: last.id,
+                message: failure.1,
+            });
+        }
+        self.db.rollback_to(RUN_SAVEPOINT)?;
+        tracing::debug!(projector = %target.projector, target = %target_label(target), events = events.len(),
+            "a run of events failed ({}); giving them again one at a time to name the event", failure.1);
+        self.give_one_by_one(target, events)?;
+        tracing::warn!(projector = %target.projector, target = %target_label(target),
+            named_event = failure.0, "a run of {} events failed ({}), but each event succeeded alone; \
+             they are applied one by one", events.len(), failure.1);
+        Ok(())
+    }
+
+    /// Gives events to `target`'s instance one per call; the first that fails is named.
+    fn give_one_by_one(
+        &mut self,
+        target: &Target,
+        events: &[&Event],
+    ) -> Result<(), ProjectionError> {
+        for event in events {
+            let id = event.id;
+            let instance = self.instance(target)?;
+            let outcome = instance.handle_events(std::slice::from_ref(event));
+            // Asked even when the guest failed, so the next event starts clean.
+            let aborted = instance.take_aborted();
+            if let Some(lost) = aborted.as_ref().filter(|e| e.is_connection_lost()) {
+                return Err(connection_lost(target, id, lost));
+            }
+            let retryable = aborted.as_ref().is_some_and(DbError::is_transient);
+            let error = match (outcome, aborted) {
+                (Err(failure), _) => Some(failure.error),
+                (Ok(()), Some(database)) => Some(GuestError::Swallowed(database.to_string())),
+                (Ok(()), None) => None,
+            };
+            if let Some(error) = error {
+                return Err(ProjectionError::Guest {
+                    projector: target.projector.clone(),
+                    target: target_label(target),
+                    event_id: id,
+                    error,
+                    retryable,
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Brings `target` to `head` inside the caller's transaction (the last gap before a switch
@@ -534,6 +669,24 @@ impl<'a> Projection<'a> {
         // 250 ms; reading what will not be applied is wasted).
         let mut limit = self.batch_size;
         let mut time = CatchUpTime::default();
+        // A failed run fails the batch, which is run again below: no savepoint per run.
+        self.run_undo = RunUndo::RetryBatch;
+        let outcome =
+            self.catch_up_batches(target_id, &mut limit, &mut time, &mut applied, progress);
+        self.run_undo = RunUndo::Savepoint;
+        self.one_at_a_time_through.remove(&target_id);
+        outcome.map(|()| applied)
+    }
+
+    /// The batches of [`Projection::catch_up`], until the head.
+    fn catch_up_batches(
+        &mut self,
+        target_id: i64,
+        limit: &mut usize,
+        time: &mut CatchUpTime,
+        applied: &mut u64,
+        progress: &mut dyn FnMut(&Target, Progress),
+    ) -> Result<(), ProjectionError> {
         loop {
             let db = self.db;
             let batch_started = Instant::now();
@@ -556,7 +709,7 @@ impl<'a> Projection<'a> {
                 let classes = self.loaded(&target)?.description.handles.clone();
                 let read_started = Instant::now();
                 let head = db.head()?;
-                let events = db.read_events_of(target.checkpoint, head, limit, &classes)?;
+                let events = db.read_events_of(target.checkpoint, head, *limit, &classes)?;
                 reading = read_started.elapsed();
                 if events.is_empty() {
                     if target.checkpoint >= head {
@@ -573,17 +726,17 @@ impl<'a> Projection<'a> {
                 let count = events.iter().take_while(|e| e.id() <= last).count();
                 // A read that came back short held every handled event up to the head: once
                 // they are all applied, the events after the last of them are passed over too.
-                if events.len() < limit && count == events.len() {
+                if events.len() < *limit && count == events.len() {
                     last = head;
                 }
                 db.set_checkpoint(target.id, last)?;
                 Ok(Some((target, count, events.len(), last, head)))
             });
             match batch {
-                Ok(None) => return Ok(applied),
+                Ok(None) => return Ok(()),
                 Ok(Some((target, count, read, last, head))) => {
-                    limit = next_read_limit(limit, count, read, self.batch_size);
-                    applied += count as u64;
+                    *limit = next_read_limit(*limit, count, read, self.batch_size);
+                    *applied += count as u64;
                     time.reading += reading;
                     time.projector += projector;
                     time.committing += batch_started.elapsed().saturating_sub(reading + projector);
@@ -592,10 +745,25 @@ impl<'a> Projection<'a> {
                         Progress {
                             checkpoint: last,
                             head,
-                            applied,
-                            time,
+                            applied: *applied,
+                            time: *time,
                         },
                     );
+                }
+                Err(ProjectionError::RunFailed {
+                    projector,
+                    target_id,
+                    through,
+                    message,
+                }) => {
+                    // The batch rolled back; it runs again with the run's events one per
+                    // call, and the one that fails is then named.
+                    tracing::info!(
+                        projector,
+                        through,
+                        "a run of events failed ({message}); running the batch again with its events one at a time"
+                    );
+                    self.one_at_a_time_through.insert(target_id, through);
                 }
                 Err(err) => {
                     self.record_or_log(target_id, &err);

@@ -8,7 +8,7 @@
 /** The event classes every balance projector handles, by short name. */
 export const HANDLED_CLASSES = ["AccountOpened", "MoneyAdded", "MoneySubtracted"];
 
-/** The answer to `handle-event` before the host has handed over a connection. */
+/** The answer to `handle-events` before the host has handed over a connection. */
 export const NO_CONNECTION = "no connection: use-connection was not called";
 
 /**
@@ -82,10 +82,39 @@ export function describeError(error) {
   return sqlstate ? `${kind}: ${message} (SQLSTATE ${sqlstate})` : `${kind}: ${message}`;
 }
 
+/**
+ * Runs `apply(event)` on each event in order, for `handle-events`. A failure (a thrown message)
+ * becomes the contract's `event-failure`, naming the event by its position in `events`: the
+ * generated export turns a thrown plain object into the `err` payload (a thrown value with a
+ * `payload` property gives that payload instead, and a thrown `Error` without one traps).
+ */
+export function eachEvent(events, apply) {
+  events.forEach((event, index) => {
+    try {
+      apply(event);
+    } catch (error) {
+      throw { index, message: error instanceof Error ? error.message : String(error) };
+    }
+  });
+}
+
 /** Runs one statement, turning a database error into a message that names the event. */
 export function execute(conn, eventId, sql, params) {
   try {
     return conn.execute(sql, params);
+  } catch (error) {
+    throw `event ${eventId}: ${describeError(error)}`;
+  }
+}
+
+/**
+ * Sends one write whose row count is not needed. A database error may come back here or from a
+ * later statement of the same call; the host then names the event that failed by giving the
+ * events again one at a time.
+ */
+export function send(conn, eventId, sql, params) {
+  try {
+    conn.send(sql, params);
   } catch (error) {
     throw `event ${eventId}: ${describeError(error)}`;
   }

@@ -10,6 +10,7 @@ mod support;
 
 mod authoring;
 mod concurrency;
+mod contracts;
 mod crash;
 mod demo;
 mod faults;

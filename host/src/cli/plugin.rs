@@ -158,8 +158,13 @@ impl Inspect {
         );
         outln!("name:     {}", or_unknown(&inspection.name));
         outln!("version:  {}", or_unknown(&inspection.version));
+        let contract = inspection
+            .contract
+            .as_deref()
+            .unwrap_or("a version this zdr does not run");
+        outln!("contract: {contract}");
         match &inspection.problem {
-            None => outln!("world:    matches zdr:projector/projector"),
+            None => outln!("world:    matches the projector world of {contract}"),
             Some(problem) => outln!("world:    does NOT match: {problem}"),
         }
         let handles = if inspection.handles.is_empty() && inspection.matches_world {

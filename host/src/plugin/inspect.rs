@@ -4,7 +4,7 @@
 use serde::Serialize;
 
 use crate::model::TableDecl;
-use crate::runtime::{ComponentInterface, ComponentItemName, Runtime};
+use crate::runtime::{ComponentInterface, ComponentItemName, Contract, Runtime};
 
 /// What `zdr plugin inspect` reports about one component.
 #[derive(Debug, Clone, Serialize)]
@@ -21,6 +21,9 @@ pub struct Inspection {
     pub imports: Vec<ComponentItemName>,
     /// What it exports.
     pub exports: Vec<ComponentItemName>,
+    /// The contract version it targets (`zdr:projector@0.2.0` or `@0.1.0`), read from what it
+    /// imports; `None` when it imports none, or a version this zdr does not run.
+    pub contract: Option<String>,
     /// Whether it implements the host's world and its `describe` answers.
     pub matches_world: bool,
     /// Why not, when it does not.
@@ -35,8 +38,14 @@ pub struct Inspection {
 /// Only when the bytes are not a component at all (not Wasm, a core module, do not compile):
 /// a component for another world is reported, not refused.
 pub fn inspect(runtime: &Runtime, wasm: &[u8]) -> Result<Inspection, crate::runtime::LoadError> {
-    let ComponentInterface { imports, exports } = runtime.interface(wasm)?;
+    let interface = runtime.interface(wasm)?;
+    let contract = Contract::of(&interface)
+        .ok()
+        .flatten()
+        .map(|c| c.package().to_string());
+    let ComponentInterface { imports, exports } = interface;
     let mut inspection = Inspection {
+        contract,
         name: None,
         version: None,
         tables: Vec::new(),

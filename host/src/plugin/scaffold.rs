@@ -32,10 +32,18 @@ fn template(language: Language) -> &'static [(&'static str, &'static str)] {
                 "package.json",
                 include_str!("../../templates/js/package.json"),
             ),
+            (
+                "package-lock.json",
+                include_str!("../../templates/js/package-lock.json"),
+            ),
             ("build.mjs", include_str!("../../templates/js/build.mjs")),
             (
                 "test/projector.test.mjs",
                 include_str!("../../templates/js/test/projector.test.mjs"),
+            ),
+            (
+                "test/json.test.mjs",
+                include_str!("../../templates/js/test/json.test.mjs"),
             ),
             (
                 "test/wit-hooks.mjs",
@@ -49,6 +57,7 @@ fn template(language: Language) -> &'static [(&'static str, &'static str)] {
                 "projector.js",
                 include_str!("../../templates/js/projector.js"),
             ),
+            ("json.js", include_str!("../../templates/js/json.js")),
             (
                 "zdr-plugin.toml",
                 include_str!("../../templates/js/zdr-plugin.toml"),

@@ -25,7 +25,7 @@ use wasmtime::{Config, Engine, Store};
 use crate::backend::{Call, DbError, GuestConnection};
 use crate::events::Event;
 pub use crate::model::{Description, TableDecl};
-use bindings::{Projector, ProjectorPre};
+use bindings::{v0_1, v0_2};
 pub use cache::ComponentCache;
 use host::HostState;
 
@@ -73,6 +73,9 @@ pub enum LoadError {
     /// It imports something the host does not provide, or lacks an export of the world.
     #[error("the component does not implement the zdr:projector world: {0:#}")]
     World(wasmtime::Error),
+    /// It targets a version of the contract this host does not run.
+    #[error("the component targets a contract this zdr does not run: {0}")]
+    Contract(String),
 }
 
 /// Why a call into a guest failed.
@@ -128,7 +131,9 @@ impl Runtime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        Projector::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        // Both versions of the contract: a component imports one or the other.
+        v0_2::Projector::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
+        v0_1::Projector::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)?;
         let cache = cache_dir.map(|dir| ComponentCache::new(dir, &engine));
         let ticker_stop = Arc::new(AtomicBool::new(false));
         spawn_epoch_ticker(engine.clone(), ticker_stop.clone());
@@ -151,18 +156,35 @@ impl Runtime {
             .unwrap_or(self.limits)
     }
 
-    /// Compiles (or loads from the cache) and checks a component against the world.
+    /// Compiles (or loads from the cache) and checks a component against the `projector`
+    /// world of the contract version it imports (0.2.0 or 0.1.0).
     ///
     /// # Errors
-    /// [`LoadError`] says whether the bytes are not Wasm, a core module, do not compile, or do
-    /// not match the `projector` world.
+    /// [`LoadError`] says whether the bytes are not Wasm, a core module, do not compile, target
+    /// a contract version this host does not run, or do not match the `projector` world.
     pub fn load(&self, wasm: &[u8]) -> Result<Arc<LoadedComponent>, LoadError> {
         let component = self.compile(wasm)?;
+        // A component that imports nothing of the contract cannot be bound to a target;
+        // checking it against the current world says what it lacks.
+        let contract = Contract::of(&self.interface_of(&component))?.unwrap_or(Contract::V0_2);
         let instance_pre = self
             .linker
             .instantiate_pre(&component)
             .map_err(LoadError::World)?;
-        let pre = ProjectorPre::new(instance_pre).map_err(LoadError::World)?;
+        let lacks_an_export = |err: wasmtime::Error| {
+            LoadError::World(err.context(format!(
+                "it targets {} and lacks an export of its `projector` world",
+                contract.package()
+            )))
+        };
+        let pre = match contract {
+            Contract::V0_1 => {
+                Pre::V0_1(v0_1::ProjectorPre::new(instance_pre).map_err(lacks_an_export)?)
+            }
+            Contract::V0_2 => {
+                Pre::V0_2(v0_2::ProjectorPre::new(instance_pre).map_err(lacks_an_export)?)
+            }
+        };
         let check = component.get_export_index(None, CHECK_EXPORT);
         Ok(Arc::new(LoadedComponent { pre, check }))
     }
@@ -174,11 +196,15 @@ impl Runtime {
     /// [`LoadError`] when the bytes are not a component or do not compile.
     pub fn interface(&self, wasm: &[u8]) -> Result<ComponentInterface, LoadError> {
         let component = self.compile(wasm)?;
+        Ok(self.interface_of(&component))
+    }
+
+    fn interface_of(&self, component: &Component) -> ComponentInterface {
         let ty = component.component_type();
-        Ok(ComponentInterface {
+        ComponentInterface {
             imports: ty.imports(&self.engine).map(item_name).collect(),
             exports: ty.exports(&self.engine).map(item_name).collect(),
-        })
+        }
     }
 
     /// Checks the bytes are a component, then compiles it or loads it from the cache.
@@ -216,12 +242,19 @@ impl Runtime {
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(deadline_ticks(limits.call_timeout));
         let trap = |err: wasmtime::Error| GuestError::Trap(format!("{err:#}"));
-        let instance = component
-            .pre
-            .instance_pre()
-            .instantiate(&mut store)
-            .map_err(trap)?;
-        let bindings = Projector::new(&mut store, &instance).map_err(trap)?;
+        let instance_pre = match &component.pre {
+            Pre::V0_1(pre) => pre.instance_pre(),
+            Pre::V0_2(pre) => pre.instance_pre(),
+        };
+        let instance = instance_pre.instantiate(&mut store).map_err(trap)?;
+        let bindings = Arc::new(match &component.pre {
+            Pre::V0_1(_) => {
+                Bindings::V0_1(v0_1::Projector::new(&mut store, &instance).map_err(trap)?)
+            }
+            Pre::V0_2(_) => {
+                Bindings::V0_2(v0_2::Projector::new(&mut store, &instance).map_err(trap)?)
+            }
+        });
         // The optional export of the `checked-projector` world; one of the wrong type is kept
         // as the reason, so that `describe` (deploy) refuses the component.
         let check = component.check.map(|index| {
@@ -289,7 +322,7 @@ fn spawn_epoch_ticker(engine: Engine, stop: Arc<AtomicBool>) {
 pub struct ComponentInterface {
     /// What it needs from the host, e.g. `zdr:projector/database@0.1.0`, `wasi:io/error@0.2.x`.
     pub imports: Vec<ComponentItemName>,
-    /// What it provides, e.g. `describe`, `handle-event`.
+    /// What it provides, e.g. `describe`, `handle-events`.
     pub exports: Vec<ComponentItemName>,
 }
 
@@ -318,23 +351,118 @@ fn item_name((name, item): (&str, ComponentExtern<'_>)) -> ComponentItemName {
     }
 }
 
+/// The most events one `handle-events` call is given: enough that the call's cost is spread
+/// thin, few enough that one call stays far inside its deadline in every language.
+pub const MAX_EVENTS_PER_CALL: usize = 256;
+
+/// Why `handle-events` failed, and at which event when that is known.
+#[derive(Debug, Clone)]
+pub struct EventsFailure {
+    /// The index, in the events given, of the event the failure names; `None` when a trap or
+    /// a failure outside the guest's answer leaves it unknown.
+    pub index: Option<usize>,
+    /// What failed.
+    pub error: GuestError,
+}
+
+impl EventsFailure {
+    fn at(index: Option<usize>, error: GuestError) -> Self {
+        Self { index, error }
+    }
+}
+
 /// The name of the optional export of the `checked-projector` world.
 const CHECK_EXPORT: &str = "check";
 
 /// The `check` export, typed.
 type CheckFunc = TypedFunc<(), (Result<(), String>,)>;
 
+/// A version of the WIT contract the host runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Contract {
+    /// `zdr:projector@0.1.0`: one `handle-event` call per event.
+    V0_1,
+    /// `zdr:projector@0.2.0`: `handle-events` with a batch, and `send`.
+    V0_2,
+}
+
+impl Contract {
+    /// The package name and version, as a component's imports name it.
+    pub fn package(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "zdr:projector@0.1.0",
+            Contract::V0_2 => "zdr:projector@0.2.0",
+        }
+    }
+
+    /// The contract a component targets, read from the `zdr:projector` interfaces it imports;
+    /// `None` when it imports none of them.
+    ///
+    /// # Errors
+    /// [`LoadError::Contract`] when it imports another version of the package, or versions
+    /// that disagree.
+    pub fn of(interface: &ComponentInterface) -> Result<Option<Contract>, LoadError> {
+        let mut found: Option<&str> = None;
+        for item in &interface.imports {
+            let Some(rest) = item.name.strip_prefix("zdr:projector/") else {
+                continue;
+            };
+            let version = rest.split_once('@').map_or("", |(_, version)| version);
+            match found {
+                Some(seen) if seen != version => {
+                    return Err(LoadError::Contract(format!(
+                        "it imports zdr:projector at two versions, {seen} and {version}"
+                    )));
+                }
+                _ => found = Some(version),
+            }
+        }
+        match found {
+            Some("0.1.0") => Ok(Some(Contract::V0_1)),
+            Some("0.2.0") => Ok(Some(Contract::V0_2)),
+            None => Ok(None),
+            Some(other) => Err(LoadError::Contract(format!(
+                "it targets zdr:projector@{other}; this zdr runs 0.1.0 and 0.2.0, so rebuild it \
+                 against the wit/ of this release (or upgrade zdr)"
+            ))),
+        }
+    }
+}
+
+/// The pre-instantiated component of one contract version.
+enum Pre {
+    V0_1(v0_1::ProjectorPre<HostState>),
+    V0_2(v0_2::ProjectorPre<HostState>),
+}
+
+/// The typed exports of an instance of one contract version.
+enum Bindings {
+    V0_1(v0_1::Projector),
+    V0_2(v0_2::Projector),
+}
+
 /// A component compiled, checked against the world and ready to instantiate cheaply.
 pub struct LoadedComponent {
-    pre: ProjectorPre<HostState>,
+    pre: Pre,
     /// Where its `check` export is, when it has one (the `checked-projector` world).
     check: Option<ComponentExportIndex>,
+}
+
+impl LoadedComponent {
+    /// The contract version the component targets.
+    pub fn contract(&self) -> Contract {
+        match self.pre {
+            Pre::V0_1(_) => Contract::V0_1,
+            Pre::V0_2(_) => Contract::V0_2,
+        }
+    }
 }
 
 /// One instance of a projector, bound to at most one target.
 pub struct Instance {
     store: Store<HostState>,
-    bindings: Projector,
+    /// Shared, so a call can hold them while it borrows the instance's store and state.
+    bindings: Arc<Bindings>,
     /// The `check` export when the component has one, or why it cannot be called.
     check: Option<Result<CheckFunc, String>>,
     poisoned: bool,
@@ -443,22 +571,32 @@ impl Instance {
     /// A trap, or a description with no name, no version or no tables.
     pub fn describe(&mut self) -> Result<Description, GuestError> {
         self.arm(false)?;
-        let d = match self.bindings.call_describe(&mut self.store) {
-            Ok(d) => d,
-            Err(err) => return Err(self.trapped(err)),
+        // The two versions' descriptions are the same record, generated twice.
+        macro_rules! description {
+            ($d:expr) => {{
+                let d = $d;
+                Description {
+                    name: d.name,
+                    version: d.version,
+                    tables: d
+                        .tables
+                        .into_iter()
+                        .map(|t| TableDecl {
+                            name: t.name,
+                            ddl: t.ddl,
+                        })
+                        .collect(),
+                    handles: d.handles,
+                }
+            }};
+        }
+        let described = match &*self.bindings {
+            Bindings::V0_1(b) => b.call_describe(&mut self.store).map(|d| description!(d)),
+            Bindings::V0_2(b) => b.call_describe(&mut self.store).map(|d| description!(d)),
         };
-        let description = Description {
-            name: d.name,
-            version: d.version,
-            tables: d
-                .tables
-                .into_iter()
-                .map(|t| TableDecl {
-                    name: t.name,
-                    ddl: t.ddl,
-                })
-                .collect(),
-            handles: d.handles,
+        let description = match described {
+            Ok(description) => description,
+            Err(err) => return Err(self.trapped(err)),
         };
         if description.name.is_empty() || description.version.is_empty() {
             return Err(GuestError::InvalidDescription(
@@ -489,42 +627,125 @@ impl Instance {
             .new_connection_handle()
             .map_err(|err| GuestError::Trap(format!("{err:#}")))?;
         self.arm(false)?;
-        if let Err(err) = self.bindings.call_use_connection(&mut self.store, handle) {
+        let outcome = match &*self.bindings {
+            Bindings::V0_1(b) => b.call_use_connection(&mut self.store, handle),
+            Bindings::V0_2(b) => b.call_use_connection(&mut self.store, handle),
+        };
+        if let Err(err) = outcome {
             return Err(self.trapped(err));
         }
         if for_replay {
             self.arm(false)?;
-            if let Err(err) = self.bindings.call_for_replay(&mut self.store) {
+            let outcome = match &*self.bindings {
+                Bindings::V0_1(b) => b.call_for_replay(&mut self.store),
+                Bindings::V0_2(b) => b.call_for_replay(&mut self.store),
+            };
+            if let Err(err) = outcome {
                 return Err(self.trapped(err));
             }
         }
         Ok(())
     }
 
-    /// Applies one event.
+    /// The contract version of this instance's component.
+    pub fn contract(&self) -> Contract {
+        match *self.bindings {
+            Bindings::V0_1(_) => Contract::V0_1,
+            Bindings::V0_2(_) => Contract::V0_2,
+        }
+    }
+
+    /// Applies `events`, in order: one `handle-events` call (0.2.0), or one `handle-event`
+    /// call per event (0.1.0), each call under its own deadline. Give at most
+    /// [`MAX_EVENTS_PER_CALL`] at once.
     ///
     /// # Errors
-    /// The guest's own error, or a trap (after which the instance is poisoned).
-    pub fn handle_event(&mut self, event: &Event) -> Result<(), GuestError> {
-        self.arm(true)?;
-        let guest_event = bindings::zdr::projector::types::Event {
-            id: event.id,
-            aggregate_uuid: event.aggregate_uuid.as_deref(),
-            aggregate_version: event.aggregate_version,
-            event_version: event.event_version,
-            event_class: &event.event_class,
-            event_properties: &event.event_properties,
-            meta_data: &event.meta_data,
-            created_at: &event.created_at,
-        };
-        let outcome = self
-            .bindings
-            .call_handle_event(&mut self.store, guest_event);
-        self.disarm();
-        match outcome {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(GuestError::Returned(message)),
-            Err(err) => Err(self.trapped(err)),
+    /// The guest's own error or a trap (after which the instance is poisoned), with the index
+    /// in `events` of the event it names; `None` when a trap leaves it unknown.
+    pub fn handle_events(&mut self, events: &[&Event]) -> Result<(), EventsFailure> {
+        fn lend<'a, T>(
+            event: &'a Event,
+            make: impl FnOnce(Option<&'a str>, &'a str, &'a str, &'a str, &'a str) -> T,
+        ) -> T {
+            make(
+                event.aggregate_uuid.as_deref(),
+                &event.event_class,
+                &event.event_properties,
+                &event.meta_data,
+                &event.created_at,
+            )
+        }
+        let shared = self.bindings.clone();
+        match &*shared {
+            Bindings::V0_1(bindings) => {
+                for (index, event) in events.iter().enumerate() {
+                    self.arm(true)
+                        .map_err(|error| EventsFailure::at(None, error))?;
+                    let guest_event = lend(event, |uuid, class, properties, meta, created| {
+                        v0_1::zdr::projector::types::Event {
+                            id: event.id,
+                            aggregate_uuid: uuid,
+                            aggregate_version: event.aggregate_version,
+                            event_version: event.event_version,
+                            event_class: class,
+                            event_properties: properties,
+                            meta_data: meta,
+                            created_at: created,
+                        }
+                    });
+                    let outcome = bindings.call_handle_event(&mut self.store, guest_event);
+                    self.disarm();
+                    match outcome {
+                        Ok(Ok(())) => {}
+                        Ok(Err(message)) => {
+                            return Err(EventsFailure::at(
+                                Some(index),
+                                GuestError::Returned(message),
+                            ));
+                        }
+                        Err(err) => return Err(EventsFailure::at(Some(index), self.trapped(err))),
+                    }
+                }
+                Ok(())
+            }
+            Bindings::V0_2(bindings) => {
+                let guest_events: Vec<_> = events
+                    .iter()
+                    .map(|event| {
+                        lend(event, |uuid, class, properties, meta, created| {
+                            v0_2::zdr::projector::types::Event {
+                                id: event.id,
+                                aggregate_uuid: uuid,
+                                aggregate_version: event.aggregate_version,
+                                event_version: event.event_version,
+                                event_class: class,
+                                event_properties: properties,
+                                meta_data: meta,
+                                created_at: created,
+                            }
+                        })
+                    })
+                    .collect();
+                self.arm(true)
+                    .map_err(|error| EventsFailure::at(None, error))?;
+                let outcome = bindings.call_handle_events(&mut self.store, &guest_events);
+                self.disarm();
+                match outcome {
+                    Ok(Ok(())) => Ok(()),
+                    Ok(Err(failure)) => {
+                        // An index past the list is the guest's mistake; the host re-runs the
+                        // events one by one anyway, so it only loses the hint.
+                        let index = usize::try_from(failure.index)
+                            .ok()
+                            .filter(|index| *index < events.len());
+                        Err(EventsFailure::at(
+                            index,
+                            GuestError::Returned(failure.message),
+                        ))
+                    }
+                    Err(err) => Err(EventsFailure::at(None, self.trapped(err))),
+                }
+            }
         }
     }
 
@@ -534,7 +755,10 @@ impl Instance {
     /// The guest's veto, or a trap.
     pub fn promote(&mut self) -> Result<(), GuestError> {
         self.arm(true)?;
-        let outcome = self.bindings.call_promote(&mut self.store);
+        let outcome = match &*self.bindings {
+            Bindings::V0_1(b) => b.call_promote(&mut self.store),
+            Bindings::V0_2(b) => b.call_promote(&mut self.store),
+        };
         self.disarm();
         match outcome {
             Ok(Ok(())) => Ok(()),
@@ -549,7 +773,10 @@ impl Instance {
     /// The guest's error, or a trap; the caller logs it and drops the target anyway.
     pub fn remove(&mut self) -> Result<(), GuestError> {
         self.arm(true)?;
-        let outcome = self.bindings.call_remove_target(&mut self.store);
+        let outcome = match &*self.bindings {
+            Bindings::V0_1(b) => b.call_remove_target(&mut self.store),
+            Bindings::V0_2(b) => b.call_remove_target(&mut self.store),
+        };
         self.disarm();
         match outcome {
             Ok(Ok(())) => Ok(()),

@@ -1,5 +1,6 @@
 // Builds projector.js into dist/{{ident}}.wasm with componentize-js (`zdr plugin build` runs
-// this). Installs the pinned npm packages first when node_modules is missing.
+// this). Installs the npm packages pinned in package-lock.json first when node_modules is
+// missing.
 import { spawnSync } from "node:child_process";
 import { existsSync, mkdirSync, writeFileSync } from "node:fs";
 import { dirname, join } from "node:path";
@@ -7,8 +8,10 @@ import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
 if (!existsSync(join(here, "node_modules", "@bytecodealliance", "componentize-js"))) {
-  const lock = existsSync(join(here, "package-lock.json"));
-  const npm = spawnSync("npm", [lock ? "ci" : "install", "--no-audit", "--no-fund"], { cwd: here, stdio: ["ignore", 2, 2] });
+  // `npm ci` would be the natural choice, but npm 11 refuses lock files that list
+  // platform-specific optional packages without a version (npm/cli#4828); `npm install`
+  // with `--no-save` installs the locked versions and leaves the lock file alone.
+  const npm = spawnSync("npm", ["install", "--no-save", "--no-audit", "--no-fund"], { cwd: here, stdio: ["ignore", 2, 2] });
   if (npm.status !== 0) {
     console.error("error: npm could not install componentize-js; check that the npm registry is reachable");
     process.exit(1);

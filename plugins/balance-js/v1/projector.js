@@ -1,8 +1,8 @@
 // The bank example's `balance` projector, version 1, in JavaScript: one row per account with
 // its balance. The same table, SQL and behaviour as the Rust `plugins/balance-v1`, so both
 // build byte-identical read models. Built by `../build.mjs v1` with componentize-js.
-import { log } from "zdr:projector/log@0.1.0";
-import { HANDLED_CLASSES, NO_CONNECTION, execute, integer, noAccount, parse, text } from "../common.js";
+import { log } from "zdr:projector/log@0.2.0";
+import { HANDLED_CLASSES, NO_CONNECTION, eachEvent, execute, integer, noAccount, parse, send, text } from "../common.js";
 
 const NAME = "balance";
 const VERSION = "1";
@@ -36,7 +36,12 @@ export function forReplay() {
   log("debug", "balance v1 (js): replaying, side effects off");
 }
 
-export function handleEvent(event) {
+export function handleEvents(events) {
+  eachEvent(events, apply);
+}
+
+/** Applies one event to the `balances` table; a thrown message is its failure. */
+function apply(event) {
   if (connection === null) {
     throw NO_CONNECTION;
   }
@@ -46,7 +51,8 @@ export function handleEvent(event) {
   }
   const account = text(parsed.account);
   if (parsed.kind === "AccountOpened") {
-    execute(connection, event.id, OPEN_ACCOUNT, [account, text(parsed.name)]);
+    // Nothing to read back: the write goes without waiting for its answer.
+    send(connection, event.id, OPEN_ACCOUNT, [account, text(parsed.name)]);
     return;
   }
   const sql = parsed.kind === "MoneyAdded" ? ADD_MONEY : SUBTRACT_MONEY;

@@ -2,8 +2,8 @@
 // transaction count and the time of the last activity per account, and an index by holder's
 // name. The same table, SQL and behaviour as the Rust `plugins/balance-v2`, so both build
 // byte-identical read models. Built by `../build.mjs v2` with componentize-js.
-import { log } from "zdr:projector/log@0.1.0";
-import { HANDLED_CLASSES, NO_CONNECTION, execute, integer, noAccount, parse, text } from "../common.js";
+import { log } from "zdr:projector/log@0.2.0";
+import { HANDLED_CLASSES, NO_CONNECTION, eachEvent, execute, integer, noAccount, parse, send, text } from "../common.js";
 
 const NAME = "balance";
 const VERSION = "2";
@@ -41,7 +41,12 @@ export function forReplay() {
   log("debug", "balance v2 (js): replaying, side effects off");
 }
 
-export function handleEvent(event) {
+export function handleEvents(events) {
+  eachEvent(events, apply);
+}
+
+/** Applies one event to the `balances` table; a thrown message is its failure. */
+function apply(event) {
   if (connection === null) {
     throw NO_CONNECTION;
   }
@@ -53,7 +58,8 @@ export function handleEvent(event) {
   // Every event stamps `last_activity` with the time the event was recorded.
   const at = text(event.createdAt);
   if (parsed.kind === "AccountOpened") {
-    execute(connection, event.id, OPEN_ACCOUNT, [account, text(parsed.name), at]);
+    // Nothing to read back: the write goes without waiting for its answer.
+    send(connection, event.id, OPEN_ACCOUNT, [account, text(parsed.name), at]);
     return;
   }
   const sql = parsed.kind === "MoneyAdded" ? ADD_MONEY : SUBTRACT_MONEY;

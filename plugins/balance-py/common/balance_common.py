@@ -8,7 +8,7 @@ of the three events (`AccountOpened`, `MoneyAdded`, `MoneySubtracted`).
 
 import json
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Callable, List, Optional, Union
 
 from componentize_py_types import Err
 from wit_world.imports import types
@@ -16,7 +16,7 @@ from wit_world.imports import types
 #: The event classes every balance projector handles, by short name.
 HANDLED_CLASSES = ["AccountOpened", "MoneyAdded", "MoneySubtracted"]
 
-#: The answer to `handle-event` before the host has handed over a connection.
+#: The answer to `handle-events` before the host has handed over a connection.
 NO_CONNECTION = "no connection: use-connection was not called"
 
 #: The range of the contract's s64.
@@ -86,10 +86,33 @@ def describe_error(error: types.Error) -> str:
     return f"{kind}: {failure.message}"
 
 
+def each_event(events: List[types.Event], apply: Callable[[types.Event], None]) -> None:
+    """Runs `apply(event)` on each event in order, for `handle-events`.
+
+    A failure, `Err(message)`, becomes the contract's `event-failure`: `Err(EventFailure)`
+    naming the event by its position in `events`. Any other exception is left to trap.
+    """
+    for index, event in enumerate(events):
+        try:
+            apply(event)
+        except Err as error:
+            raise Err(types.EventFailure(index=index, message=error.value))
+
+
 def execute(conn, event_id: int, sql: str, params: list) -> int:
     """Runs one statement, turning a database error into a message naming the event."""
     try:
         return conn.execute(sql, params)
+    except Err as error:
+        raise Err(f"event {event_id}: {describe_error(error.value)}")
+
+
+def send(conn, event_id: int, sql: str, params: list) -> None:
+    """Sends one write whose row count is not needed. A database error may come back here or
+    from a later statement of the same call; the host then names the event that failed by
+    giving the events again one at a time."""
+    try:
+        conn.send(sql, params)
     except Err as error:
         raise Err(f"event {event_id}: {describe_error(error.value)}")
 

@@ -3,13 +3,15 @@ balance. The same table, SQL and behaviour as the Rust `plugins/balance-v1`, so 
 byte-identical read models. Built by `../build.sh v1` with componentize-py.
 """
 
+from typing import List
+
 from componentize_py_types import Err
 from wit_world import WitWorld
 from wit_world.imports import database, types
 from wit_world.imports.log import Level, log
 
 import balance_common
-from balance_common import execute
+from balance_common import execute, send
 
 NAME = "balance"
 VERSION = "1"
@@ -48,20 +50,8 @@ class WitWorld(WitWorld):
         _replaying = True
         log(Level.DEBUG, "balance v1 (python): replaying, side effects off")
 
-    def handle_event(self, event: types.Event) -> None:
-        conn = _connection
-        if conn is None:
-            raise Err(balance_common.NO_CONNECTION)
-        parsed = balance_common.parse(event)
-        if parsed is None:
-            return
-        account = types.Value_Text(parsed.account)
-        if parsed.kind == "AccountOpened":
-            execute(conn, event.id, OPEN_ACCOUNT, [account, types.Value_Text(parsed.value)])
-            return
-        sql = ADD_MONEY if parsed.kind == "MoneyAdded" else SUBTRACT_MONEY
-        if execute(conn, event.id, sql, [types.Value_Integer(parsed.value), account]) == 0:
-            raise Err(balance_common.no_account(parsed.account, event.id))
+    def handle_events(self, events: List[types.Event]) -> None:
+        balance_common.each_event(events, _apply)
 
     def promote(self) -> None:
         global _replaying
@@ -70,3 +60,21 @@ class WitWorld(WitWorld):
 
     def remove_target(self) -> None:
         log(Level.INFO, "balance v1 (python): target removed")
+
+
+def _apply(event: types.Event) -> None:
+    """Applies one event to the `balances` table; `Err(message)` is its failure."""
+    conn = _connection
+    if conn is None:
+        raise Err(balance_common.NO_CONNECTION)
+    parsed = balance_common.parse(event)
+    if parsed is None:
+        return
+    account = types.Value_Text(parsed.account)
+    if parsed.kind == "AccountOpened":
+        # Nothing to read back: the write goes without waiting for its answer.
+        send(conn, event.id, OPEN_ACCOUNT, [account, types.Value_Text(parsed.value)])
+        return
+    sql = ADD_MONEY if parsed.kind == "MoneyAdded" else SUBTRACT_MONEY
+    if execute(conn, event.id, sql, [types.Value_Integer(parsed.value), account]) == 0:
+        raise Err(balance_common.no_account(parsed.account, event.id))

@@ -4,13 +4,15 @@ table, SQL and behaviour as the Rust `plugins/balance-v2`, so both build byte-id
 models. Built by `../build.sh v2` with componentize-py.
 """
 
+from typing import List
+
 from componentize_py_types import Err
 from wit_world import WitWorld
 from wit_world.imports import database, types
 from wit_world.imports.log import Level, log
 
 import balance_common
-from balance_common import execute
+from balance_common import execute, send
 
 NAME = "balance"
 VERSION = "2"
@@ -50,22 +52,8 @@ class WitWorld(WitWorld):
         _replaying = True
         log(Level.DEBUG, "balance v2 (python): replaying, side effects off")
 
-    def handle_event(self, event: types.Event) -> None:
-        conn = _connection
-        if conn is None:
-            raise Err(balance_common.NO_CONNECTION)
-        parsed = balance_common.parse(event)
-        if parsed is None:
-            return
-        account = types.Value_Text(parsed.account)
-        # Every event stamps `last_activity` with the time the event was recorded.
-        at = types.Value_Text(event.created_at)
-        if parsed.kind == "AccountOpened":
-            execute(conn, event.id, OPEN_ACCOUNT, [account, types.Value_Text(parsed.value), at])
-            return
-        sql = ADD_MONEY if parsed.kind == "MoneyAdded" else SUBTRACT_MONEY
-        if execute(conn, event.id, sql, [types.Value_Integer(parsed.value), at, account]) == 0:
-            raise Err(balance_common.no_account(parsed.account, event.id))
+    def handle_events(self, events: List[types.Event]) -> None:
+        balance_common.each_event(events, _apply)
 
     def promote(self) -> None:
         global _replaying
@@ -74,3 +62,23 @@ class WitWorld(WitWorld):
 
     def remove_target(self) -> None:
         log(Level.INFO, "balance v2 (python): target removed")
+
+
+def _apply(event: types.Event) -> None:
+    """Applies one event to the `balances` table; `Err(message)` is its failure."""
+    conn = _connection
+    if conn is None:
+        raise Err(balance_common.NO_CONNECTION)
+    parsed = balance_common.parse(event)
+    if parsed is None:
+        return
+    account = types.Value_Text(parsed.account)
+    # Every event stamps `last_activity` with the time the event was recorded.
+    at = types.Value_Text(event.created_at)
+    if parsed.kind == "AccountOpened":
+        # Nothing to read back: the write goes without waiting for its answer.
+        send(conn, event.id, OPEN_ACCOUNT, [account, types.Value_Text(parsed.value), at])
+        return
+    sql = ADD_MONEY if parsed.kind == "MoneyAdded" else SUBTRACT_MONEY
+    if execute(conn, event.id, sql, [types.Value_Integer(parsed.value), at, account]) == 0:
+        raise Err(balance_common.no_account(parsed.account, event.id))

@@ -6,10 +6,11 @@
 //! host rewrites for its backend.
 
 mod bindings {
-    //! Bindings for the `projector` world, generated from the repository's WIT.
+    //! Bindings for the `projector` world of `zdr:projector@0.2.0`, generated from the
+    //! repository's WIT.
     #![allow(
         clippy::too_many_arguments,
-        reason = "the generated `handle-event` export takes the event record's fields flattened"
+        reason = "generated code for the event record"
     )]
     wit_bindgen::generate!({
         world: "projector",
@@ -22,7 +23,7 @@ use std::cell::{Cell, RefCell};
 use balance_common::{BalanceEvent, Change, RawEvent};
 use bindings::zdr::projector::database::Connection;
 use bindings::zdr::projector::log::{Level, log};
-use bindings::zdr::projector::types::{Description, Error, Event, Table, Value};
+use bindings::zdr::projector::types::{Description, Error, Event, EventFailure, Table, Value};
 
 /// The projector's name, shared by all its versions.
 const NAME: &str = "balance";
@@ -38,7 +39,7 @@ const ADD_MONEY: &str = "UPDATE balances SET balance = balance + $1 WHERE accoun
 /// Subtracts money: `$1` amount, `$2` account.
 const SUBTRACT_MONEY: &str = "UPDATE balances SET balance = balance - $1 WHERE account_uuid = $2";
 
-/// The answer to `handle-event` before the host has handed over a connection.
+/// The answer to `handle-events` before the host has handed over a connection.
 const NO_CONNECTION: &str = "no connection: use-connection was not called";
 
 thread_local! {
@@ -74,19 +75,28 @@ impl bindings::Guest for BalanceV1 {
         log(Level::Debug, "balance v1: replaying, side effects off");
     }
 
-    fn handle_event(event: Event) -> Result<(), String> {
+    fn handle_events(events: Vec<Event>) -> Result<(), EventFailure> {
         CONNECTION.with_borrow(|conn| {
-            let conn = conn.as_ref().ok_or(NO_CONNECTION)?;
-            let raw = RawEvent {
-                id: event.id,
-                aggregate_uuid: event.aggregate_uuid.as_deref(),
-                event_class: &event.event_class,
-                properties: &event.event_properties,
-            };
-            match balance_common::parse(&raw)? {
-                Some(parsed) => apply(conn, event.id, &parsed),
-                None => Ok(()),
+            for (index, event) in events.iter().enumerate() {
+                let failed = |message| EventFailure {
+                    // The host gives at most a few hundred events per call.
+                    index: u32::try_from(index).unwrap_or(u32::MAX),
+                    message,
+                };
+                let conn = conn
+                    .as_ref()
+                    .ok_or_else(|| failed(NO_CONNECTION.to_owned()))?;
+                let raw = RawEvent {
+                    id: event.id,
+                    aggregate_uuid: event.aggregate_uuid.as_deref(),
+                    event_class: &event.event_class,
+                    properties: &event.event_properties,
+                };
+                if let Some(parsed) = balance_common::parse(&raw).map_err(failed)? {
+                    apply(conn, event.id, &parsed).map_err(failed)?;
+                }
             }
+            Ok(())
         })
     }
 
@@ -111,8 +121,8 @@ fn apply(conn: &Connection, event_id: i64, event: &BalanceEvent) -> Result<(), S
     let (sql, params) = match &event.change {
         Change::Opened { name } => {
             let params = [account, Value::Text(name.clone())];
-            execute(conn, event_id, OPEN_ACCOUNT, &params)?;
-            return Ok(());
+            // Nothing to read back: the write goes without waiting for its answer.
+            return send(conn, event_id, OPEN_ACCOUNT, &params);
         }
         Change::Added { amount } => (ADD_MONEY, [Value::Integer(*amount), account]),
         Change::Subtracted { amount } => (SUBTRACT_MONEY, [Value::Integer(*amount), account]),
@@ -126,6 +136,14 @@ fn apply(conn: &Connection, event_id: i64, event: &BalanceEvent) -> Result<(), S
 /// Runs one statement, turning a database error into a message that names the event.
 fn execute(conn: &Connection, event_id: i64, sql: &str, params: &[Value]) -> Result<u64, String> {
     conn.execute(sql, params)
+        .map_err(|error| format!("event {event_id}: {}", describe_error(&error)))
+}
+
+/// Sends one write whose row count is not needed; a database error may come back here or
+/// from a later statement (the host then names the event that failed by giving the events
+/// again one at a time).
+fn send(conn: &Connection, event_id: i64, sql: &str, params: &[Value]) -> Result<(), String> {
+    conn.send(sql, params)
         .map_err(|error| format!("event {event_id}: {}", describe_error(&error)))
 }
 

@@ -1,5 +1,6 @@
-// A hostile JavaScript guest: records every event it sees in `js_seen`, and on a `Loop` event
-// spins forever. The host's epoch deadline must interrupt it and stop only this projector.
+// A hostile JavaScript guest (`zdr:projector@0.2.0`): records every event it sees in `js_seen`,
+// and on a `Loop` event spins forever. The host's epoch deadline must interrupt it and stop only
+// this projector.
 // Built by plugins/build-all.sh (plugins/balance-js/build.mjs) into
 // tests/hostile/target/js/js_loop.wasm.
 const CREATE = "CREATE TABLE js_seen (event_id INTEGER PRIMARY KEY)";
@@ -17,14 +18,16 @@ export function useConnection(conn) {
 
 export function forReplay() {}
 
-export function handleEvent(event) {
-  if (event.eventClass === "Loop") {
-    let spins = 0;
-    for (;;) {
-      spins += 1;
+export function handleEvents(events) {
+  for (const event of events) {
+    if (event.eventClass === "Loop") {
+      let spins = 0;
+      for (;;) {
+        spins += 1;
+      }
     }
+    connection.execute(SEEN, [{ tag: "integer", val: event.id }]);
   }
-  connection.execute(SEEN, [{ tag: "integer", val: event.id }]);
 }
 
 export function promote() {}

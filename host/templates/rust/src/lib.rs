@@ -9,7 +9,7 @@ mod bindings {
     //! Bindings for the `projector` world, generated from `wit/projector.wit`.
     #![allow(
         clippy::too_many_arguments,
-        reason = "the generated `handle-event` export takes the event record's fields flattened"
+        reason = "generated code for the event record"
     )]
     wit_bindgen::generate!({ world: "projector", path: "wit" });
 }
@@ -18,14 +18,16 @@ use std::cell::RefCell;
 
 use bindings::zdr::projector::database::Connection;
 use bindings::zdr::projector::log::{Level, log};
-use bindings::zdr::projector::types::{Description, Error, Event, Table, Value};
+use bindings::zdr::projector::types::{Description, Error, Event, EventFailure, Table, Value};
 
 /// The table, written with its logical name; the host rewrites it for each target.
 const CREATE_TABLE: &str =
     "CREATE TABLE {{ident}}_counts (event_class TEXT PRIMARY KEY, events INTEGER NOT NULL)";
-/// Counts one event of class `$1`.
-const COUNT_EVENT: &str = "INSERT INTO {{ident}}_counts (event_class, events) VALUES ($1, 1) \
-     ON CONFLICT (event_class) DO UPDATE SET events = events + 1";
+/// Makes sure class `$1` has its row.
+const ADD_CLASS: &str = "INSERT INTO {{ident}}_counts (event_class, events) VALUES ($1, 0) \
+     ON CONFLICT (event_class) DO NOTHING";
+/// Counts one event of class `$1`: changes exactly one row.
+const COUNT_EVENT: &str = "UPDATE {{ident}}_counts SET events = events + 1 WHERE event_class = $1";
 
 thread_local! {
     // Wasm guests are single-threaded: a thread-local holds the instance's handle.
@@ -35,21 +37,51 @@ thread_local! {
 /// What the projector needs from its database: one statement at a time. The host's
 /// [`Connection`] is one; the tests use a fake that records what it is asked.
 trait Database {
+    /// Runs one write whose row count is not needed; its failure may come back later.
+    fn send(&self, sql: &str, params: &[Value]) -> Result<(), Error>;
     /// Runs one statement with bound parameters; returns the rows it changed.
     fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, Error>;
 }
 
 impl Database for Connection {
+    fn send(&self, sql: &str, params: &[Value]) -> Result<(), Error> {
+        Connection::send(self, sql, params)
+    }
+
     fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, Error> {
         Connection::execute(self, sql, params)
     }
 }
 
+/// Applies events in order; a failure names the event by its position in `events`.
+///
+/// When a call fails, the host rolls it back and runs its events again one at a time, so the
+/// projector keeps nothing in memory that its tables do not also hold.
+fn project_all(db: &impl Database, events: &[Event]) -> Result<(), EventFailure> {
+    for (index, event) in events.iter().enumerate() {
+        project(db, event).map_err(|message| EventFailure {
+            // The host gives at most a few hundred events per call.
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            message,
+        })?;
+    }
+    Ok(())
+}
+
 /// Folds one event into the read model: the projector's logic, free of the host's glue.
 fn project(db: &impl Database, event: &Event) -> Result<(), String> {
-    db.execute(COUNT_EVENT, &[Value::Text(event.event_class.clone())])
-        .map(|_| ())
-        .map_err(|error| format!("event {}: {error:?}", event.id))
+    let failed = |error: Error| format!("event {}: {error:?}", event.id);
+    let class = [Value::Text(event.event_class.clone())];
+    // `send` for a write whose row count is not needed: the host may answer its failure later.
+    db.send(ADD_CLASS, &class).map_err(failed)?;
+    // `execute` where the row count is checked.
+    match db.execute(COUNT_EVENT, &class).map_err(failed)? {
+        1 => Ok(()),
+        changed => Err(format!(
+            "event {}: counted {changed} rows for class {}, not 1",
+            event.id, event.event_class
+        )),
+    }
 }
 
 struct Projector;
@@ -76,10 +108,13 @@ impl bindings::Guest for Projector {
         log(Level::Debug, "{{name}}: replaying, side effects off");
     }
 
-    fn handle_event(event: Event) -> Result<(), String> {
-        CONNECTION.with_borrow(|conn| {
-            let conn = conn.as_ref().ok_or("use-connection was not called")?;
-            project(conn, &event)
+    fn handle_events(events: Vec<Event>) -> Result<(), EventFailure> {
+        CONNECTION.with_borrow(|conn| match conn {
+            Some(conn) => project_all(conn, &events),
+            None => Err(EventFailure {
+                index: 0,
+                message: "use-connection was not called".to_owned(),
+            }),
         })
     }
 
@@ -102,30 +137,51 @@ mod tests {
     use super::bindings::Guest as _;
     use super::*;
 
-    /// A database that records every statement and keeps the counts the statements stand for.
+    /// A database that records every statement and keeps the rows the statements stand for.
     #[derive(Default)]
     struct FakeDatabase {
-        statements: RefCell<Vec<(String, Vec<Value>)>>,
+        statements: RefCell<Vec<(&'static str, String, Vec<Value>)>>,
         counts: RefCell<BTreeMap<String, i64>>,
-        /// When set, every statement fails with this error.
-        fail_with: Option<Error>,
+        /// A statement about this class fails with the error.
+        fail: Option<(&'static str, Error)>,
     }
 
-    impl Database for FakeDatabase {
-        fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, Error> {
-            if let Some(error) = &self.fail_with {
+    impl FakeDatabase {
+        fn run(&self, kind: &'static str, sql: &str, params: &[Value]) -> Result<u64, Error> {
+            let [Value::Text(class)] = params else {
+                panic!("unexpected parameters {params:?}");
+            };
+            if let Some((fail_class, error)) = &self.fail
+                && class == fail_class
+            {
                 return Err(error.clone());
             }
             self.statements
                 .borrow_mut()
-                .push((sql.to_owned(), params.to_vec()));
-            match (sql, params) {
-                (COUNT_EVENT, [Value::Text(class)]) => {
-                    *self.counts.borrow_mut().entry(class.clone()).or_default() += 1;
+                .push((kind, sql.to_owned(), params.to_vec()));
+            let mut counts = self.counts.borrow_mut();
+            match (sql, counts.get_mut(class)) {
+                (ADD_CLASS, _) => {
+                    counts.entry(class.clone()).or_default();
                     Ok(1)
                 }
-                _ => panic!("unexpected statement {sql:?} with {params:?}"),
+                (COUNT_EVENT, Some(count)) => {
+                    *count += 1;
+                    Ok(1)
+                }
+                (COUNT_EVENT, None) => Ok(0),
+                _ => panic!("unexpected statement {sql:?}"),
             }
+        }
+    }
+
+    impl Database for FakeDatabase {
+        fn send(&self, sql: &str, params: &[Value]) -> Result<(), Error> {
+            self.run("send", sql, params).map(|_| ())
+        }
+
+        fn execute(&self, sql: &str, params: &[Value]) -> Result<u64, Error> {
+            self.run("execute", sql, params)
         }
     }
 
@@ -155,25 +211,41 @@ mod tests {
     #[test]
     fn counts_each_event_under_its_class() {
         let db = FakeDatabase::default();
-        for (id, class) in [(1, "AccountOpened"), (2, "MoneyAdded"), (3, "MoneyAdded")] {
-            project(&db, &event(id, class)).unwrap();
-        }
+        project_all(&db, &[event(1, "AccountOpened"), event(2, "MoneyAdded")]).unwrap();
+        project_all(&db, &[event(3, "MoneyAdded")]).unwrap();
         let counts: Vec<_> = db.counts.into_inner().into_iter().collect();
         assert_eq!(
             counts,
-            [("AccountOpened".to_owned(), 1), ("MoneyAdded".to_owned(), 2)]
+            [
+                ("AccountOpened".to_owned(), 1),
+                ("MoneyAdded".to_owned(), 2)
+            ]
         );
-        assert_eq!(db.statements.borrow().len(), 3, "one statement per event");
+        let kinds: Vec<_> = db.statements.borrow().iter().map(|s| s.0).collect();
+        assert_eq!(
+            kinds,
+            ["send", "execute"].repeat(3),
+            "a send and an execute per event"
+        );
     }
 
     #[test]
-    fn a_database_error_names_the_event() {
+    fn a_database_error_names_the_event_and_its_position() {
         let db = FakeDatabase {
-            fail_with: Some(Error::Denied("table not declared".to_owned())),
+            fail: Some(("Broken", Error::Denied("table not declared".to_owned()))),
             ..FakeDatabase::default()
         };
-        let error = project(&db, &event(42, "MoneyAdded")).unwrap_err();
-        assert!(error.starts_with("event 42: "), "{error}");
-        assert!(error.contains("table not declared"), "{error}");
+        let events = [
+            event(41, "MoneyAdded"),
+            event(42, "Broken"),
+            event(43, "MoneyAdded"),
+        ];
+        let failure = project_all(&db, &events).unwrap_err();
+        assert_eq!(failure.index, 1, "{failure:?}");
+        assert!(failure.message.starts_with("event 42: "), "{failure:?}");
+        assert!(
+            failure.message.contains("table not declared"),
+            "{failure:?}"
+        );
     }
 }

@@ -20,7 +20,7 @@ mod bindings {
     )]
     wit_bindgen::generate!({
         world: "checked-projector",
-        path: "../../../wit",
+        path: "../../../wit/0.1.0",
     });
 }
 
@@ -91,7 +91,10 @@ impl bindings::Guest for BalanceOff {
 
     fn for_replay() {
         REPLAYING.set(true);
-        log(Level::Debug, "balance v3 (off by one): replaying, side effects off");
+        log(
+            Level::Debug,
+            "balance v3 (off by one): replaying, side effects off",
+        );
     }
 
     fn handle_event(event: Event) -> Result<(), String> {
@@ -172,7 +175,12 @@ fn apply(conn: &Connection, stored: &Event, event: &BalanceEvent) -> Result<(), 
     let (sql, params) = match &event.change {
         Change::Opened { name } => {
             let opening = i64::from(event.account.ends_with(WRONG_ACCOUNT_SUFFIX));
-            let params = [account, Value::Text(name.clone()), at, Value::Integer(opening)];
+            let params = [
+                account,
+                Value::Text(name.clone()),
+                at,
+                Value::Integer(opening),
+            ];
             execute(conn, event_id, OPEN_ACCOUNT, &params)?;
             return Ok(());
         }

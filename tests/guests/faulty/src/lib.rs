@@ -1,10 +1,15 @@
 //! A test guest that faults on demand, so the end-to-end tests can prove the host contains
 //! every kind of guest fault and keeps running.
 //!
-//! Every event's id is first inserted into `seen`; then the event's class decides:
-//! `Trap` executes `unreachable`, `Panic` panics, `Fail` returns an error, `Loop` spins
-//! forever (the host's deadline must stop it), `Alloc` allocates without bound (the host's
-//! memory cap must stop it), `FailWhenReplaying` returns an error only in an instance that
+//! It targets `zdr:projector@0.2.0`, so a replay gives it events in runs (`handle-events`): a
+//! fault in the middle of a run proves the host rolls the run back and names the faulting
+//! event exactly by giving the events again one at a time.
+//!
+//! Every event's id is first inserted into `seen` (with `send`, the write without an answer);
+//! then the event's class decides: `Trap` executes `unreachable`, `Panic` panics, `Fail`
+//! returns an error, `Loop` spins forever (the host's deadline must stop it), `Slow` spins for
+//! 50 ms and succeeds, `Alloc` allocates without bound (the host's memory cap must stop it),
+//! `FailWhenReplaying` returns an error only in an instance that
 //! was told `for-replay` (a clone fails while live goes on), `FailWhenLive` only in one that
 //! was not (live stops while a replay can rebuild past it), `Swallow` inserts the event's id a
 //! second time and ignores the unique violation (a projector that catches a database error and
@@ -19,7 +24,7 @@ mod bindings {
     //! Bindings for the `projector` world, generated from the repository's WIT.
     #![allow(
         clippy::too_many_arguments,
-        reason = "the generated `handle-event` export takes the event record's fields flattened"
+        reason = "generated code for the event record"
     )]
     wit_bindgen::generate!({
         world: "projector",
@@ -31,7 +36,7 @@ use std::cell::{Cell, RefCell};
 
 use bindings::zdr::projector::database::Connection;
 use bindings::zdr::projector::log::{Level, log};
-use bindings::zdr::projector::types::{Description, Event, Table, Value};
+use bindings::zdr::projector::types::{Description, Event, EventFailure, Table, Value};
 
 /// The DDL of the table of events seen.
 const CREATE_SEEN: &str = "CREATE TABLE seen (event_id INTEGER PRIMARY KEY)";
@@ -40,7 +45,7 @@ const RECORD_SEEN: &str = "INSERT INTO seen (event_id) VALUES ($1)";
 /// The size of each allocation `Alloc` makes and keeps.
 const MIB: usize = 1 << 20;
 
-/// The answer to `handle-event` before the host has handed over a connection.
+/// The answer to `handle-events` before the host has handed over a connection.
 const NO_CONNECTION: &str = "no connection: use-connection was not called";
 
 thread_local! {
@@ -81,25 +86,15 @@ impl bindings::Guest for Faulty {
         log(Level::Debug, "faulty: replaying");
     }
 
-    fn handle_event(event: Event) -> Result<(), String> {
-        let id = event.id;
-        CONNECTION.with_borrow(|conn| {
-            let conn = conn.as_ref().ok_or(NO_CONNECTION)?;
-            conn.execute(RECORD_SEEN, &[Value::Integer(id)])
-                .map_err(|error| format!("event {id}: recording it failed: {error:?}"))
-        })?;
-        match event.event_class.as_str() {
-            "Trap" => trap(),
-            "Panic" => panic!("faulty: asked to panic at event {id}"),
-            "Fail" => Err("asked to fail".to_owned()),
-            "FailWhenReplaying" if REPLAYING.get() => Err("asked to fail while replaying".to_owned()),
-            "FailWhenLive" if !REPLAYING.get() => Err("asked to fail while live".to_owned()),
-            "Swallow" => swallow(id),
-            "SwallowWhenReplaying" if REPLAYING.get() => swallow(id),
-            "Loop" => spin(),
-            "Alloc" => hoard(),
-            _ => Ok(()),
+    fn handle_events(events: Vec<Event>) -> Result<(), EventFailure> {
+        for (index, event) in events.iter().enumerate() {
+            handle_event(event).map_err(|message| EventFailure {
+                // A run holds at most a few hundred events.
+                index: u32::try_from(index).unwrap_or(u32::MAX),
+                message,
+            })?;
         }
+        Ok(())
     }
 
     fn promote() -> Result<(), String> {
@@ -110,6 +105,32 @@ impl bindings::Guest for Faulty {
     fn remove_target() -> Result<(), String> {
         log(Level::Info, "faulty: target removed");
         Ok(())
+    }
+}
+
+/// Records one event in `seen`, then faults as its class asks.
+fn handle_event(event: &Event) -> Result<(), String> {
+    let id = event.id;
+    CONNECTION.with_borrow(|conn| {
+        let conn = conn.as_ref().ok_or(NO_CONNECTION)?;
+        conn.send(RECORD_SEEN, &[Value::Integer(id)])
+            .map_err(|error| format!("event {id}: recording it failed: {error:?}"))
+    })?;
+    match event.event_class.as_str() {
+        "Trap" => trap(),
+        "Panic" => panic!("faulty: asked to panic at event {id}"),
+        "Fail" => Err("asked to fail".to_owned()),
+        "FailWhenReplaying" if REPLAYING.get() => Err("asked to fail while replaying".to_owned()),
+        "FailWhenLive" if !REPLAYING.get() => Err("asked to fail while live".to_owned()),
+        "Swallow" => swallow(id),
+        "SwallowWhenReplaying" if REPLAYING.get() => swallow(id),
+        "Loop" => spin(),
+        "Slow" => {
+            dawdle();
+            Ok(())
+        }
+        "Alloc" => hoard(),
+        _ => Ok(()),
     }
 }
 
@@ -141,6 +162,15 @@ fn spin() -> ! {
     let mut turns: u64 = 0;
     loop {
         turns = core::hint::black_box(turns.wrapping_add(1));
+    }
+}
+
+/// Spins for 50 ms of the monotonic clock: one event well inside any deadline a test sets, a
+/// run of many of them well past it.
+fn dawdle() {
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_millis(50) {
+        core::hint::spin_loop();
     }
 }
 

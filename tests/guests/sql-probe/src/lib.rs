@@ -22,7 +22,7 @@ mod bindings {
     )]
     wit_bindgen::generate!({
         world: "projector",
-        path: "../../../wit",
+        path: "../../../wit/0.1.0",
     });
 }
 

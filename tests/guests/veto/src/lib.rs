@@ -13,7 +13,7 @@ mod bindings {
     )]
     wit_bindgen::generate!({
         world: "projector",
-        path: "../../../wit",
+        path: "../../../wit/0.1.0",
     });
 }
 

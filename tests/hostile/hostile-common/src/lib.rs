@@ -14,7 +14,7 @@ pub mod bindings {
     )]
     wit_bindgen::generate!({
         world: "projector",
-        path: "../../../wit",
+        path: "../../../wit/0.1.0",
         pub_export_macro: true,
         export_macro_name: "export_projector",
         default_bindings_module: "hostile_common::bindings",

@@ -11,7 +11,7 @@ mod bindings {
         reason = "the generated `handle-event` export takes the event record's fields flattened"
     )]
     wit_bindgen::generate!({
-        path: "../../../wit",
+        path: "../../../wit/0.1.0",
         inline: r"
             package evil:missing;
 
