@@ -77,6 +77,11 @@ struct Args {
     /// for a before-and-after comparison of a change.
     #[arg(long, value_name = "ZDR_BINARY")]
     baseline: Option<PathBuf>,
+    /// The folder of the baseline's `balance_v1.wasm` and `balance_v2.wasm` (default: the
+    /// same components as this build), e.g. the guests of an earlier commit, to compare two
+    /// versions of the contract. With no `--baseline`, the baseline is this build of zdr.
+    #[arg(long, value_name = "DIR")]
+    baseline_guests: Option<PathBuf>,
     /// Instead of the rebuild runs: run `zdr serve` for this many seconds under appending
     /// writers and report append-to-visible latency, then promote a replay under readers and
     /// report how long they stalled.
@@ -125,9 +130,12 @@ struct Sample {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    let v1 = Path::new(GUESTS).join("balance_v1.wasm");
-    let v2 = Path::new(GUESTS).join("balance_v2.wasm");
-    for guest in [&v1, &v2] {
+    let guests = Path::new(GUESTS);
+    let baseline_guests = args.baseline_guests.as_deref().unwrap_or(guests);
+    for guest in ["balance_v1.wasm", "balance_v2.wasm"]
+        .iter()
+        .flat_map(|file| [guests.join(file), baseline_guests.join(file)])
+    {
         if !guest.is_file() {
             return Err(format!(
                 "{} is missing; build the guests first: bash plugins/build-all.sh --demo",
@@ -150,13 +158,11 @@ fn run(args: &Args) -> Result<(), String> {
             dir: dir.to_path_buf(),
         }),
     };
-    let zdr = Zdr {
-        binary: PathBuf::from(env!("CARGO_BIN_EXE_zdr")),
-        dir: dir.to_path_buf(),
-    };
-    let baseline = args.baseline.as_ref().map(|binary| Zdr {
-        binary: binary.clone(),
-        dir: dir.to_path_buf(),
+    let this_build = PathBuf::from(env!("CARGO_BIN_EXE_zdr"));
+    let zdr = Zdr::new(this_build.clone(), dir, guests);
+    let baseline = (args.baseline.is_some() || args.baseline_guests.is_some()).then(|| {
+        let binary = args.baseline.clone().unwrap_or(this_build);
+        Zdr::new(binary, dir, baseline_guests)
     });
 
     // Both components compiled into the cache first (on an empty database of their own), so
@@ -165,8 +171,11 @@ fn run(args: &Args) -> Result<(), String> {
         let Some(build) = build else { continue };
         let url = format!("sqlite://{}", dir.join(format!("{name}.db")).display());
         build.run(&url, &["init"])?;
-        build.run(&url, &["projector", "deploy", "balance", &path_str(&v1)])?;
-        build.create_replay(&url, &v2)?;
+        build.run(
+            &url,
+            &["projector", "deploy", "balance", &path_str(&build.v1)],
+        )?;
+        build.create_replay(&url)?;
     }
 
     // The history is imported once; each run starts from a copy of it.
@@ -177,7 +186,7 @@ fn run(args: &Args) -> Result<(), String> {
     if let Some(seconds) = args.live {
         let mut builds = vec![("zdr", &zdr)];
         builds.extend(baseline.iter().map(|b| ("baseline", b)));
-        return live_run(args, seconds, backend.as_ref(), &builds, &v1, &v2);
+        return live_run(args, seconds, backend.as_ref(), &builds);
     }
     println!(
         "{} events, batch {}, {} run(s), {}",
@@ -198,9 +207,12 @@ fn run(args: &Args) -> Result<(), String> {
         for (deploy_label, replay_label, zdr) in builds {
             let copy = format!("run{run}_{}", deploy_label.replace(' ', "_"));
             let url = backend.copy(&copy)?;
-            let deploy = zdr.timed(&url, &["projector", "deploy", "balance", &path_str(&v1)])?;
+            let deploy = zdr.timed(
+                &url,
+                &["projector", "deploy", "balance", &path_str(&zdr.v1)],
+            )?;
             samples.push(deploy.into_sample(deploy_label));
-            zdr.create_replay(&url, &v2)?;
+            zdr.create_replay(&url)?;
             let replay = zdr.timed(&url, &["replay", "start", "v2"])?;
             samples.push(replay.into_sample(replay_label));
             backend.drop_copy(&copy)?;
@@ -243,8 +255,6 @@ fn live_run(
     seconds: u64,
     backend: &dyn Backend,
     builds: &[(&str, &Zdr)],
-    v1: &Path,
-    v2: &Path,
 ) -> Result<(), String> {
     let hold =
         Duration::from_millis(
@@ -270,7 +280,10 @@ fn live_run(
     for (label, zdr) in builds {
         let copy = format!("live_{}", label.replace(' ', "_"));
         let url = backend.copy(&copy)?;
-        zdr.run(&url, &["projector", "deploy", "balance", &path_str(v1)])?;
+        zdr.run(
+            &url,
+            &["projector", "deploy", "balance", &path_str(&zdr.v1)],
+        )?;
         let log_path = zdr.dir.join(format!("{copy}.log"));
         let log =
             std::fs::File::create(&log_path).map_err(|e| format!("creating the serve log: {e}"))?;
@@ -294,7 +307,7 @@ fn live_run(
             accounts: ACCOUNTS.min(args.events),
         };
         let run_zdr = |command: &[&str]| zdr.run(&url, command).map(drop);
-        let report = match live::run(db, &settings, &run_zdr, serve, &path_str(v2)) {
+        let report = match live::run(db, &settings, &run_zdr, serve, &path_str(&zdr.v2)) {
             Ok(report) => report,
             Err(e) => {
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
@@ -402,10 +415,15 @@ fn print_summary(samples: &[Sample], events: usize) {
     }
 }
 
-/// The `zdr` binary, run with the benchmark's configuration and a cache folder of its own.
+/// The `zdr` binary, run with the benchmark's configuration and a cache folder of its own,
+/// and the balance components it deploys and replays.
 struct Zdr {
     binary: PathBuf,
     dir: PathBuf,
+    /// `balance_v1.wasm`, deployed.
+    v1: PathBuf,
+    /// `balance_v2.wasm`, replayed.
+    v2: PathBuf,
 }
 
 /// What a timed `zdr` command took.
@@ -431,6 +449,15 @@ impl Timed {
 }
 
 impl Zdr {
+    fn new(binary: PathBuf, dir: &Path, guests: &Path) -> Self {
+        Self {
+            binary,
+            dir: dir.to_path_buf(),
+            v1: guests.join("balance_v1.wasm"),
+            v2: guests.join("balance_v2.wasm"),
+        }
+    }
+
     fn command(&self, url: &str, args: &[&str]) -> Command {
         let mut command = Command::new(&self.binary);
         command
@@ -459,9 +486,9 @@ impl Zdr {
         Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// Creates replay `v2` of balance with the component at `v2`.
-    fn create_replay(&self, url: &str, v2: &Path) -> Result<String, String> {
-        let projector = format!("balance={}", path_str(v2));
+    /// Creates replay `v2` of balance with this build's v2 component.
+    fn create_replay(&self, url: &str) -> Result<String, String> {
+        let projector = format!("balance={}", path_str(&self.v2));
         self.run(url, &["replay", "create", "v2", "--projector", &projector])
     }
 
