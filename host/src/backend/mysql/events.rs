@@ -106,6 +106,18 @@ impl MyStore {
         Ok(gap.filter(|g| *g <= max_id))
     }
 
+    /// The highest checkpoint of any target (0 before `zdr init`).
+    fn checkpoint_floor(&self, conn: &mut MySqlConnection) -> i64 {
+        self.rt
+            .block_on(
+                sqlx::query_scalar::<_, i64>(
+                    "SELECT CAST(COALESCE(MAX(checkpoint), 0) AS SIGNED) FROM zdr_targets",
+                )
+                .fetch_one(conn),
+            )
+            .unwrap_or(0)
+    }
+
     /// Remembers the ids in `(from, to]` that are missing now that they are final (at most a
     /// thousand), to notice one written after all.
     fn remember_given_up(
@@ -206,11 +218,24 @@ impl MyStore {
                 .fetch_one(&mut *conn),
             )
             .context("reading the last event id")?;
-        let first_gap = if count == max_id - settled {
+        let mut first_gap = if count == max_id - settled {
             None
         } else {
             self.first_gap(&mut conn, settled, max_id)?
         };
+        // Every id up to a committed checkpoint was final when that checkpoint was taken (it
+        // came from a safe head): a gap below it needs no waiting, even by a fresh process.
+        if let Some(gap) = first_gap {
+            let floor = self.checkpoint_floor(&mut conn);
+            if floor >= gap {
+                high_water.raise_to(floor);
+                first_gap = if floor >= max_id {
+                    None
+                } else {
+                    self.first_gap(&mut conn, floor, max_id)?
+                };
+            }
+        }
         match high_water.observe(Scan { max_id, first_gap }) {
             Observed::Head(head) => Ok(head),
             Observed::Gap { up_to, .. } => {

@@ -10,7 +10,7 @@ use sqlx::mysql::MySqlValueRef;
 use sqlx::{Column, Decode, TypeInfo, ValueRef};
 
 use super::*;
-use crate::backend::guest::{MAX_VALUE_BYTES, RowCollector};
+use crate::backend::guest::RowCollector;
 use crate::sandbox::Checked;
 
 /// The raw side of a guest's handle: runs checked statements on the worker's shared
@@ -106,13 +106,9 @@ impl RawGuestConnection for MyGuestConnection {
                         out.columns(row.columns().iter().map(|c| c.name().to_string()).collect());
                         first = false;
                     }
-                    let values: Vec<Value> = (0..row.len()).map(|i| value_of(&row, i)).collect();
-                    if values.iter().any(|v| value_bytes(v) > MAX_VALUE_BYTES) {
-                        return Err(DbError::LimitExceeded(format!(
-                            "a result value is longer than the limit of {MAX_VALUE_BYTES} bytes"
-                        )));
-                    }
-                    out.push(values)?;
+                    // The collector refuses a value past MAX_VALUE_BYTES: MySQL has no way
+                    // to keep it on the server, as PostgreSQL does.
+                    out.push((0..row.len()).map(|i| value_of(&row, i)).collect())?;
                 }
                 Ok(())
             },
@@ -120,14 +116,6 @@ impl RawGuestConnection for MyGuestConnection {
             &self.options,
             id,
         ))
-    }
-}
-
-fn value_bytes(value: &Value) -> usize {
-    match value {
-        Value::Text(text) => text.len(),
-        Value::Blob(blob) => blob.len(),
-        _ => 0,
     }
 }
 
