@@ -342,3 +342,56 @@ fn eight_readers_see_one_whole_version_through_six_promotes() {
     let log = daemon.stop();
     assert!(log.contains("hot swap"), "no hot swap in the log:\n{log}");
 }
+
+/// Kills every connection to the env's database but the caller's own (the daemon's batch,
+/// lock and polling connections among them); returns how many were killed.
+fn kill_connections(env: &Env) -> u64 {
+    let mut admin = env.mariadb();
+    let ids = admin
+        .rows(&format!(
+            "SELECT id FROM information_schema.processlist WHERE db = '{}' AND id <> CONNECTION_ID()",
+            env.database_name()
+        ))
+        .expect("listing connections");
+    for id in &ids {
+        // One may have ended meanwhile.
+        let _ = admin.execute(&format!("KILL {}", id[0]));
+    }
+    ids.len() as u64
+}
+
+/// The daemon's connections are killed five times while events arrive: it reconnects with
+/// bounded backoff (its ownership lock taken again), and live equals the reference fold with
+/// nothing skipped or doubled, without a restart.
+#[test]
+fn five_cuts_of_the_daemons_connections_lose_nothing_and_need_no_restart() {
+    let g = guests();
+    let env = Env::new(Backend::Mariadb);
+    let mut generator = Generator::new(34);
+    env.import(&generator.open_accounts(20));
+    env.import(&generator.money(200));
+    env.deploy("balance", &g.balance_v1);
+    let mut daemon = env.serve();
+    env.wait_live("balance", "1");
+    let mut cuts = 0;
+    for round in 0..5 {
+        env.import(&generator.money(40));
+        if kill_connections(&env) > 0 {
+            cuts += 1;
+        }
+        env.import(&generator.money(10));
+        env.wait_live("balance", "1");
+        assert_same_rows(
+            &env.balances_v1("balances"),
+            &fold_v1(&env.stored_events()),
+            &format!("live after cut {round}"),
+        );
+        daemon.assert_running();
+    }
+    assert_eq!(cuts, 5, "the daemon was connected at every cut");
+    let log = daemon.stop();
+    assert!(
+        log.contains("reconnected"),
+        "the log says it recovered:\n{log}"
+    );
+}
