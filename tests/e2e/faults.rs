@@ -895,7 +895,7 @@ fn demo_refuses_what_it_cannot_honour_and_a_closed_stdout_ends_quietly() {
     let mut args = vec!["demo", "--events", "10"];
     args.extend(components);
     let output = env
-        .command_as("mysql://root@127.0.0.1/test", &args)
+        .command_as("oracle://scott@127.0.0.1/orcl", &args)
         .output()
         .expect("run zdr demo");
     let err = String::from_utf8_lossy(&output.stderr);
@@ -904,7 +904,7 @@ fn demo_refuses_what_it_cannot_honour_and_a_closed_stdout_ends_quietly() {
         "the demo ran on another database: {err}"
     );
     assert!(
-        err.contains("mysql://") && err.contains("unsupported"),
+        err.contains("oracle://") && err.contains("unsupported"),
         "{err}"
     );
     assert!(

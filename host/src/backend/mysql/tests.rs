@@ -331,3 +331,30 @@ fn a_laravel_event_table_is_used_as_it_is() {
     assert_eq!(appended, Some((2, 2)));
     assert_eq!(db.head().expect("head"), 2);
 }
+
+#[test]
+fn mysql_and_mariadb_urls_name_this_backend_and_hide_their_password() {
+    use crate::backend::Backend;
+    assert_eq!(Backend::of("mysql://u@h/db").ok(), Some(Backend::MySql));
+    assert_eq!(Backend::of("mariadb://u@h/db").ok(), Some(Backend::MySql));
+    assert_eq!(
+        redact("mysql://u:secret@h:3306/db"),
+        "mysql://u:***@h:3306/db"
+    );
+    let refused = MyStore::open("mysql://root@127.0.0.1:3306")
+        .err()
+        .expect("no database");
+    assert!(
+        refused.to_string().contains("names no database"),
+        "{refused}"
+    );
+    let refused = MyStore::open("mysql://zdr_nobody:secret@127.0.0.1:3306/test")
+        .err()
+        .expect("a refused login");
+    let message = refused.to_string();
+    assert!(!message.contains("secret"), "{message}");
+    assert!(
+        message.contains("Access denied"),
+        "the server's reason: {message}"
+    );
+}
