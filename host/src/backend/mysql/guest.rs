@@ -132,9 +132,9 @@ pub(super) fn row_set(rows: &[MySqlRow]) -> RowSet {
 }
 
 /// Converts one column of a row to a guest value: integers (an unsigned one above the
-/// signed range as its decimal text), reals, text (JSON and decimals as their text), blobs
-/// and booleans; dates and times are `unsupported` with the type's name (cast them to text
-/// in SQL to read them, as on PostgreSQL).
+/// signed range as its decimal text), reals, text (JSON and decimals as their text), blobs,
+/// booleans, and dates and times as text (`2024-01-31 12:00:00.5`); anything else is
+/// `unsupported` with the type's name.
 fn value_of(row: &MySqlRow, index: usize) -> Value {
     let Ok(raw) = row.try_get_raw(index) else {
         return Value::Unsupported("unreadable".into());
@@ -171,9 +171,63 @@ fn value_of(row: &MySqlRow, index: usize) -> Value {
         "BINARY" | "VARBINARY" | "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BIT" => {
             decode::<Vec<u8>>(raw).map(Value::Blob)
         }
+        "DATE" | "DATETIME" | "TIMESTAMP" => {
+            decode::<&[u8]>(raw).and_then(date_text).map(Value::Text)
+        }
+        "TIME" => decode::<&[u8]>(raw).and_then(time_text).map(Value::Text),
         _ => None,
     };
     value.unwrap_or(Value::Unsupported(type_name))
+}
+
+/// A date or a date and time as MySQL's text shows it, from the binary protocol's form (a
+/// length, then year, month, day, and optionally hour, minute, second and microseconds) or
+/// the text protocol's (the text itself).
+fn date_text(bytes: &[u8]) -> Option<String> {
+    let (&len, rest) = bytes.split_first()?;
+    if len > 11 {
+        // Text protocol: already text.
+        return std::str::from_utf8(bytes).ok().map(str::to_owned);
+    }
+    let rest = rest.get(..usize::from(len))?;
+    let field = |i: usize| rest.get(i).copied().unwrap_or(0);
+    let year = u16::from_le_bytes([field(0), field(1)]);
+    let mut text = format!("{year:04}-{:02}-{:02}", field(2), field(3));
+    if len > 4 {
+        text.push_str(&format!(" {:02}:{:02}:{:02}", field(4), field(5), field(6)));
+    }
+    if len > 7 {
+        let micros = u32::from_le_bytes([field(7), field(8), field(9), field(10)]);
+        if micros > 0 {
+            let fraction = format!("{micros:06}");
+            text.push('.');
+            text.push_str(fraction.trim_end_matches('0'));
+        }
+    }
+    Some(text)
+}
+
+/// A time (of day, or a duration) as MySQL's text shows it (`-01:02:03.5`), from the binary
+/// protocol's form (a length, the sign, days, hours, minutes, seconds, microseconds) or the
+/// text protocol's.
+fn time_text(bytes: &[u8]) -> Option<String> {
+    let (&len, rest) = bytes.split_first()?;
+    if len > 12 {
+        return std::str::from_utf8(bytes).ok().map(str::to_owned);
+    }
+    let rest = rest.get(..usize::from(len))?;
+    let field = |i: usize| rest.get(i).copied().unwrap_or(0);
+    let days = u32::from_le_bytes([field(1), field(2), field(3), field(4)]);
+    let hours = u64::from(days) * 24 + u64::from(field(5));
+    let sign = if field(0) == 1 { "-" } else { "" };
+    let mut text = format!("{sign}{hours:02}:{:02}:{:02}", field(6), field(7));
+    let micros = u32::from_le_bytes([field(8), field(9), field(10), field(11)]);
+    if micros > 0 {
+        let fraction = format!("{micros:06}");
+        text.push('.');
+        text.push_str(fraction.trim_end_matches('0'));
+    }
+    Some(text)
 }
 
 /// Maps a driver error onto the closed set a guest sees, keeping the server's message,
@@ -218,4 +272,10 @@ fn db_error(err: sqlx::Error) -> DbError {
             sqlstate: code,
         },
     }
+}
+
+/// [`date_text`], for the backend's tests.
+#[cfg(test)]
+pub(super) fn date_text_public(bytes: &[u8]) -> Option<String> {
+    date_text(bytes)
 }

@@ -358,3 +358,36 @@ fn mysql_and_mariadb_urls_name_this_backend_and_hide_their_password() {
         "the server's reason: {message}"
     );
 }
+
+#[test]
+fn values_convert_to_the_guests_types() {
+    let test = MyTestDatabase::new("values");
+    let db = Db::open(&test.url()).expect("open");
+    let rows = db
+        .read_rows(
+            "SELECT CAST(18446744073709551615 AS UNSIGNED), CAST(7 AS UNSIGNED), 1.50, \
+             JSON_OBJECT('a', 1), CAST('2024-01-31 12:00:01.5' AS DATETIME(6)), DATE '2024-01-31', \
+             CAST('2024-01-31 12:00:00' AS DATETIME), CAST('-01:02:03' AS TIME), 2.5e0, x'00ff'",
+        )
+        .expect("a row");
+    assert_eq!(
+        rows.rows,
+        vec![vec![
+            Value::Text("18446744073709551615".into()),
+            Value::Integer(7),
+            Value::Text("1.50".into()),
+            Value::Text("{\"a\": 1}".into()),
+            Value::Text("2024-01-31 12:00:01.5".into()),
+            Value::Text("2024-01-31".into()),
+            Value::Text("2024-01-31 12:00:00".into()),
+            Value::Text("-01:02:03".into()),
+            Value::Real(2.5),
+            Value::Blob(vec![0, 255]),
+        ]]
+    );
+    assert_eq!(date_text_for_test(b"2024-01-31"), Some("2024-01-31".into()));
+}
+
+fn date_text_for_test(text: &[u8]) -> Option<String> {
+    guest::date_text_public(text)
+}
