@@ -47,7 +47,8 @@ pub fn check_declared_ddl(dialect: Dialect, table: &str, ddl: &[String]) -> Resu
         dialect,
         [(table.to_owned(), PhysicalName::unqualified(table))],
         None,
-    );
+    )
+    .with_declared_ddl([(table, ddl)]);
     let Some((create_table, indexes)) = ddl.split_first() else {
         return Err(GuardError::Denied(format!(
             "table {} declares no DDL: its first statement must be CREATE TABLE {table} (…)",
