@@ -10,7 +10,7 @@
 
 use crate::backend::{Db, StoreError, TableColumn, Value};
 use crate::model::{Description, Role, Target};
-use crate::sandbox::PhysicalName;
+use crate::sandbox::{Dialect, PhysicalName};
 
 /// How many rows of each kind a diff shows at most, unless asked for another number.
 pub const DEFAULT_SAMPLE: usize = 10;
@@ -239,13 +239,24 @@ fn quote(identifier: &str) -> String {
 }
 
 /// `side.column`, cast to text when the two copies declare the column with different types
-/// (so that comparing them is defined on both backends).
-fn operand(side: &str, column: &TableColumn, other: &TableColumn) -> String {
+/// (so that comparing them is defined on every backend).
+fn operand(dialect: Dialect, side: &str, column: &TableColumn, other: &TableColumn) -> String {
     let name = format!("{side}.{}", quote(&column.name));
     if column.type_name == other.type_name {
         name
+    } else if dialect == Dialect::MySql {
+        format!("CAST({name} AS CHAR)")
     } else {
         format!("CAST({name} AS TEXT)")
+    }
+}
+
+/// `a` and `b` differ, NULL counting as a value: MySQL spells it with its null-safe `<=>`.
+fn distinct(dialect: Dialect, a: &str, b: &str) -> String {
+    if dialect == Dialect::MySql {
+        format!("NOT ({a} <=> {b})")
+    } else {
+        format!("{a} IS DISTINCT FROM {b}")
     }
 }
 
@@ -345,7 +356,7 @@ fn diff_table(
                 .iter()
                 .map(|(l, r)| {
                     let (mine, other) = if live_side { (l, r) } else { (r, l) };
-                    operand("t", mine, other)
+                    operand(db.dialect(), "t", mine, other)
                 })
                 .collect();
             format!("SELECT {} FROM {name} AS t", list.join(", "))
@@ -383,7 +394,13 @@ fn diff_table(
     } else {
         let on: Vec<String> = key
             .iter()
-            .map(|(l, r)| format!("{} = {}", operand("r", r, l), operand("l", l, r)))
+            .map(|(l, r)| {
+                format!(
+                    "{} = {}",
+                    operand(db.dialect(), "r", r, l),
+                    operand(db.dialect(), "l", l, r)
+                )
+            })
             .collect();
         let on = on.join(" AND ");
         let key_list = |side: &str| {
@@ -406,10 +423,10 @@ fn diff_table(
         let differs: Vec<String> = compared
             .iter()
             .map(|(l, r)| {
-                format!(
-                    "{} IS DISTINCT FROM {}",
-                    operand("l", l, r),
-                    operand("r", r, l)
+                distinct(
+                    db.dialect(),
+                    &operand(db.dialect(), "l", l, r),
+                    &operand(db.dialect(), "r", r, l),
                 )
             })
             .collect();

@@ -73,6 +73,27 @@ fn snapshot(env: &Env) -> Vec<(String, Vec<Vec<String>>)> {
                      WHERE schemaname NOT IN ('pg_catalog', 'information_schema') ORDER BY 1",
                 ),
             ),
+            Backend::Mariadb => {
+                let mine = format!(
+                    "(table_schema = '{}' OR table_schema LIKE 'zdr%\\_{}')",
+                    env.database_name(),
+                    crate::support::mariadb_owner(&env.database_name())
+                );
+                (
+                    (
+                        "columns",
+                        rows(&format!(
+                            "SELECT table_schema, table_name, column_name, column_type, is_nullable, \
+                             column_default FROM information_schema.columns WHERE {mine} \
+                             ORDER BY 1, 2, ordinal_position"
+                        )),
+                    ),
+                    rows(&format!(
+                        "SELECT CONCAT('\"', table_schema, '\".\"', table_name, '\"') \
+                         FROM information_schema.tables WHERE {mine} AND table_type = 'BASE TABLE' ORDER BY 1"
+                    )),
+                )
+            }
         };
         let mut dump = vec![
             (

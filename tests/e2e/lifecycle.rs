@@ -672,6 +672,19 @@ const LARAVEL_POSTGRES: &str = r#"
         UNIQUE ("aggregate_uuid", "aggregate_version");
 "#;
 
+/// Spatie's migration as Laravel runs it on MySQL and MariaDB.
+const LARAVEL_MYSQL: &str = "
+    CREATE TABLE stored_events (id bigint unsigned NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        aggregate_uuid char(36) NULL, aggregate_version bigint unsigned NULL,
+        event_version tinyint unsigned NOT NULL DEFAULT '1', event_class varchar(255) NOT NULL,
+        event_properties json NOT NULL, meta_data json NOT NULL, created_at timestamp NOT NULL)
+        DEFAULT CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci;
+    ALTER TABLE stored_events ADD INDEX stored_events_event_class_index (event_class);
+    ALTER TABLE stored_events ADD INDEX stored_events_aggregate_uuid_index (aggregate_uuid);
+    ALTER TABLE stored_events ADD UNIQUE stored_events_aggregate_uuid_aggregate_version_unique
+        (aggregate_uuid, aggregate_version);
+";
+
 /// Creates Spatie's event store in the env's (uninitialised) database and fills it with
 /// `history` the way a PHP app records it: namespaced classes, aggregate versions, meta data.
 fn create_laravel_store(env: &Env, history: &[NewEvent]) {
@@ -724,6 +737,25 @@ fn create_laravel_store(env: &Env, history: &[NewEvent]) {
                          VALUES ($1::text::uuid, $2, 1, $3, $4::text::jsonb, $5::text::jsonb, $6::text::timestamp)",
                         &[&account, &version, &class, &properties, &meta, &at],
                     )
+                    .expect("insert a Laravel event");
+            }
+        }
+        Backend::Mariadb => {
+            let mut client = env.mariadb();
+            client.execute(LARAVEL_MYSQL).expect("create stored_events");
+            let quote = |text: &str| format!("'{}'", text.replace('\'', "''"));
+            for (account, version, class, properties, at) in rows {
+                client
+                    .execute(&format!(
+                        "INSERT INTO stored_events (aggregate_uuid, aggregate_version, event_version, \
+                         event_class, event_properties, meta_data, created_at) \
+                         VALUES ({}, {version}, 1, {}, {}, {}, {})",
+                        quote(&account),
+                        quote(&class),
+                        quote(&properties),
+                        quote(meta),
+                        quote(&at)
+                    ))
                     .expect("insert a Laravel event");
             }
         }

@@ -18,6 +18,7 @@ mod hostile;
 mod languages;
 mod lifecycle;
 mod machine;
+mod mariadb;
 mod policies;
 mod postgres;
 mod safety;

@@ -245,11 +245,48 @@ const ON_POSTGRES: &[Probe] = &[execute(
     REFUSED,
 )];
 
+/// Statements whose right answer depends on the backend's SQL dialect: on MariaDB, where
+/// these are what only MySQL executes.
+const ON_MARIADB: &[Probe] = &[
+    execute(
+        "REPLACE INTO balances (account_uuid, name, balance) VALUES ('evil', 'x', 1)",
+        REFUSED,
+    ),
+    query("SELECT /*! SLEEP(10) */ 1", DENIED),
+    query("SELECT /*!50000 LOAD_FILE('/etc/passwd') */ 1", DENIED),
+    query("SELECT /*+ MAX_EXECUTION_TIME(1) */ 1", DENIED),
+    query("SELECT * FROM `stored_events`", DENIED),
+    query("SELECT @x", DENIED),
+    query("SELECT @@version", DENIED),
+    query("SELECT LOAD_FILE('/etc/passwd')", DENIED),
+    query("SELECT SLEEP(5)", DENIED),
+    query("SELECT BENCHMARK(100000000, md5('x'))", DENIED),
+    query("SELECT GET_LOCK('zdr-writer', 0)", DENIED),
+    query(
+        "SELECT * FROM probe_notes INTO OUTFILE '/tmp/zdr-evil'",
+        REFUSED,
+    ),
+    execute("HANDLER probe_notes OPEN", REFUSED),
+    execute("LOCK TABLES probe_notes WRITE", REFUSED),
+    execute("SET @x = 1", REFUSED),
+    execute("SET SESSION sql_mode = ''", REFUSED),
+    execute("START TRANSACTION", REFUSED),
+    execute("COMMIT", REFUSED),
+    query("SELECT utc_timestamp", DENIED),
+    query("SELECT * FROM mysql.user", DENIED),
+    query("SELECT * FROM information_schema.processlist", DENIED),
+    execute(
+        "INSERT INTO probe_notes (id, note) VALUES (9, 'x') ON DUPLICATE KEY UPDATE note = 'y'",
+        REFUSED,
+    ),
+];
+
 /// Every hostile statement of the table-driven test on `backend`.
 fn hostile(backend: Backend) -> Vec<&'static Probe> {
     let specific = match backend {
         Backend::Sqlite => ON_SQLITE,
         Backend::Postgres => ON_POSTGRES,
+        Backend::Mariadb => ON_MARIADB,
     };
     HOSTILE.iter().chain(PG_ESCAPES).chain(specific).collect()
 }

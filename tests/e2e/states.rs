@@ -524,7 +524,7 @@ fn a_database_written_by_a_newer_zdr_is_refused_and_left_alone(backend: Backend)
     let env = Env::new(backend);
     env.ok(&["events", "append", "--class", "Hello"]);
     // Pretend a newer zdr wrote it.
-    env.execute("UPDATE zdr_meta SET value = '99' WHERE key = 'schema_version'");
+    env.execute("UPDATE zdr_meta SET value = '99' WHERE \"key\" = 'schema_version'");
     for args in [
         &["init"][..],
         &["events", "count"],
@@ -541,7 +541,7 @@ fn a_database_written_by_a_newer_zdr_is_refused_and_left_alone(backend: Backend)
     }
     assert_eq!(env.head(), 1, "nothing was appended");
     assert_eq!(
-        env.rows("SELECT value FROM zdr_meta WHERE key = 'schema_version'"),
+        env.rows("SELECT value FROM zdr_meta WHERE \"key\" = 'schema_version'"),
         [["99"]]
     );
 }

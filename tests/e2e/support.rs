@@ -4,12 +4,13 @@
 //!
 //! - [`guests`] builds every guest component once per test process (`plugins/build-all.sh`).
 //! - [`Backend`] says which database an [`Env`] runs on; [`both_backends!`] turns one scenario
-//!   into a `sqlite` and a `postgres` test, so the same body proves the same thing on both.
+//!   into a `sqlite`, a `postgres` and a `mariadb` test, so the same body proves the same thing
+//!   on every backend (the name is older than the third).
 //! - [`Env`] is one test's world: a temporary directory, the working directory of every `zdr`
 //!   it runs (so a `zdr.toml` written there applies), and its own database: a SQLite file in
-//!   that directory, or a PostgreSQL database of its own, created on the server named by
-//!   `ZDR_TEST_POSTGRES_URL` and dropped with the env, so tests run in parallel. An unreachable
-//!   server fails the test, never skips it.
+//!   that directory, or a PostgreSQL (MariaDB) database of its own, created on the server named
+//!   by `ZDR_TEST_POSTGRES_URL` (`ZDR_TEST_MYSQL_URL`) and dropped with the env, so tests run in
+//!   parallel. An unreachable server fails the test, never skips it.
 //! - [`Daemon`] is a running `zdr serve`, stopped with SIGTERM when dropped.
 //! - [`Generator`] makes deterministic bank events; [`fold_v1`] and [`fold_v2`] compute what
 //!   the `balances` table of each projector version must hold after a list of events.
@@ -204,11 +205,13 @@ pub enum Backend {
     Sqlite,
     /// A database of its own on the PostgreSQL server named by `ZDR_TEST_POSTGRES_URL`.
     Postgres,
+    /// A database of its own on the MariaDB (or MySQL) server named by `ZDR_TEST_MYSQL_URL`.
+    Mariadb,
 }
 
-/// Turns scenarios into tests on both backends: for each `fn NAME(backend: Backend)` named,
-/// a module `NAME` with the tests `NAME::sqlite` and `NAME::postgres`, so the same body
-/// proves the same thing on both (and `cargo test postgres` runs one side).
+/// Turns scenarios into tests on every backend: for each `fn NAME(backend: Backend)` named,
+/// a module `NAME` with the tests `NAME::sqlite`, `NAME::postgres` and `NAME::mariadb`, so the
+/// same body proves the same thing on each (and `cargo test mariadb` runs one of them).
 ///
 /// ```ignore
 /// both_backends!(the_scenario);
@@ -231,6 +234,11 @@ macro_rules! both_backends {
                 #[test]
                 fn postgres() {
                     super::$name($crate::support::Backend::Postgres);
+                }
+
+                #[test]
+                fn mariadb() {
+                    super::$name($crate::support::Backend::Mariadb);
                 }
             }
         )+
@@ -356,6 +364,172 @@ fn drop_abandoned_databases(admin: &mut postgres::Client) {
     }
 }
 
+/// The MariaDB server of the tests when `ZDR_TEST_MYSQL_URL` is not set: the local one.
+pub const DEFAULT_MYSQL_URL: &str = "mysql://root@127.0.0.1:3306/test";
+
+/// The URL of the MariaDB server the tests create their databases on.
+pub fn mysql_server_url() -> String {
+    std::env::var("ZDR_TEST_MYSQL_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| DEFAULT_MYSQL_URL.to_string())
+}
+
+/// A blocking MariaDB connection for the tests, in the session mode zdr uses (so `"x"` names
+/// a column and `||` concatenates in the tests' SQL as in zdr's).
+pub struct MyClient {
+    rt: tokio::runtime::Runtime,
+    conn: sqlx::MySqlConnection,
+}
+
+impl MyClient {
+    /// Connects to `url`; panics with a message saying how to point the tests at a server.
+    pub fn connect(url: &str) -> Self {
+        Self::try_connect(url).unwrap_or_else(|e| {
+            panic!(
+                "cannot connect to MariaDB at {url}: {e}\n\
+                 The MariaDB end-to-end tests need a server: start one, or set \
+                 ZDR_TEST_MYSQL_URL (default {DEFAULT_MYSQL_URL}). They fail, never skip."
+            )
+        })
+    }
+
+    /// Connects to `url`, or says why not.
+    pub fn try_connect(url: &str) -> Result<Self, String> {
+        use sqlx::Connection;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())?;
+        let conn = rt
+            .block_on(sqlx::MySqlConnection::connect(url))
+            .map_err(|e| e.to_string())?;
+        let mut client = Self { rt, conn };
+        client.execute(&format!(
+            "SET SESSION sql_mode = '{}', time_zone = '+00:00'",
+            zdr::sandbox::SESSION_SQL_MODE
+        ))?;
+        Ok(client)
+    }
+
+    /// Runs statements (several may be separated by `;`).
+    pub fn execute(&mut self, sql: &str) -> Result<(), String> {
+        self.rt
+            .block_on(sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).execute(&mut self.conn))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// The rows of a query, every value in MariaDB's text form, NULL as `NULL`.
+    pub fn rows(&mut self, sql: &str) -> Result<Vec<Vec<String>>, String> {
+        use sqlx::{Decode, Row, ValueRef};
+        let rows = self
+            .rt
+            .block_on(sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string())).fetch_all(&mut self.conn))
+            .map_err(|e| e.to_string())?;
+        Ok(rows
+            .iter()
+            .map(|row| {
+                (0..row.len())
+                    .map(|i| match row.try_get_raw(i) {
+                        Ok(raw) if raw.is_null() => "NULL".to_string(),
+                        // The text protocol sends every value as its text.
+                        Ok(raw) => <Vec<u8> as Decode<sqlx::MySql>>::decode(raw)
+                            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+                            .unwrap_or_else(|e| format!("<{e}>")),
+                        Err(e) => format!("<{e}>"),
+                    })
+                    .collect()
+            })
+            .collect())
+    }
+}
+
+/// The suffix zdr gives the databases of a MariaDB env's replays and builds.
+pub fn mariadb_owner(database: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(database.as_bytes())[..4])
+}
+
+/// One env's database on the MariaDB server, dropped with the databases of its targets when
+/// the env is.
+struct MyDatabase {
+    server: String,
+    name: String,
+}
+
+impl MyDatabase {
+    /// Creates `zdr_e2e_<pid>_<n>` on the test server.
+    fn create() -> Self {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        static SWEPT: OnceLock<()> = OnceLock::new();
+        let server = mysql_server_url();
+        let mut admin = MyClient::connect(&server);
+        SWEPT.get_or_init(|| drop_abandoned_mariadb_databases(&mut admin));
+        let name = format!(
+            "zdr_e2e_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        admin
+            .execute(&format!(
+                "CREATE DATABASE \"{name}\" CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"
+            ))
+            .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
+        Self { server, name }
+    }
+
+    fn url(&self) -> String {
+        with_database(&self.server, &self.name)
+    }
+}
+
+/// Drops database `name` and those of its targets (`zdr_r_…_<owner>` and the like).
+fn drop_mariadb_database(admin: &mut MyClient, name: &str) {
+    let owner = mariadb_owner(name);
+    let derived = admin
+        .rows(&format!(
+            "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'zdr%\\_{owner}'"
+        ))
+        .unwrap_or_default();
+    for row in derived
+        .iter()
+        .chain(std::iter::once(&vec![name.to_string()]))
+    {
+        let _ = admin.execute(&format!("DROP DATABASE IF EXISTS \"{}\"", row[0]));
+    }
+}
+
+impl Drop for MyDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = MyClient::try_connect(&self.server) {
+            drop_mariadb_database(&mut admin, &self.name);
+        }
+    }
+}
+
+/// Drops the MariaDB test databases of test processes that no longer run.
+fn drop_abandoned_mariadb_databases(admin: &mut MyClient) {
+    let Ok(rows) = admin.rows(
+        "SELECT schema_name FROM information_schema.schemata WHERE schema_name LIKE 'zdr\\_e2e\\_%'",
+    ) else {
+        return;
+    };
+    for row in rows {
+        let name = &row[0];
+        let pid = name.split('_').nth(2).unwrap_or_default();
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            drop_mariadb_database(admin, name);
+        }
+    }
+}
+
+/// A test's database, kept for its `Drop`.
+enum ServerDatabase {
+    Postgres(#[allow(dead_code)] PgDatabase),
+    Mariadb(#[allow(dead_code)] MyDatabase),
+}
+
 /// One test's world: a temporary directory, the working directory of every `zdr` the test
 /// runs, and a database of its own on the test's backend.
 pub struct Env {
@@ -363,8 +537,8 @@ pub struct Env {
     backend: Backend,
     url: String,
     files: AtomicUsize,
-    /// Kept for its `Drop`: a PostgreSQL env's database lives as long as the env.
-    _database: Option<PgDatabase>,
+    /// Kept for its `Drop`: a server env's database lives as long as the env.
+    _database: Option<ServerDatabase>,
 }
 
 impl Env {
@@ -392,7 +566,11 @@ impl Env {
             ),
             Backend::Postgres => {
                 let db = PgDatabase::create();
-                (db.url(), Some(db))
+                (db.url(), Some(ServerDatabase::Postgres(db)))
+            }
+            Backend::Mariadb => {
+                let db = MyDatabase::create();
+                (db.url(), Some(ServerDatabase::Mariadb(db)))
             }
         };
         Self {
@@ -434,7 +612,18 @@ impl Env {
         match self.backend {
             Backend::Sqlite => format!("zdr_r_{key}__{table}"),
             Backend::Postgres => format!("zdr_r_{key}.{table}"),
+            Backend::Mariadb => format!("zdr_r_{key}_{}.{table}", self.owner()),
         }
+    }
+
+    /// The suffix of the databases of this MariaDB env's replays.
+    fn owner(&self) -> String {
+        mariadb_owner(self.url.rsplit('/').next().unwrap_or_default())
+    }
+
+    /// The database of this MariaDB env (MariaDB envs only).
+    pub fn database_name(&self) -> String {
+        self.url.rsplit('/').next().unwrap_or_default().to_string()
     }
 
     /// The physical name of table `table` kept for rollback by replay `key`'s promote.
@@ -442,6 +631,7 @@ impl Env {
         match self.backend {
             Backend::Sqlite => format!("zdr_p_{key}__{table}"),
             Backend::Postgres => format!("zdr_p_{key}.{table}"),
+            Backend::Mariadb => format!("zdr_p_{key}_{}.{table}", self.owner()),
         }
     }
 
@@ -650,6 +840,16 @@ impl Env {
         postgres_connect(&self.url)
     }
 
+    /// A new connection to the MariaDB database (MariaDB envs only).
+    pub fn mariadb(&self) -> MyClient {
+        assert_eq!(
+            self.backend,
+            Backend::Mariadb,
+            "test bug: mariadb() is for MariaDB envs"
+        );
+        MyClient::connect(&self.url)
+    }
+
     /// Rows of a query, every value rendered as text (NULL as `NULL`).
     pub fn rows(&self, sql: &str) -> Vec<Vec<String>> {
         self.try_rows(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
@@ -660,6 +860,7 @@ impl Env {
         match self.backend {
             Backend::Sqlite => query_rows(&self.read(), sql).map_err(|e| e.to_string()),
             Backend::Postgres => pg_rows(&mut self.postgres(), sql),
+            Backend::Mariadb => self.mariadb().rows(sql),
         }
     }
 
@@ -673,6 +874,10 @@ impl Env {
                 .postgres()
                 .batch_execute(sql)
                 .unwrap_or_else(|e| panic!("{sql}: {}", pg_error(&e))),
+            Backend::Mariadb => self
+                .mariadb()
+                .execute(sql)
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
         }
     }
 
@@ -696,6 +901,20 @@ impl Env {
                     .expect("a read transaction");
                 let out = read(&mut tx);
                 tx.commit().expect("ending the read transaction");
+                out
+            }
+            Backend::Mariadb => {
+                let mut client = self.mariadb();
+                client
+                    .execute(
+                        "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ; \
+                         START TRANSACTION WITH CONSISTENT SNAPSHOT",
+                    )
+                    .expect("a read transaction");
+                let out = read(&mut client);
+                client
+                    .execute("COMMIT")
+                    .expect("ending the read transaction");
                 out
             }
         }
@@ -746,6 +965,14 @@ impl Env {
                     .unwrap_or_else(|e| panic!("reading pg_tables: {}", pg_error(&e)));
                 count > 0
             }
+            Backend::Mariadb => {
+                let database = self.database_name();
+                let (schema, table) = name.split_once('.').unwrap_or((&database, name));
+                self.scalar(&format!(
+                    "SELECT COUNT(*) FROM information_schema.tables WHERE table_schema = '{schema}' \
+                     AND table_name = '{table}'"
+                )) > 0
+            }
         }
     }
 
@@ -756,6 +983,16 @@ impl Env {
         let sql = match self.backend {
             Backend::Sqlite => "SELECT type || ' ' || name FROM sqlite_master ORDER BY type, name",
             Backend::Postgres => PG_SCHEMA_OBJECTS,
+            Backend::Mariadb => {
+                let sql = MY_SCHEMA_OBJECTS
+                    .replace("{db}", &self.database_name())
+                    .replace("{owner}", &self.owner());
+                return self
+                    .rows(&sql)
+                    .into_iter()
+                    .map(|mut r| r.remove(0))
+                    .collect();
+            }
         };
         self.rows(sql)
             .into_iter()
@@ -814,6 +1051,20 @@ impl Env {
                     event_class: r.get(2),
                     properties: r.get(3),
                     created_at: r.get(4),
+                })
+                .collect(),
+            Backend::Mariadb => self
+                .rows(&format!(
+                    "SELECT id, aggregate_uuid, event_class, event_properties, CAST(created_at AS CHAR) \
+                     FROM stored_events WHERE {condition} ORDER BY id"
+                ))
+                .into_iter()
+                .map(|r| StoredEvent {
+                    id: r[0].parse().expect("an integer id"),
+                    aggregate_uuid: (r[1] != "NULL").then(|| r[1].clone()),
+                    event_class: r[2].clone(),
+                    properties: r[3].clone(),
+                    created_at: r[4].clone(),
                 })
                 .collect(),
         }
@@ -934,6 +1185,12 @@ impl Query for rusqlite::Transaction<'_> {
     }
 }
 
+impl Query for MyClient {
+    fn rows(&mut self, sql: &str) -> Result<Vec<Vec<String>>, String> {
+        MyClient::rows(self, sql)
+    }
+}
+
 impl Query for postgres::Transaction<'_> {
     fn rows(&mut self, sql: &str) -> Result<Vec<Vec<String>>, String> {
         pg_rows(self, sql)
@@ -975,6 +1232,27 @@ WHERE split_part(name, '.', 1) NOT IN ('pg_catalog', 'information_schema', 'pg_t
   AND split_part(name, '.', 1) NOT LIKE 'pg\\_temp\\_%'
   AND split_part(name, '.', 1) NOT LIKE 'pg\\_toast\\_temp\\_%'
 ORDER BY 1";
+
+/// Every object of a MariaDB env (its database and the databases of its targets, named by
+/// the `{owner}` suffix), as `type database.name`: databases, tables, views, indexes,
+/// triggers and routines.
+const MY_SCHEMA_OBJECTS: &str = "\
+SELECT CONCAT(kind, ' ', name) FROM (
+    SELECT 'schema' AS kind, schema_name AS name FROM information_schema.schemata
+      WHERE schema_name = '{db}' OR schema_name LIKE 'zdr%\\_{owner}'
+    UNION ALL
+    SELECT CASE table_type WHEN 'VIEW' THEN 'view' ELSE 'table' END, CONCAT(table_schema, '.', table_name)
+      FROM information_schema.tables WHERE table_schema = '{db}' OR table_schema LIKE 'zdr%\\_{owner}'
+    UNION ALL
+    SELECT DISTINCT 'index', CONCAT(table_schema, '.', table_name, '.', index_name)
+      FROM information_schema.statistics WHERE table_schema = '{db}' OR table_schema LIKE 'zdr%\\_{owner}'
+    UNION ALL
+    SELECT 'trigger', CONCAT(trigger_schema, '.', trigger_name) FROM information_schema.triggers
+      WHERE trigger_schema = '{db}' OR trigger_schema LIKE 'zdr%\\_{owner}'
+    UNION ALL
+    SELECT 'function', CONCAT(routine_schema, '.', routine_name) FROM information_schema.routines
+      WHERE routine_schema = '{db}' OR routine_schema LIKE 'zdr%\\_{owner}'
+) o ORDER BY 1";
 
 /// Polls `condition` until it holds; panics with `what` when `timeout` passes first.
 pub fn wait_until(timeout: Duration, what: &str, mut condition: impl FnMut() -> bool) {
@@ -1411,6 +1689,7 @@ impl Appender {
         let store = match env.backend() {
             Backend::Sqlite => Store::Sqlite(env.db_path()),
             Backend::Postgres => Store::Postgres(env.url().to_string()),
+            Backend::Mariadb => Store::Mariadb(env.url().to_string()),
         };
         let (thread_stop, thread_appended) = (stop.clone(), appended.clone());
         let handle = std::thread::spawn(move || {
@@ -1476,6 +1755,7 @@ impl Drop for Appender {
 enum Store {
     Sqlite(PathBuf),
     Postgres(String),
+    Mariadb(String),
 }
 
 impl Store {
@@ -1489,6 +1769,7 @@ impl Store {
                 Writer::Sqlite(conn)
             }
             Self::Postgres(url) => Writer::Postgres(postgres_connect(url)),
+            Self::Mariadb(url) => Writer::Mariadb(MyClient::connect(url)),
         }
     }
 }
@@ -1499,6 +1780,22 @@ pub enum Writer {
     Sqlite(Connection),
     /// A PostgreSQL connection.
     Postgres(postgres::Client),
+    /// A MariaDB connection.
+    Mariadb(MyClient),
+}
+
+/// Appends one event on MariaDB, its values spliced in by [`my_append`].
+fn my_append(e: &NewEvent) -> String {
+    let quote = |text: &str| format!("'{}'", text.replace('\'', "''"));
+    format!(
+        "INSERT INTO stored_events (aggregate_uuid, event_version, event_class, event_properties, \
+         meta_data, created_at) VALUES ({}, 1, {}, {}, '{{}}', UTC_TIMESTAMP(6))",
+        e.aggregate
+            .as_deref()
+            .map_or_else(|| "NULL".to_string(), quote),
+        quote(&e.class),
+        quote(&e.properties.to_string())
+    )
 }
 
 /// Appends one event on PostgreSQL: `$1` aggregate, `$2` class, `$3` properties as JSON text.
@@ -1537,6 +1834,15 @@ impl Writer {
                 tx.commit()
                     .unwrap_or_else(|e| panic!("the appender cannot commit: {}", pg_error(&e)));
             }
+            Self::Mariadb(client) => {
+                let inserts: Vec<String> = events.iter().map(my_append).collect();
+                client
+                    .execute(&format!(
+                        "START TRANSACTION; {}; COMMIT",
+                        inserts.join("; ")
+                    ))
+                    .unwrap_or_else(|e| panic!("the appender cannot append: {e}"));
+            }
         }
     }
 }
@@ -1558,7 +1864,7 @@ impl Reader {
         let backend = env.backend();
         let path = match backend {
             Backend::Sqlite => env.db_path(),
-            Backend::Postgres => PathBuf::new(),
+            Backend::Postgres | Backend::Mariadb => PathBuf::new(),
         };
         let (url, sql) = (env.url().to_string(), sql.to_string());
         let thread_stop = stop.clone();
@@ -1579,6 +1885,13 @@ impl Reader {
                     let mut client = postgres_connect(&url);
                     while !thread_stop.load(Ordering::Relaxed) {
                         reads.push(pg_rows(&mut client, &sql));
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                Backend::Mariadb => {
+                    let mut client = MyClient::connect(&url);
+                    while !thread_stop.load(Ordering::Relaxed) {
+                        reads.push(client.rows(&sql));
                         std::thread::sleep(Duration::from_millis(2));
                     }
                 }

@@ -22,27 +22,27 @@ use crate::sandbox::Dialect;
 /// zdr's tables, in SQL both backends accept once [`portable`] has filled in the tokens.
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS zdr_meta (
-    key TEXT PRIMARY KEY,
+    \"key\" {name} PRIMARY KEY,
     value TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS zdr_components (
-    hash TEXT PRIMARY KEY,
+    hash {name} PRIMARY KEY,
     wasm {bytes} NOT NULL,
     size BIGINT NOT NULL,
     created_at {created}
 );
 CREATE TABLE IF NOT EXISTS zdr_versions (
     id {serial},
-    projector TEXT NOT NULL,
+    projector {name} NOT NULL,
     version TEXT NOT NULL,
-    component_hash TEXT NOT NULL REFERENCES zdr_components (hash),
+    component_hash {name} NOT NULL REFERENCES zdr_components (hash),
     description TEXT NOT NULL,
     created_at {created},
     UNIQUE (projector, component_hash)
 );
 CREATE TABLE IF NOT EXISTS zdr_targets (
     id {serial},
-    projector TEXT NOT NULL,
+    projector {name} NOT NULL,
     version_id BIGINT NOT NULL REFERENCES zdr_versions (id),
     role TEXT NOT NULL CHECK (role IN ('live', 'clone', 'retired', 'building')),
     replay_key TEXT,
@@ -51,11 +51,11 @@ CREATE TABLE IF NOT EXISTS zdr_targets (
     error TEXT,
     created_at {created},
     updated_at {created},
-    skip_event_id BIGINT
+    skip_event_id BIGINT{live_column}
 );
-CREATE UNIQUE INDEX IF NOT EXISTS zdr_targets_one_live ON zdr_targets (projector) WHERE role = 'live';
+{live_index};
 CREATE TABLE IF NOT EXISTS zdr_replays (
-    key TEXT PRIMARY KEY,
+    \"key\" {name} PRIMARY KEY,
     state TEXT NOT NULL,
     error TEXT,
     created_at {created},
@@ -82,7 +82,7 @@ CREATE TABLE IF NOT EXISTS zdr_runs (
     at {created}
 );
 CREATE TABLE IF NOT EXISTS zdr_workers (
-    projector TEXT PRIMARY KEY,
+    projector {name} PRIMARY KEY,
     daemon TEXT NOT NULL,
     state TEXT NOT NULL,
     reason TEXT,
@@ -115,6 +115,7 @@ pub(super) struct Sql {
     text: &'static str,
     sqlite: OnceLock<String>,
     postgres: OnceLock<String>,
+    mysql: OnceLock<String>,
 }
 
 impl Sql {
@@ -123,6 +124,7 @@ impl Sql {
             text,
             sqlite: OnceLock::new(),
             postgres: OnceLock::new(),
+            mysql: OnceLock::new(),
         }
     }
 
@@ -131,6 +133,7 @@ impl Sql {
         let cell = match dialect {
             Dialect::Sqlite => &self.sqlite,
             Dialect::Postgres => &self.postgres,
+            Dialect::MySql => &self.mysql,
         };
         cell.get_or_init(|| portable(self.text, dialect))
     }
@@ -147,6 +150,37 @@ pub(super) fn portable(sql: &str, dialect: Dialect) -> String {
         };
         let token = &rest[open + 1..open + close];
         match (token, dialect) {
+            // A text column that is part of a key: MySQL cannot index TEXT, and compares
+            // text without regard to case unless told otherwise.
+            ("name", Dialect::MySql) => {
+                out.push_str("VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin")
+            }
+            ("name", _) => out.push_str("TEXT"),
+            // One live target per projector: a partial unique index where the database has
+            // them; on MySQL a unique generated column that is NULL except for live targets.
+            ("live_column", Dialect::MySql) => out.push_str(
+                ",\n    live_projector VARCHAR(255) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin \
+                 AS (CASE WHEN role = 'live' THEN projector END) STORED UNIQUE",
+            ),
+            ("live_column", _) => {}
+            ("live_index", Dialect::MySql) => out.push_str("SELECT 1"),
+            ("live_index", _) => out.push_str(
+                "CREATE UNIQUE INDEX IF NOT EXISTS zdr_targets_one_live ON zdr_targets (projector) \
+                 WHERE role = 'live'",
+            ),
+            ("now", Dialect::MySql) => out.push_str("UNIX_TIMESTAMP(SYSDATE(6))"),
+            ("timestamp", Dialect::MySql) => out.push_str("CURRENT_TIMESTAMP(6)"),
+            ("serial", Dialect::MySql) => out.push_str("BIGINT AUTO_INCREMENT PRIMARY KEY"),
+            ("bytes", Dialect::MySql) => out.push_str("LONGBLOB"),
+            ("created", Dialect::MySql) => {
+                out.push_str("TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)")
+            }
+            // zdr's MySQL sessions run in UTC (`time_zone = '+00:00'`).
+            (column, Dialect::MySql) if column.starts_with("iso:") => out.push_str(&format!(
+                "CONCAT(DATE_FORMAT({c}, '%Y-%m-%dT%H:%i:%s.'), \
+                 LPAD(FLOOR(MICROSECOND({c}) / 1000), 3, '0'), 'Z')",
+                c = &column[4..]
+            )),
             ("now", Dialect::Sqlite) => out.push_str("((julianday('now') - 2440587.5) * 86400.0)"),
             ("now", Dialect::Postgres) => {
                 out.push_str("EXTRACT(EPOCH FROM clock_timestamp())::double precision")
@@ -175,6 +209,16 @@ pub(super) fn portable(sql: &str, dialect: Dialect) -> String {
     match dialect {
         Dialect::Postgres => out,
         Dialect::Sqlite => out.replace('$', "?"),
+        // Upserts and casts spelt MySQL's way; `$N` stays, bound by position by the backend.
+        // zdr's own statements always translate (a test runs every one).
+        Dialect::MySql => out
+            .split_inclusive(';')
+            .map(|statement| {
+                crate::sandbox::own_statement(statement.trim_end_matches(';'))
+                    .map(|s| if statement.ends_with(';') { s + ";" } else { s })
+                    .unwrap_or_else(|_| statement.to_owned())
+            })
+            .collect(),
     }
 }
 
@@ -208,7 +252,7 @@ static PROJECTING_CLONES: Sql = Sql::new(
      t.error_event_id, t.error, t.skip_event_id FROM zdr_targets t \
      JOIN zdr_versions v ON v.id = t.version_id WHERE t.projector = $1 AND t.role = 'clone' \
      AND t.error_event_id IS NULL \
-     AND t.replay_key IN (SELECT key FROM zdr_replays WHERE state = 'projecting') \
+     AND t.replay_key IN (SELECT \"key\" FROM zdr_replays WHERE state = 'projecting') \
      ORDER BY t.projector, t.id",
 );
 static SET_CHECKPOINT: Sql = Sql::new("UPDATE zdr_targets SET checkpoint = $2 WHERE id = $1");
@@ -248,20 +292,22 @@ static VERSION: Sql = Sql::new(
 static DESCRIPTION: Sql =
     Sql::new("SELECT description, component_hash FROM zdr_versions WHERE id = $1");
 static ADD_REPLAY: Sql = Sql::new(
-    "INSERT INTO zdr_replays (key, state) VALUES ($1, 'created') ON CONFLICT (key) DO NOTHING",
+    "INSERT INTO zdr_replays (\"key\", state) VALUES ($1, 'created') ON CONFLICT (\"key\") DO NOTHING",
 );
 static REPLAY: Sql = Sql::new(
-    "SELECT key, state, error, {iso:created_at}, {iso:updated_at} FROM zdr_replays WHERE key = $1",
+    "SELECT \"key\", state, error, {iso:created_at}, {iso:updated_at} FROM zdr_replays WHERE \"key\" = $1",
 );
 static REPLAYS: Sql = Sql::new(
-    "SELECT key, state, error, {iso:created_at}, {iso:updated_at} FROM zdr_replays ORDER BY created_at, key",
+    "SELECT \"key\", state, error, {iso:created_at}, {iso:updated_at} FROM zdr_replays ORDER BY created_at, \"key\"",
 );
-static DELETE_REPLAY: Sql = Sql::new("DELETE FROM zdr_replays WHERE key = $1");
-static SCHEMA_VERSION: Sql = Sql::new("SELECT value FROM zdr_meta WHERE key = 'schema_version'");
+static DELETE_REPLAY: Sql = Sql::new("DELETE FROM zdr_replays WHERE \"key\" = $1");
+static SCHEMA_VERSION: Sql =
+    Sql::new("SELECT value FROM zdr_meta WHERE \"key\" = 'schema_version'");
 static SET_SCHEMA_VERSION: Sql = Sql::new(
-    "INSERT INTO zdr_meta (key, value) VALUES ('schema_version', $1) \
-     ON CONFLICT (key) DO UPDATE SET value = excluded.value \
-     WHERE CAST(zdr_meta.value AS BIGINT) < CAST(excluded.value AS BIGINT)",
+    "INSERT INTO zdr_meta (\"key\", value) VALUES ('schema_version', $1) \
+     ON CONFLICT (\"key\") DO UPDATE SET value = CASE \
+     WHEN CAST(zdr_meta.value AS BIGINT) < CAST(excluded.value AS BIGINT) THEN excluded.value \
+     ELSE zdr_meta.value END",
 );
 static COUNT_EVENTS: Sql = Sql::new("SELECT COUNT(*) FROM stored_events");
 static REPORT_WORKER: Sql = Sql::new(
@@ -766,7 +812,7 @@ impl Db {
         let sql = portable(
             &format!(
                 "UPDATE zdr_replays SET state = $2, error = $3, updated_at = {{timestamp}} \
-                 WHERE key = $1 AND state IN ({})",
+                 WHERE \"key\" = $1 AND state IN ({})",
                 states.join(", ")
             ),
             self.dialect(),
@@ -1107,7 +1153,7 @@ fn unexpected(i: usize, want: &str, got: Option<&Value>) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::testing::TestDatabase;
+    use crate::backend::testing::{MyTestDatabase, TestDatabase};
     use crate::events::{NewEvent, ReadEvent};
     use crate::model::TableDecl;
 
@@ -1336,6 +1382,20 @@ mod tests {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let db =
             Db::create(&format!("sqlite://{}", dir.path().join("zdr.db").display())).expect("open");
+        exercise(&db);
+    }
+
+    #[test]
+    fn the_class_filter_matches_what_a_projector_handles_on_mysql() {
+        let test = MyTestDatabase::new("class_filter");
+        let db = Db::open(&test.url()).expect("open");
+        class_filter_matches_handles(&db);
+    }
+
+    #[test]
+    fn the_bookkeeping_answers_the_same_on_mysql() {
+        let test = MyTestDatabase::new("bookkeeping");
+        let db = Db::open(&test.url()).expect("open");
         exercise(&db);
     }
 

@@ -118,6 +118,16 @@ impl RowCollector {
                 "a query may return at most {MAX_QUERY_ROWS} rows; add a LIMIT or aggregate in SQL"
             )));
         }
+        // One value past the cap (a backend that cannot keep it on the server, MySQL, sends
+        // it): refused like a result past the byte cap, leaving the statement intact.
+        if row.iter().any(|v| {
+            matches!(v, Value::Text(_) | Value::Blob(_)) && value_bytes(v) > MAX_VALUE_BYTES
+        }) {
+            self.exceeded = true;
+            return Err(DbError::LimitExceeded(format!(
+                "a result value is longer than the limit of {MAX_VALUE_BYTES} bytes"
+            )));
+        }
         self.bytes += row.iter().map(value_bytes).sum::<usize>();
         if self.bytes > MAX_RESULT_BYTES {
             self.exceeded = true;

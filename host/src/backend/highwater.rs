@@ -151,6 +151,20 @@ impl HighWater {
         (self.settled > from).then_some((from, self.settled))
     }
 
+    /// Raises `settled` to `mark`, an id below which the backend knows every id is final (on
+    /// MySQL: a checkpoint some reader committed, which was a safe head when it was taken),
+    /// so that a fresh reader need not wait out gaps others already settled.
+    pub fn raise_to(&mut self, mark: i64) {
+        self.settled = self.settled.max(mark);
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.up_to <= self.settled)
+        {
+            self.pending = None;
+        }
+    }
+
     /// Remembers ids given up, to notice later whether one of them was written after all.
     pub fn remember_final_gaps(&mut self, ids: &[i64], now: Instant) {
         for id in ids {
@@ -261,6 +275,23 @@ mod tests {
             Observed::Head(8)
         );
         assert!(hw.awaited().is_none());
+    }
+
+    #[test]
+    fn a_known_final_mark_passes_the_gaps_below_it() {
+        let mut hw = HighWater::default();
+        hw.observe(Scan {
+            max_id: 8,
+            first_gap: Some(5),
+        });
+        hw.wait_for(8, writers(&["5"]));
+        hw.raise_to(6);
+        assert_eq!(hw.settled(), 6);
+        assert!(hw.awaited().is_some(), "7 and 8 still wait");
+        hw.raise_to(8);
+        assert!(hw.awaited().is_none());
+        hw.raise_to(3);
+        assert_eq!(hw.settled(), 8, "never lowered");
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! Storage: the database that holds the event store, zdr's own `zdr_*` tables and every
 //! projector's read-model tables.
 //!
-//! Two backends implement one interface, [`Store`]: SQLite (embedded, WAL mode, driven with
-//! rusqlite) and PostgreSQL (driven with sqlx). [`Db`] is what the rest of zdr holds: it picks
-//! the backend from the URL (`sqlite://…` or `postgres://…`) and adds [`Db::write`], the one
+//! Three backends implement one interface, [`Store`]: SQLite (embedded, WAL mode, driven with
+//! rusqlite), PostgreSQL and MySQL/MariaDB (both driven with sqlx). [`Db`] is what the rest of
+//! zdr holds: it picks the backend from the URL (`sqlite://…`, `postgres://…` or `mysql://…`)
+//! and adds [`Db::write`], the one
 //! write transaction every lifecycle step and live batch runs in. Nothing outside this module
 //! branches on the backend.
 //!
@@ -15,8 +16,10 @@
 mod bookkeeping;
 mod guest;
 mod highwater;
+mod mysql;
 pub mod naming;
 mod postgres;
+mod rt;
 mod sqlite;
 #[cfg(test)]
 mod testing;
@@ -251,6 +254,7 @@ impl Db {
     fn connect(url: &str, create: bool) -> Result<Db, StoreError> {
         let store: Box<dyn Store> = match Backend::of(url)? {
             Backend::Postgres => Box::new(postgres::PgStore::open(url)?),
+            Backend::MySql => Box::new(mysql::MyStore::open(url)?),
             Backend::Sqlite => Box::new(sqlite::SqliteStore::open(url, create)?),
         };
         Ok(Db {
@@ -386,6 +390,12 @@ impl Db {
             tables,
             Some(naming::index_prefix(target.id)),
         )
+        .with_declared_ddl(
+            description
+                .tables
+                .iter()
+                .map(|t| (t.name.as_str(), t.ddl.as_slice())),
+        )
     }
 
     /// The physical names a target's tables would have in `role` (as SQL can name them:
@@ -473,8 +483,22 @@ impl Db {
         new_role: Role,
         new_key: Option<&str>,
     ) -> Result<(), StoreError> {
+        self.store
+            .move_tables(&self.table_moves(target, description, new_role, new_key))
+    }
+
+    /// The moves that take a target's tables to the names of `new_role`: several targets'
+    /// moves handed to [`Store::move_tables`] at once swap them in one step (on MySQL one
+    /// `RENAME TABLE`, which commits implicitly, so a promote must not split it).
+    pub fn table_moves(
+        &self,
+        target: &Target,
+        description: &Description,
+        new_role: Role,
+        new_key: Option<&str>,
+    ) -> Vec<(PhysicalName, PhysicalName)> {
         let layout = self.layout();
-        let moves: Vec<(PhysicalName, PhysicalName)> = description
+        description
             .tables
             .iter()
             .map(|t| {
@@ -488,8 +512,7 @@ impl Db {
                     layout.physical(target.id, new_role, new_key, &t.name),
                 )
             })
-            .collect();
-        self.store.move_tables(&moves)
+            .collect()
     }
 
     /// Runs `f` in one write transaction, committing when it returns `Ok` and rolling back
@@ -557,6 +580,8 @@ pub enum Backend {
     Sqlite,
     /// `postgres://…` or `postgresql://…`.
     Postgres,
+    /// `mysql://…` or `mariadb://…`.
+    MySql,
 }
 
 impl Backend {
@@ -567,6 +592,8 @@ impl Backend {
     pub fn of(url: &str) -> Result<Backend, StoreError> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             Ok(Backend::Postgres)
+        } else if url.starts_with("mysql://") || url.starts_with("mariadb://") {
+            Ok(Backend::MySql)
         } else if url.starts_with("sqlite:") {
             Ok(Backend::Sqlite)
         } else {
@@ -672,7 +699,7 @@ pub struct ReplayRow {
 pub enum StoreError {
     /// The database URL is not one zdr understands.
     #[error(
-        "unsupported database url {0:?}: use sqlite://PATH (e.g. sqlite://zdr.db) or postgres://USER@HOST:PORT/DATABASE"
+        "unsupported database url {0:?}: use sqlite://PATH (e.g. sqlite://zdr.db), postgres://USER@HOST:PORT/DATABASE or mysql://USER@HOST:PORT/DATABASE"
     )]
     Url(String),
     /// The database could not be opened or reached.

@@ -10,6 +10,13 @@
 //!   `zdr_p_<key>.<table>`, a build `zdr_b<target>.<table>`. A promote moves tables between
 //!   schemas, and indexes, constraints and sequences move with them.
 //!
+//! - MySQL and MariaDB ([`Layout::Databases`]): a database per role, as PostgreSQL's schemas.
+//!   Live tables are in the URL's database; databases are global to the server, so the others
+//!   carry a short hash of the live database's name: a clone is `zdr_r_<key>_<hash>.<table>`,
+//!   retired tables `zdr_p_<key>_<hash>.<table>`, a build `zdr_b<target>_<hash>.<table>`. Two
+//!   applications (or two test databases) on one server never share a clone. A promote is one
+//!   `RENAME TABLE` of every table between databases.
+//!
 //! Index names are global on SQLite and do not follow a renamed table, so every index a
 //! target's DDL creates is named `zdr_i<target>_<index>` ([`index_prefix`]): target ids are
 //! never reused, so names never collide across promotes.
@@ -25,6 +32,12 @@ pub enum Layout {
     /// A schema per target role; live tables are in the named schema.
     Schemas {
         /// The schema of the live tables.
+        live: String,
+    },
+    /// A database per target role on a server shared with other databases; live tables are
+    /// in the named database.
+    Databases {
+        /// The database of the live tables.
         live: String,
     },
 }
@@ -47,7 +60,7 @@ impl Layout {
                 Role::Retired => format!("zdr_p_{key}__{logical}"),
                 Role::Building => format!("zdr_b{target_id}__{logical}"),
             }),
-            Layout::Schemas { .. } => PhysicalName::qualified(
+            Layout::Schemas { .. } | Layout::Databases { .. } => PhysicalName::qualified(
                 self.namespace(target_id, role, Some(key))
                     .unwrap_or_default(),
                 logical,
@@ -66,8 +79,24 @@ impl Layout {
                 Role::Retired => format!("zdr_p_{key}"),
                 Role::Building => format!("zdr_b{target_id}"),
             }),
+            Layout::Databases { live } => {
+                let owner = short_hash(live);
+                Some(match role {
+                    Role::Live => live.clone(),
+                    Role::Clone => format!("zdr_r_{key}_{owner}"),
+                    Role::Retired => format!("zdr_p_{key}_{owner}"),
+                    Role::Building => format!("zdr_b{target_id}_{owner}"),
+                })
+            }
         }
     }
+}
+
+/// Eight hex digits naming a live database, to keep the databases of its targets apart from
+/// those of other live databases on the same server.
+fn short_hash(name: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(name.as_bytes())[..4])
 }
 
 /// The prefix of every index a target's DDL creates.
@@ -106,6 +135,21 @@ mod tests {
         assert_eq!(
             schemas.namespace(7, Role::Clone, Some("v2")).as_deref(),
             Some("zdr_r_v2")
+        );
+        let databases = Layout::Databases { live: "app".into() };
+        let hash = short_hash("app");
+        assert_eq!(name(&databases, Role::Live, None), "app.balances");
+        assert_eq!(
+            name(&databases, Role::Clone, Some("v2")),
+            format!("zdr_r_v2_{hash}.balances")
+        );
+        assert_ne!(
+            Layout::Databases {
+                live: "other".into()
+            }
+            .namespace(7, Role::Clone, Some("v2")),
+            databases.namespace(7, Role::Clone, Some("v2")),
+            "two live databases on one server never share a clone"
         );
         assert_eq!(
             schemas.physical(7, Role::Clone, Some("v2"), "t").quoted(),

@@ -1,7 +1,9 @@
-//! Helpers for the backends' unit tests: a database of the test's own on the PostgreSQL server
+//! Helpers for the backends' unit tests: a database of the test's own on the PostgreSQL or MySQL server
 //! of the tests.
 
 use sqlx::{AssertSqlSafe, Connection, PgConnection};
+
+// The MySQL helper below shares the imports.
 
 /// A fresh database on the test server (`ZDR_TEST_POSTGRES_URL`, default the local
 /// `postgres` user's `test` database), dropped at the end. Fails, never skips, when the
@@ -72,5 +74,104 @@ impl Drop for TestDatabase {
             .execute(&mut conn)
             .await
         });
+    }
+}
+
+/// A fresh database on the MySQL or MariaDB test server (`ZDR_TEST_MYSQL_URL`, default
+/// root's `test` database on the local server), dropped at the end with the databases its
+/// targets made. Fails, never skips, when the server is unreachable.
+pub(crate) struct MyTestDatabase {
+    admin: String,
+    name: String,
+    rt: tokio::runtime::Runtime,
+}
+
+impl MyTestDatabase {
+    pub(crate) fn new(tag: &str) -> MyTestDatabase {
+        let admin = std::env::var("ZDR_TEST_MYSQL_URL")
+            .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into());
+        let name = format!("zdr_unit_{tag}_{}", std::process::id());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let test = MyTestDatabase { admin, name, rt };
+        let mut conn = test.admin_connection();
+        for statement in [
+            format!("DROP DATABASE IF EXISTS `{}`", test.name),
+            format!("CREATE DATABASE `{}`", test.name),
+        ] {
+            test.exec(&mut conn, &statement);
+        }
+        test
+    }
+
+    fn admin_connection(&self) -> sqlx::MySqlConnection {
+        self.rt
+            .block_on(sqlx::MySqlConnection::connect(&self.admin))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "MySQL or MariaDB at {} is required for this test: {e}",
+                    self.admin
+                )
+            })
+    }
+
+    pub(crate) fn url(&self) -> String {
+        let base = self
+            .admin
+            .rsplit_once('/')
+            .map_or(self.admin.as_str(), |(b, _)| b);
+        format!("{base}/{}", self.name)
+    }
+
+    /// A plain connection of the test's own, as the application's writer.
+    pub(crate) fn connect(&self) -> sqlx::MySqlConnection {
+        self.rt
+            .block_on(sqlx::MySqlConnection::connect(&self.url()))
+            .expect("connect")
+    }
+
+    pub(crate) fn exec(&self, conn: &mut sqlx::MySqlConnection, text: &str) {
+        self.rt
+            .block_on(sqlx::raw_sql(AssertSqlSafe(text.to_string())).execute(conn))
+            .unwrap_or_else(|e| panic!("{text}: {e}"));
+    }
+}
+
+impl Drop for MyTestDatabase {
+    fn drop(&mut self) {
+        let mut conn = self.admin_connection();
+        let targets: Vec<String> = self
+            .rt
+            .block_on(
+                sqlx::query_scalar::<_, String>(
+                    "SELECT CAST(schema_name AS CHAR) FROM information_schema.schemata \
+                     WHERE schema_name LIKE 'zdr\\_%'",
+                )
+                .fetch_all(&mut conn),
+            )
+            .unwrap_or_default();
+        let hash = crate::backend::naming::Layout::Databases {
+            live: self.name.clone(),
+        }
+        .namespace(0, crate::model::Role::Clone, Some("x"))
+        .and_then(|n| n.rsplit_once('_').map(|(_, h)| h.to_owned()))
+        .unwrap_or_default();
+        for database in targets.iter().filter(|d| d.ends_with(&hash)) {
+            let _ = self.rt.block_on(
+                sqlx::raw_sql(AssertSqlSafe(format!(
+                    "DROP DATABASE IF EXISTS `{database}`"
+                )))
+                .execute(&mut conn),
+            );
+        }
+        let _ = self.rt.block_on(
+            sqlx::raw_sql(AssertSqlSafe(format!(
+                "DROP DATABASE IF EXISTS `{}`",
+                self.name
+            )))
+            .execute(&mut conn),
+        );
     }
 }

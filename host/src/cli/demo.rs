@@ -21,11 +21,11 @@ use crate::events::NewEvent;
 use crate::lifecycle::{self, ComponentSpec, DeployOptions, Deployed};
 use crate::runtime::Runtime;
 
-/// Run the walkthrough on a fresh SQLite file, or on an empty PostgreSQL database given with
-/// `--database-url postgres://…`.
+/// Run the walkthrough on a fresh SQLite file, or on an empty PostgreSQL or MySQL/MariaDB
+/// database given with `--database-url postgres://…` or `mysql://…`.
 #[derive(Debug, Args)]
 pub struct Demo {
-    /// The SQLite file to create (replaced if it exists); unused with a PostgreSQL URL.
+    /// The SQLite file to create (replaced if it exists); unused with a server's URL.
     #[arg(long, default_value = "zdr-demo.db")]
     file: PathBuf,
     /// The balance v1 component (built from plugins/ when absent).
@@ -161,10 +161,11 @@ impl Demo {
     /// Any step that fails, with what it was doing.
     pub async fn run(self, settings: Settings) -> anyhow::Result<()> {
         // A URL the demo cannot use is refused before anything is built or written.
-        let postgres = Backend::of(&settings.database_url)? == Backend::Postgres;
+        let backend = Backend::of(&settings.database_url)?;
+        let server = backend != Backend::Sqlite;
         let v1 = component(&self.v1)?;
         let v2 = component(&self.v2)?;
-        let url = if postgres {
+        let url = if server {
             let url = settings.database_url.clone();
             let check = url.clone();
             blocking(move || ensure_empty(&check)).await?;
@@ -387,7 +388,9 @@ impl Demo {
         let v2_again = component(&self.v2)?;
         blocking(move || verify(&rt, &s, v2_again)).await?;
         outln!();
-        let inspect = if postgres {
+        let inspect = if backend == Backend::MySql {
+            "with mariadb (or mysql)".to_string()
+        } else if server {
             "with psql".to_string()
         } else {
             format!("{} with sqlite3", self.file.display())
@@ -424,7 +427,8 @@ fn ensure_empty(url: &str) -> anyhow::Result<()> {
     if db.ensure_ready().is_ok() || db.object_exists("stored_events")? {
         bail!(
             "{url} already holds an event store or zdr tables; the demo needs an empty database \
-             (for example: createdb zdr_demo, then --database-url postgres://…/zdr_demo)"
+             (for example: createdb zdr_demo, then --database-url postgres://…/zdr_demo; or \
+             CREATE DATABASE zdr_demo, then --database-url mysql://…/zdr_demo)"
         );
     }
     Ok(())

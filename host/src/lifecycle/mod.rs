@@ -832,8 +832,10 @@ fn promote_once(
             })?;
             let live_description = projection.description(&live)?;
             let clone_description = projection.description(clone)?;
-            db.rename_tables(&live, &live_description, Role::Retired, Some(key))?;
-            db.rename_tables(clone, &clone_description, Role::Live, None)?;
+            // One move of both sets: on MySQL it is one RENAME TABLE, atomic for readers.
+            let mut moves = db.table_moves(&live, &live_description, Role::Retired, Some(key));
+            moves.extend(db.table_moves(clone, &clone_description, Role::Live, None));
+            db.move_tables(&moves)?;
             db.set_role(live.id, Role::Retired, Some(key))?;
             db.set_role(clone.id, Role::Live, None)?;
             promoted.push(clone.clone());

@@ -92,13 +92,15 @@ pub fn rollback(
                 let live_description = projection.description(&live)?;
                 let retired_description = projection.description(&target)?;
                 // Promoted tables out of the way, the former ones in, the promoted ones kept.
-                db.rename_tables(&live, &live_description, Role::Building, None)?;
-                db.rename_tables(&target, &retired_description, Role::Live, None)?;
+                // One move of the three sets (on MySQL one RENAME TABLE, atomic for readers).
                 let parked = Target {
                     role: Role::Building,
                     ..live.clone()
                 };
-                db.rename_tables(&parked, &live_description, Role::Retired, Some(key))?;
+                let mut moves = db.table_moves(&live, &live_description, Role::Building, None);
+                moves.extend(db.table_moves(&target, &retired_description, Role::Live, None));
+                moves.extend(db.table_moves(&parked, &live_description, Role::Retired, Some(key)));
+                db.move_tables(&moves)?;
                 db.set_role(live.id, Role::Retired, Some(key))?;
                 db.set_role(target.id, Role::Live, None)?;
                 restored.push(target);

@@ -187,13 +187,17 @@ pub(super) fn session_word(dialect: Dialect, word: &str) -> Option<&'static str>
         "system_user",
         "user",
     ];
+    // Bare words MySQL reads as calls of its clock.
+    const MYSQL_CLOCK: &[&str] = &["utc_date", "utc_time", "utc_timestamp"];
     let lower = word.to_ascii_lowercase();
-    if CLOCK.contains(&lower.as_str()) {
+    if CLOCK.contains(&lower.as_str())
+        || (dialect == Dialect::MySql && MYSQL_CLOCK.contains(&lower.as_str()))
+    {
         Some(
             "it reads the clock, and a read model must equal the pure fold of the events: \
              take time from the event's created-at",
         )
-    } else if dialect == Dialect::Postgres && SESSION.contains(&lower.as_str()) {
+    } else if dialect != Dialect::Sqlite && SESSION.contains(&lower.as_str()) {
         Some("it reads the database session (quote it if it is a column name)")
     } else {
         None
@@ -226,6 +230,22 @@ pub(super) fn binary_operator_allowed(op: &BinaryOperator) -> bool {
             | B::PGBitwiseShiftLeft
             | B::PGBitwiseShiftRight
             | B::Glob
+            | B::Arrow
+            | B::LongArrow
+            | B::HashArrow
+            | B::HashLongArrow
+            | B::AtArrow
+            | B::ArrowAt
+    )
+}
+
+/// Whether an allowed binary operator means the same on MySQL and MariaDB: their JSON arrows
+/// take a path (`'$.a'`), not a key, and they have no `GLOB` or containment operators.
+pub(super) fn mysql_operator_allowed(op: &BinaryOperator) -> bool {
+    use BinaryOperator as B;
+    !matches!(
+        op,
+        B::Glob
             | B::Arrow
             | B::LongArrow
             | B::HashArrow

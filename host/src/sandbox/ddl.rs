@@ -47,7 +47,8 @@ pub fn check_declared_ddl(dialect: Dialect, table: &str, ddl: &[String]) -> Resu
         dialect,
         [(table.to_owned(), PhysicalName::unqualified(table))],
         None,
-    );
+    )
+    .with_declared_ddl([(table, ddl)]);
     let Some((create_table, indexes)) = ddl.split_first() else {
         return Err(GuardError::Denied(format!(
             "table {} declares no DDL: its first statement must be CREATE TABLE {table} (…)",
@@ -117,9 +118,38 @@ impl Walker<'_> {
                  constraints and optionally IF NOT EXISTS, WITHOUT ROWID or STRICT; {SETUP_ALLOWED}"
             )));
         }
+        let logical = table
+            .name
+            .0
+            .last()
+            .and_then(sqlparser::ast::ObjectNamePart::as_ident)
+            .map(|ident| ident.value.clone())
+            .unwrap_or_default();
         self.target_relation(&mut table.name)?;
         for column in &mut table.columns {
             self.column_def(column)?;
+        }
+        if self.dialect() == Dialect::MySql {
+            let indexed = self
+                .table_keys(&logical)
+                .map(|keys| keys.indexed.clone())
+                .unwrap_or_default();
+            for column in &mut table.columns {
+                let is_indexed = indexed.contains(&column.name.value.to_ascii_lowercase());
+                let (mysql, text) = super::mysql::column_type(&column.data_type, is_indexed);
+                if let Some(mysql) = mysql {
+                    column.data_type = mysql;
+                }
+                if text {
+                    // Text compares byte for byte, as on the other backends.
+                    column.options.splice(
+                        0..0,
+                        super::mysql::text_options()
+                            .into_iter()
+                            .map(|option| ColumnOptionDef { name: None, option }),
+                    );
+                }
+            }
         }
         for constraint in &mut table.constraints {
             self.table_constraint(constraint)?;

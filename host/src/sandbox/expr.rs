@@ -89,6 +89,12 @@ impl Walker<'_> {
                         quoted(&op.to_string())
                     )));
                 }
+                if self.dialect() == Dialect::MySql && !allow::mysql_operator_allowed(op) {
+                    return Err(GuardError::Denied(format!(
+                        "operator {} is not allowed on MySQL and MariaDB, which read it                          differently: use json_extract(…) for JSON, LIKE for patterns",
+                        quoted(&op.to_string())
+                    )));
+                }
                 self.expr(left)?;
                 self.expr(right)
             }
@@ -136,14 +142,20 @@ impl Walker<'_> {
                     ));
                 }
                 check_data_type(data_type)?;
-                if self.dialect() == Dialect::Sqlite {
-                    // SQLite has no `::`; the cast means the same written out.
+                if self.dialect() != Dialect::Postgres {
+                    // SQLite and MySQL have no `::`; the cast means the same written out.
                     *kind = CastKind::Cast;
                 }
                 if allow::is_time_type(data_type) {
                     self.time_operand(data_type, expr)?;
                 }
-                self.expr(expr)
+                self.expr(expr)?;
+                if self.dialect() == Dialect::MySql
+                    && let Some(mysql) = super::mysql::cast_type(data_type)
+                {
+                    *data_type = mysql;
+                }
+                Ok(())
             }
             Expr::Extract {
                 field: _,
@@ -300,7 +312,9 @@ impl Walker<'_> {
     /// A string literal anywhere: on PostgreSQL, one that reads as a time relative to the
     /// clock once it lands in a date or time column or comparison is refused.
     fn text_literal(&self, text: &str) -> Result<(), GuardError> {
-        if self.dialect() == Dialect::Postgres && allow::is_relative_time_literal(text) {
+        // MySQL would not read the clock from such a string, but the projector's SQL is the
+        // same for every backend: it is refused wherever PostgreSQL would read the clock.
+        if self.dialect() != Dialect::Sqlite && allow::is_relative_time_literal(text) {
             return Err(GuardError::Denied(format!(
                 "the string {} is not allowed: PostgreSQL reads it as a time relative to the \
                  clock, and a read model must equal the pure fold of the events; take time from \
@@ -322,7 +336,7 @@ impl Walker<'_> {
             Value::Placeholder(text) => {
                 let digits = match self.dialect() {
                     Dialect::Sqlite => text.strip_prefix('?'),
-                    Dialect::Postgres => text.strip_prefix('$'),
+                    Dialect::Postgres | Dialect::MySql => text.strip_prefix('$'),
                 };
                 if digits.is_some_and(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())) {
                     Ok(())

@@ -21,6 +21,7 @@ mod allow;
 mod cache;
 mod ddl;
 mod expr;
+mod mysql;
 mod names;
 mod parse;
 mod rewrite;
@@ -36,6 +37,7 @@ use sqlparser::ast::Statement;
 
 pub use cache::{GuardCache, MAX_CACHED_BYTES, MAX_CACHED_STATEMENTS};
 pub use ddl::check_declared_ddl;
+pub use mysql::{KEY_TEXT_LENGTH, SESSION_SQL_MODE, TableKeys, own_statement, positional};
 
 /// The longest statement the guard accepts, in bytes.
 ///
@@ -79,6 +81,10 @@ pub enum Dialect {
     Sqlite,
     /// PostgreSQL: physical names may be schema-qualified; placeholders are `$N`.
     Postgres,
+    /// MySQL and MariaDB: statements are read as on PostgreSQL and printed for a session in
+    /// [`SESSION_SQL_MODE`]; physical names may be database-qualified; placeholders are `?`,
+    /// bound in the order [`Checked::param_order`] gives.
+    MySql,
 }
 
 /// What a statement is being checked for.
@@ -164,6 +170,9 @@ pub struct Checked {
     /// one must be a date or time written in full ([`time_param_allowed`]), or it could read
     /// the clock (`'now'`).
     pub time_params: Vec<usize>,
+    /// On MySQL, where placeholders are a bare `?` each: the parameter (numbered from 1) each
+    /// `?` binds, in order. Empty on the other backends, which number their placeholders.
+    pub param_order: Vec<usize>,
 }
 
 /// Whether `text`, bound to a placeholder that is cast to a date or time type, is a date or
@@ -216,6 +225,9 @@ pub struct Guard {
     index_prefix: Option<String>,
     /// `balances, accounts`: the declared names, for messages.
     declared_list: String,
+    /// What each declared table's DDL says about its keys, by lowercase logical name (MySQL
+    /// needs it to translate upserts and to size indexed text columns).
+    keys: BTreeMap<String, TableKeys>,
 }
 
 impl Guard {
@@ -248,7 +260,23 @@ impl Guard {
             tables,
             index_prefix,
             declared_list,
+            keys: BTreeMap::new(),
         }
+    }
+
+    /// This guard, knowing each table's keys from its declared DDL (logical name and
+    /// statements): on MySQL an upsert is translated only when its conflict columns are the
+    /// table's one unique key, and indexed text columns get a length.
+    #[must_use]
+    pub fn with_declared_ddl<'a>(
+        mut self,
+        tables: impl IntoIterator<Item = (&'a str, &'a [String])>,
+    ) -> Guard {
+        self.keys = tables
+            .into_iter()
+            .map(|(name, ddl)| (name.to_ascii_lowercase(), TableKeys::from_ddl(ddl)))
+            .collect();
+        self
     }
 
     /// The dialect this guard parses and prints.
@@ -302,14 +330,24 @@ impl Guard {
         };
         let (tables, time_params) = walker.into_parts();
         verify::verify(self, &statement)?;
+        let (sql, param_order) = match self.dialect {
+            Dialect::MySql => positional(&statement.to_string()),
+            Dialect::Sqlite | Dialect::Postgres => (statement.to_string(), Vec::new()),
+        };
         let checked = Checked {
-            sql: statement.to_string(),
+            sql,
+            param_order,
             kind,
             tables,
             param_count: parsed.param_count,
             time_params,
         };
         Ok((statement, checked))
+    }
+
+    /// What a declared table's DDL says about its keys.
+    fn keys(&self, logical: &str) -> Option<&TableKeys> {
+        self.keys.get(&logical.to_ascii_lowercase())
     }
 
     /// Looks a logical name up, without regard to case.

@@ -27,6 +27,8 @@ pub(super) fn fold(ident: &Ident) -> String {
 pub(super) fn resolved(dialect: Dialect, ident: &Ident) -> String {
     match (dialect, ident.quote_style) {
         (Dialect::Postgres, Some(_)) => ident.value.clone(),
+        // MySQL resolves names case-sensitively (on Linux): `X` is not the CTE `x`.
+        (Dialect::MySql, _) => ident.value.clone(),
         _ => ident.value.to_ascii_lowercase(),
     }
 }

@@ -57,6 +57,9 @@ pub(super) fn parse_one(dialect: Dialect, sql: &str, mode: Mode) -> Result<Parse
         return Err(kind_not_allowed(mode, &leading_kind));
     }
     check_tokens(sql, &tokens)?;
+    if dialect == Dialect::MySql {
+        super::mysql::refuse_mysql_tokens(&tokens)?;
+    }
     if mode == Mode::Setup {
         check_dropped_keywords(dialect, &tokens)?;
     }
@@ -96,7 +99,9 @@ pub(super) fn parser_dialect(dialect: Dialect) -> &'static dyn sqlparser::dialec
     static POSTGRES: PostgreSqlDialect = PostgreSqlDialect {};
     match dialect {
         Dialect::Sqlite => &SQLITE,
-        Dialect::Postgres => &POSTGRES,
+        // MySQL statements are read as PostgreSQL's and printed for a session whose sql_mode
+        // gives them the same meaning (see `mysql`).
+        Dialect::Postgres | Dialect::MySql => &POSTGRES,
     }
 }
 
@@ -131,7 +136,7 @@ fn check_dropped_keywords(dialect: Dialect, tokens: &[TokenWithSpan]) -> Result<
         let dropped = word.quote_style.is_none()
             && match word.keyword {
                 Keyword::AUTO_INCREMENT | Keyword::IDENTITY | Keyword::SRID => true,
-                Keyword::AUTOINCREMENT => dialect == Dialect::Postgres,
+                Keyword::AUTOINCREMENT => dialect != Dialect::Sqlite,
                 _ => false,
             };
         if dropped {
@@ -304,7 +309,8 @@ fn number_placeholders(
 pub(super) fn native_placeholder(dialect: Dialect, number: usize) -> String {
     match dialect {
         Dialect::Sqlite => format!("?{number}"),
-        Dialect::Postgres => format!("${number}"),
+        // MySQL's are made positional after printing (`mysql::positional`).
+        Dialect::Postgres | Dialect::MySql => format!("${number}"),
     }
 }
 

@@ -62,6 +62,11 @@ impl<'g> Walker<'g> {
         self.guard.dialect
     }
 
+    /// What a declared table's DDL says about its keys (by logical name).
+    pub(super) fn table_keys(&self, logical: &str) -> Option<&super::TableKeys> {
+        self.guard.keys(logical)
+    }
+
     /// The prefix setup mode puts before index names, if any.
     pub(super) fn index_prefix(&self) -> Option<&str> {
         self.guard.index_prefix.as_deref()

@@ -70,7 +70,7 @@ impl Walker<'_> {
                     .to_owned(),
             ));
         }
-        if or.is_some() && self.dialect() == Dialect::Postgres {
+        if or.is_some() && self.dialect() != Dialect::Sqlite {
             return Err(GuardError::Denied(
                 "the form INSERT OR … is SQLite's: write INSERT … ON CONFLICT (columns) DO NOTHING \
                  or DO UPDATE"
@@ -85,10 +85,22 @@ impl Walker<'_> {
             )));
         };
         if let Some(alias) = table_alias {
+            if self.dialect() == Dialect::MySql {
+                return Err(GuardError::Denied(
+                    "INSERT INTO table AS alias is not allowed on MySQL and MariaDB: name the                      table itself"
+                        .to_owned(),
+                ));
+            }
             check_ident(&alias.alias)?;
         }
+        let logical = name
+            .0
+            .last()
+            .and_then(sqlparser::ast::ObjectNamePart::as_ident)
+            .map(|ident| ident.value.clone())
+            .unwrap_or_default();
         let alias = self.target_relation(name)?;
-        if table_alias.is_none() {
+        if table_alias.is_none() && self.dialect() != Dialect::MySql {
             *table_alias = alias.map(|alias| TableAliasWithoutColumns {
                 explicit: true,
                 alias,
@@ -138,6 +150,10 @@ impl Walker<'_> {
                         .to_owned(),
                 ));
             }
+        }
+        if self.dialect() == Dialect::MySql {
+            let keys = self.table_keys(&logical).cloned().unwrap_or_default();
+            super::mysql::translate_upsert(on, Some(&keys))?;
         }
         self.returning(returning)
     }

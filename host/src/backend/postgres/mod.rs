@@ -45,6 +45,7 @@ use sqlx::{Decode, Postgres, ValueRef};
 use super::guest::{MAX_VALUE_BYTES, RawGuestConnection, RowCollector};
 use super::highwater::{HighWater, Observed, Scan};
 use super::naming::Layout;
+use super::rt::Rt;
 use super::{
     DbError, HeldLock, RowSet, RunLock, Store, StoreError, TableColumn, Value, check_event_columns,
     redact,
@@ -123,53 +124,6 @@ BEGIN
 END
 $$;
 "#;
-
-/// Runs futures to completion from synchronous code, on a current-thread runtime of the
-/// store's own.
-///
-/// The store's connections are registered with this runtime, so the thread that waits for a
-/// reply also reads it from the socket. On the process's shared runtime every round trip also
-/// needed a hand-off between threads (the I/O driver's thread wakes the waiting one); without
-/// it a replay is 5–20% faster (`docs/benchmarks.md`). Several threads may call
-/// [`Rt::block_on`] at once: the first drives the I/O and wakes the others.
-struct Rt {
-    /// Always `Some`; taken only by `drop`.
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Rt {
-    fn new() -> Result<Rt, std::io::Error> {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        Ok(Rt {
-            runtime: Some(runtime),
-        })
-    }
-
-    /// Drives `future` to completion on this thread. On a worker thread of another runtime
-    /// the thread is first handed over to blocking work, as a runtime may not be entered from
-    /// inside another one's task; on any other thread it simply blocks.
-    fn block_on<F: Future>(&self, future: F) -> F::Output {
-        // Invariant: `runtime` is `Some` until `drop`, and `drop` has `&mut self`.
-        let runtime = self.runtime.as_ref().expect("the runtime lives until drop");
-        if tokio::runtime::Handle::try_current().is_ok() {
-            tokio::task::block_in_place(|| runtime.block_on(future))
-        } else {
-            runtime.block_on(future)
-        }
-    }
-}
-
-impl Drop for Rt {
-    fn drop(&mut self) {
-        // A plain drop waits for the runtime's tasks, which panics on another runtime's worker
-        // thread. This runtime spawns no tasks, so there is nothing to wait for.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
 
 /// A connection shared between the batch driver and the guest handles of one worker thread.
 /// [`Store::reconnect`] replaces the connection inside it, so every holder moves with it.

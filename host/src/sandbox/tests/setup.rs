@@ -339,3 +339,35 @@ fn declared_ddl_that_is_refused() {
         }
     }
 }
+
+#[test]
+fn declared_ddl_is_spelt_for_mysql() {
+    let ddl = [
+        "CREATE TABLE balances (account_uuid TEXT PRIMARY KEY, name TEXT NOT NULL, \
+         note TEXT, doc JSONB, raw BYTEA, n BIGINT)"
+            .to_owned(),
+        "CREATE INDEX by_name ON balances (name)".to_owned(),
+    ];
+    let guard = clone_guard(Dialect::MySql).with_declared_ddl([("balances", &ddl[..])]);
+    let table = guard.check(&ddl[0], Mode::Setup).expect("the table");
+    let text = "CHARACTER SET utf8mb4 COLLATE utf8mb4_bin";
+    assert_eq!(
+        table.sql,
+        format!(
+            "CREATE TABLE zdr_r_k1_0a1b2c3d.balances (account_uuid VARCHAR(255) {text} PRIMARY KEY, \
+             name VARCHAR(255) {text} NOT NULL, note LONGTEXT {text}, doc JSON, raw LONGBLOB, n BIGINT)"
+        )
+    );
+    let index = guard.check(&ddl[1], Mode::Setup).expect("the index");
+    assert_eq!(
+        index.sql,
+        "CREATE INDEX by_name ON zdr_r_k1_0a1b2c3d.balances(name)"
+    );
+    assert!(matches!(
+        guard.check(
+            "CREATE TABLE balances (id BIGINT AUTO_INCREMENT)",
+            Mode::Setup
+        ),
+        Err(GuardError::InvalidSql(_))
+    ));
+}
