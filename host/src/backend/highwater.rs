@@ -31,10 +31,17 @@
 //! the last two; an id that appears below a head already returned is reported as late
 //! ([`HighWater::late_candidates`]).
 //!
-//! This module is the pure decision; the PostgreSQL backend runs the queries.
+//! This module is the pure decision, and the rate of the look for late events that both
+//! server backends share ([`check_late`]); each backend runs its own queries.
 
 use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use super::StoreError;
+
+/// How often a store looks for events written below a head it already returned.
+pub const LATE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How many final gaps are remembered to notice an event that commits after all.
 const REMEMBERED_GAPS: usize = 10_000;
@@ -193,6 +200,38 @@ impl HighWater {
     }
 }
 
+/// `Store::late_events` of a server backend: at most every [`LATE_CHECK_INTERVAL`] (tracked in
+/// `checked`), the ids given up recently that are in the store after all. `find` runs the
+/// backend's query: which of the candidate ids exist, in order.
+///
+/// # Errors
+/// `find`'s.
+pub fn check_late(
+    checked: &Mutex<Option<Instant>>,
+    high_water: &Mutex<HighWater>,
+    find: impl FnOnce(&[i64]) -> Result<Vec<i64>, StoreError>,
+) -> Result<Vec<i64>, StoreError> {
+    {
+        let mut checked = checked
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if checked.is_some_and(|at| at.elapsed() < LATE_CHECK_INTERVAL) {
+            return Ok(Vec::new());
+        }
+        *checked = Some(Instant::now());
+    }
+    let mut high_water = high_water
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    let candidates = high_water.late_candidates(Instant::now());
+    if candidates.is_empty() {
+        return Ok(Vec::new());
+    }
+    let late = find(&candidates)?;
+    high_water.found_late(&late);
+    Ok(late)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,5 +368,33 @@ mod tests {
             hw.late_candidates(t0 + REMEMBER_FOR + Duration::from_secs(1))
                 .is_empty()
         );
+    }
+
+    #[test]
+    fn late_events_are_looked_for_at_most_every_interval_and_reported_once() {
+        let checked = Mutex::new(None);
+        let high_water = Mutex::new(HighWater::default());
+        high_water
+            .lock()
+            .expect("lock")
+            .remember_final_gaps(&[7, 9], Instant::now());
+        let asked = std::cell::RefCell::new(Vec::new());
+        let find = |candidates: &[i64]| {
+            asked.borrow_mut().push(candidates.to_vec());
+            Ok(vec![9])
+        };
+        assert_eq!(check_late(&checked, &high_water, find).expect("look"), [9]);
+        assert_eq!(*asked.borrow(), [vec![7, 9]]);
+        // Within the interval nothing is asked.
+        assert!(
+            check_late(&checked, &high_water, find)
+                .expect("look")
+                .is_empty()
+        );
+        assert_eq!(asked.borrow().len(), 1);
+        // After it, only the id not found yet is a candidate.
+        *checked.lock().expect("lock") = Instant::now().checked_sub(LATE_CHECK_INTERVAL);
+        check_late(&checked, &high_water, find).expect("look");
+        assert_eq!(asked.borrow().last(), Some(&vec![7]));
     }
 }

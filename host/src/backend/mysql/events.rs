@@ -259,42 +259,25 @@ impl MyStore {
     }
 
     pub(super) fn late(&self) -> Result<Vec<i64>, StoreError> {
-        {
-            let mut checked = self
-                .late_checked
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if checked.is_some_and(|at| at.elapsed() < LATE_CHECK_INTERVAL) {
-                return Ok(Vec::new());
+        crate::backend::highwater::check_late(&self.late_checked, &self.high_water, |candidates| {
+            let mut late = Vec::new();
+            let mut conn = lock(&self.conn);
+            for chunk in candidates.chunks(500) {
+                let marks = vec!["?"; chunk.len()].join(", ");
+                let mut query = sqlx::query_scalar::<_, i64>(sql(format!(
+                    "SELECT CAST(id AS SIGNED) FROM stored_events WHERE id IN ({marks}) ORDER BY id"
+                )));
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                late.extend(
+                    self.rt
+                        .block_on(query.fetch_all(&mut *conn))
+                        .context("looking for events written late")?,
+                );
             }
-            *checked = Some(Instant::now());
-        }
-        let mut high_water = self
-            .high_water
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let candidates = high_water.late_candidates(Instant::now());
-        if candidates.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut late = Vec::new();
-        let mut conn = lock(&self.conn);
-        for chunk in candidates.chunks(500) {
-            let marks = vec!["?"; chunk.len()].join(", ");
-            let mut query = sqlx::query_scalar::<_, i64>(sql(format!(
-                "SELECT CAST(id AS SIGNED) FROM stored_events WHERE id IN ({marks}) ORDER BY id"
-            )));
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            late.extend(
-                self.rt
-                    .block_on(query.fetch_all(&mut *conn))
-                    .context("looking for events written late")?,
-            );
-        }
-        high_water.found_late(&late);
-        Ok(late)
+            Ok(late)
+        })
     }
 
     pub(super) fn read(

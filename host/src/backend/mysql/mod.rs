@@ -75,9 +75,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often [`Store::wait_for_events`] looks for new events.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
-/// How often the store looks for events written below a head it already returned.
-const LATE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
-
 /// The most zdr statements whose positional form a store keeps (they are a fixed set, plus a
 /// few shapes of event reads).
 const MAX_POSITIONAL: usize = 1024;

@@ -253,35 +253,18 @@ impl PgStore {
     }
 
     pub(super) fn late(&self) -> Result<Vec<i64>, StoreError> {
-        {
-            let mut checked = self
-                .late_checked
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            if checked.is_some_and(|at| at.elapsed() < LATE_CHECK_INTERVAL) {
-                return Ok(Vec::new());
-            }
-            *checked = Some(Instant::now());
-        }
-        let mut high_water = self
-            .high_water
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let candidates = high_water.late_candidates(Instant::now());
-        if candidates.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut conn = lock(&self.conn);
-        let late: Vec<i64> = self
-            .rt
-            .block_on(
-                sqlx::query_scalar("SELECT id FROM stored_events WHERE id = ANY($1) ORDER BY id")
-                    .bind(&candidates)
+        crate::backend::highwater::check_late(&self.late_checked, &self.high_water, |candidates| {
+            let mut conn = lock(&self.conn);
+            self.rt
+                .block_on(
+                    sqlx::query_scalar(
+                        "SELECT id FROM stored_events WHERE id = ANY($1) ORDER BY id",
+                    )
+                    .bind(candidates)
                     .fetch_all(&mut *conn),
-            )
-            .context("looking for events written late")?;
-        high_water.found_late(&late);
-        Ok(late)
+                )
+                .context("looking for events written late")
+        })
     }
 
     pub(super) fn read(

@@ -82,9 +82,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a daemon that lost its notification connection polls before listening again.
 const LISTEN_RETRY: Duration = Duration::from_secs(10);
 
-/// How often the store looks for events written below a head it already returned.
-const LATE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
-
 /// Spatie's `stored_events` as its Laravel migration makes it on PostgreSQL, except that the
 /// aggregate id is `text` (any string, not only UUIDs).
 const EVENT_TABLE: &str = r#"
