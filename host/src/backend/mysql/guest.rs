@@ -146,8 +146,9 @@ fn value_of(row: &MySqlRow, index: usize) -> Value {
     let type_name = info.name().to_string();
     // sqlx names a text column of a binary collation (utf8mb4_bin, which zdr gives every
     // text column) as a binary type; only the `binary` character set (63) holds bytes, and
-    // sqlx shows a column's collation only in its debug form.
-    let bytes = format!("{:?}", *info).contains("collation: Collation(63)");
+    // sqlx shows a column's collation only in its debug form, so it is looked at only for
+    // the types that need it, not for every value.
+    let holds_bytes = || format!("{:?}", *info).contains("collation: Collation(63)");
     fn decode<'r, T: Decode<'r, MySql>>(raw: MySqlValueRef<'r>) -> Option<T> {
         T::decode(raw).ok()
     }
@@ -165,7 +166,9 @@ fn value_of(row: &MySqlRow, index: usize) -> Value {
         "DOUBLE" => decode::<f64>(raw).map(Value::Real),
         "DECIMAL" | "CHAR" | "VARCHAR" | "TEXT" | "TINYTEXT" | "MEDIUMTEXT" | "LONGTEXT"
         | "JSON" | "ENUM" | "SET" => decode::<String>(raw).map(Value::Text),
-        "BINARY" | "VARBINARY" | "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" if !bytes => {
+        "BINARY" | "VARBINARY" | "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB"
+            if !holds_bytes() =>
+        {
             decode::<String>(raw).map(Value::Text)
         }
         "BINARY" | "VARBINARY" | "BLOB" | "TINYBLOB" | "MEDIUMBLOB" | "LONGBLOB" | "BIT" => {
