@@ -201,3 +201,79 @@ fn a_run_that_outlasts_its_deadline_is_given_again_one_event_at_a_time() {
     );
     assert_eq!(env.show("r")["state"], "started");
 }
+
+/// A catch-up inside a caller's transaction (the last gap of a switch, under the writer lock)
+/// cannot run its batch again, so a failed run there is rolled back to a savepoint and given
+/// again one event per call: a fault is named exactly and nothing of its run stays, and a run
+/// that failed only as a whole (past its deadline) is applied one event at a time.
+#[test]
+fn a_failed_run_inside_a_callers_transaction_is_undone_to_its_savepoint() {
+    use std::collections::HashMap;
+    use zdr::backend::Db;
+    use zdr::lifecycle;
+    use zdr::projection::{Projection, ProjectionError};
+    use zdr::runtime::{Limits, Runtime};
+
+    let limits = Limits {
+        call_timeout: std::time::Duration::from_millis(400),
+        ..Limits::default()
+    };
+    let runtime = Runtime::new(
+        Limits::default(),
+        HashMap::from([("faulty".to_string(), limits)]),
+        Some(crate::support::compile_cache_dir()),
+    )
+    .expect("a wasmtime runtime");
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let db = Db::create(&format!("sqlite://{}", dir.path().join("zdr.db").display()))
+        .expect("a SQLite database");
+    db.init().expect("init");
+    let path = &guests().faulty;
+    let spec = lifecycle::ComponentSpec {
+        name: "faulty".into(),
+        source: path.clone(),
+        wasm: std::fs::read(path).expect("the faulty component"),
+    };
+    let options = lifecycle::DeployOptions {
+        batch_size: 1000,
+        allow_same_version: false,
+    };
+    lifecycle::deploy(&runtime, &db, &spec, &options, &mut |_, _| {}).expect("deploy");
+    let event = |class: &str| zdr::events::NewEvent::new(class, None, "{}", "{}").expect("event");
+    let seen = |db: &Db| -> Vec<String> {
+        db.read_rows("SELECT event_id FROM seen ORDER BY event_id")
+            .expect("seen")
+            .rows
+            .into_iter()
+            .map(|row| format!("{:?}", row[0]))
+            .collect()
+    };
+
+    // 40 `Slow` events (50 ms each) in one run outlast its 400 ms deadline; one at a time
+    // each fits.
+    db.append_events(&(0..40).map(|_| event("Slow")).collect::<Vec<_>>())
+        .expect("append");
+    let mut projection = Projection::new(&runtime, &db, 1000);
+    let live = db.live_target("faulty").expect("read").expect("live");
+    projection
+        .prepare(std::slice::from_ref(&live))
+        .expect("prepare");
+    let checkpoint = db
+        .write(|db| projection.apply_up_to(&live, db.head()?))
+        .expect("the slow run applied one event at a time");
+    assert_eq!(checkpoint, 40);
+    assert_eq!(seen(&db).len(), 40, "every event once: {:?}", seen(&db));
+
+    // A fault inside a run of 300: named exactly, and the transaction the caller rolls back
+    // holds nothing of the run.
+    let mut events: Vec<_> = (0..300).map(|_| event("Tick")).collect();
+    events[199] = event("Fail");
+    db.append_events(&events).expect("append");
+    let live = db.live_target("faulty").expect("read").expect("live");
+    let failed = db.write(|db| projection.apply_up_to(&live, db.head()?));
+    match failed {
+        Err(ProjectionError::Guest { event_id, .. }) => assert_eq!(event_id, 240),
+        other => panic!("expected the Fail event named: {other:?}"),
+    }
+    assert_eq!(seen(&db).len(), 40, "nothing of the failed batch stayed");
+}
