@@ -8,9 +8,11 @@
 #
 # Usage: plugins/build-all.sh [--demo] [extra `cargo build` arguments, e.g. --locked or --offline]
 # With --demo, only the Rust projectors in plugins/ are built: what `zdr demo` needs.
-# Works from any directory. Each workspace builds into its own target/ folder (forced with
-# --target-dir, whatever CARGO_TARGET_DIR says), which is where the zdr-plugin.toml manifests
-# and the end-to-end tests look.
+# Works from any directory. The three workspaces build into one target folder, plugins/target
+# (forced with --target-dir, whatever CARGO_TARGET_DIR says), so that the dependencies they
+# share (wit-bindgen and its macros) are compiled once; each workspace's components are then
+# copied to its own target/wasm32-wasip2/release/, which is where the zdr-plugin.toml
+# manifests and the end-to-end tests look.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -46,15 +48,25 @@ fi
 component_header="0061736d0d000100"
 
 built=()
+shared_target="$root/plugins/target"
 for workspace in "${workspaces[@]}"; do
     echo "build-all: building ${workspace#"$root"/} for $target" >&2
     # JSON messages on stdout name every artifact; diagnostics still render on stderr.
     messages="$(cargo build --release --target "$target" \
-        --manifest-path "$workspace/Cargo.toml" --target-dir "$workspace/target" \
+        --manifest-path "$workspace/Cargo.toml" --target-dir "$shared_target" \
         --message-format=json-render-diagnostics "$@")" ||
         die "cargo build failed in ${workspace#"$root"/} (see the errors above)"
+    out="$workspace/target/$target/release"
+    mkdir -p "$out"
     while IFS= read -r wasm; do
-        [[ -n "$wasm" ]] && built+=("$wasm")
+        [[ -n "$wasm" ]] || continue
+        # The crate names of the three workspaces differ, so no component overwrites
+        # another's in the shared folder; plugins/ needs no copy.
+        dest="$out/$(basename "$wasm")"
+        if ! [[ "$wasm" -ef "$dest" ]]; then
+            cp "$wasm" "$dest" || die "cannot copy $wasm to $out"
+        fi
+        built+=("$dest")
     done < <(grep -o '"[^"]*\.wasm"' <<<"$messages" | tr -d '"' | sort -u)
 done
 

@@ -1,5 +1,5 @@
 //! PostgreSQL under pressure: appenders whose transactions commit out of id order, readers
-//! of the live table while promote swaps it back and forth ten times, and a projector
+//! of the live table while promote swaps it back and forth six times, and a projector
 //! trying PostgreSQL's own ways out of its tables.
 //!
 //! The rest of the lifecycle runs on both backends in the other modules (`both_backends!`),
@@ -305,9 +305,11 @@ fn read_live(url: &str, states: &[Vec<Vec<String>>; 2], stop: &AtomicBool) -> Re
 }
 
 #[test]
-fn sixteen_readers_see_one_whole_version_through_ten_promotes() {
-    const READERS: usize = 16;
-    const PROMOTES: usize = 10;
+fn eight_readers_see_one_whole_version_through_six_promotes() {
+    // Eight readers reading back to back keep both cores of a CI machine busy: with sixteen
+    // and ten promotes this one test took 90 s alone and starved every test beside it.
+    const READERS: usize = 8;
+    const PROMOTES: usize = 6;
     const ACCOUNTS: usize = 40;
     let g = guests();
     let env = Env::new(Backend::Postgres);
@@ -398,14 +400,14 @@ fn sixteen_readers_see_one_whole_version_through_ten_promotes() {
         "the readers never saw both versions: {logs:?}"
     );
 
-    // Ten promotes later, version 1 is live again, its table the fold, and the daemon that
-    // hot-swapped ten times still serves it.
+    // Six promotes later, version 1 is live again, its table the fold, and the daemon that
+    // hot-swapped six times still serves it.
     env.import(&generator.money(50));
     env.wait_live("balance", "1");
     assert_same_rows(
         &env.balances_v1("balances"),
         &fold_v1(&env.stored_events()),
-        "live after ten promotes",
+        "live after six promotes",
     );
     assert!(
         env.schema_objects()
