@@ -20,6 +20,7 @@ mod mysql;
 pub mod naming;
 mod postgres;
 mod rt;
+mod server;
 mod sqlite;
 #[cfg(test)]
 mod testing;

@@ -16,7 +16,7 @@ use futures_util::TryStreamExt;
 
 use super::*;
 use crate::backend::highwater::{Observed, Scan};
-use crate::events::{Event, Undecodable};
+use crate::backend::server::event_of_row;
 
 /// How long a gap stays open after it was seen, even when no writer holds one of its ids:
 /// the longest a writer may take between drawing an id and inserting its row.
@@ -320,29 +320,7 @@ impl MyStore {
             .block_on(query.fetch(&mut *conn).try_collect())
             .context("reading events")?;
         rows.iter()
-            .map(|r| {
-                let id: i64 = r.try_get(0).context("reading events")?;
-                let decoded = (|| {
-                    Ok::<_, sqlx::Error>(Event {
-                        id,
-                        aggregate_uuid: r.try_get(1)?,
-                        aggregate_version: r.try_get(2)?,
-                        event_version: r.try_get(3)?,
-                        event_class: r.try_get(4)?,
-                        event_properties: r.try_get(5)?,
-                        meta_data: r.try_get(6)?,
-                        created_at: r.try_get(7)?,
-                    })
-                })();
-                Ok(match decoded {
-                    Ok(event) => ReadEvent::Event(event),
-                    Err(err) => ReadEvent::Undecodable(Undecodable {
-                        id,
-                        event_class: r.try_get(4).ok(),
-                        reason: describe(&err),
-                    }),
-                })
-            })
+            .map(|row| event_of_row(row, describe).context("reading events"))
             .collect()
     }
 }

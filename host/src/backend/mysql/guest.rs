@@ -3,14 +3,13 @@
 //! shared connection, stopped at the guest's deadline with `KILL QUERY`, and result values
 //! converted to the guest's types.
 
-use std::future::Future;
-
 use futures_util::TryStreamExt;
 use sqlx::mysql::MySqlValueRef;
 use sqlx::{Column, Decode, TypeInfo, ValueRef};
 
 use super::*;
 use crate::backend::guest::RowCollector;
+use crate::backend::server::until_deadline;
 use crate::sandbox::Checked;
 
 /// The raw side of a guest's handle: runs checked statements on the worker's shared
@@ -23,39 +22,19 @@ pub(super) struct MyGuestConnection {
     pub(super) options: MySqlConnectOptions,
 }
 
-/// Runs `work` until `deadline`; past it, stops the statement running on connection `id`
-/// from a connection of its own, waits for `work` to wind up, and answers `limit-exceeded`.
-async fn until_deadline<T>(
-    work: impl Future<Output = Result<T, DbError>>,
-    deadline: Instant,
-    options: &MySqlConnectOptions,
-    id: u64,
-) -> Result<T, DbError> {
-    let mut work = std::pin::pin!(work);
-    match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), &mut work).await {
-        Ok(done) => done,
-        Err(_) => {
-            let stopped = async {
-                let mut conn = MySqlConnection::connect_with(options).await?;
-                sqlx::raw_sql(sql(format!("KILL QUERY {id}")))
-                    .execute(&mut conn)
-                    .await?;
-                conn.close().await
-            };
-            if let Err(err) = stopped.await {
-                tracing::warn!(
-                    "could not stop a guest statement past its deadline: {}",
-                    describe(&err)
-                );
-            }
-            // The statement ends with "Query execution was interrupted"; the connection is
-            // then ready for the rollback that follows.
-            let _ = work.await;
-            Err(DbError::LimitExceeded(
-                "the statement was stopped: it ran past the deadline of the guest's call".into(),
-            ))
-        }
+/// Stops the statement running on connection `id` with `KILL QUERY`, from a connection of
+/// its own: what [`until_deadline`] does at a guest's deadline. The statement then ends with
+/// "Query execution was interrupted".
+async fn kill_query(options: &MySqlConnectOptions, id: u64) -> Result<(), String> {
+    async {
+        let mut conn = MySqlConnection::connect_with(options).await?;
+        sqlx::raw_sql(sql(format!("KILL QUERY {id}")))
+            .execute(&mut conn)
+            .await?;
+        conn.close().await
     }
+    .await
+    .map_err(|err| describe(&err))
 }
 
 impl RawGuestConnection for MyGuestConnection {
@@ -83,8 +62,7 @@ impl RawGuestConnection for MyGuestConnection {
                     .map_err(db_error)
             },
             deadline,
-            &self.options,
-            id,
+            kill_query(&self.options, id),
         ))
     }
 
@@ -113,8 +91,7 @@ impl RawGuestConnection for MyGuestConnection {
                 Ok(())
             },
             deadline,
-            &self.options,
-            id,
+            kill_query(&self.options, id),
         ))
     }
 }

@@ -3,6 +3,7 @@
 //! writers the gap-safe read cannot cover.
 
 use super::*;
+use crate::backend::server::event_of_row;
 
 impl PgStore {
     /// The statement that appends one event, with each text value cast to the type its
@@ -297,29 +298,7 @@ impl PgStore {
             )
             .context("reading events")?;
         rows.iter()
-            .map(|r| {
-                let id: i64 = r.try_get(0).context("reading events")?;
-                let decoded = (|| {
-                    Ok::<_, sqlx::Error>(Event {
-                        id,
-                        aggregate_uuid: r.try_get(1)?,
-                        aggregate_version: r.try_get(2)?,
-                        event_version: r.try_get(3)?,
-                        event_class: r.try_get(4)?,
-                        event_properties: r.try_get(5)?,
-                        meta_data: r.try_get(6)?,
-                        created_at: r.try_get(7)?,
-                    })
-                })();
-                Ok(match decoded {
-                    Ok(event) => ReadEvent::Event(event),
-                    Err(err) => ReadEvent::Undecodable(Undecodable {
-                        id,
-                        event_class: r.try_get(4).ok(),
-                        reason: describe(&err),
-                    }),
-                })
-            })
+            .map(|row| event_of_row(row, describe).context("reading events"))
             .collect()
     }
 }

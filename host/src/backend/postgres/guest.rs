@@ -3,6 +3,7 @@
 //! deadline, and result rows longer than the value cap kept on the server.
 
 use super::*;
+use crate::backend::server::until_deadline;
 
 /// The raw side of a guest's handle: runs checked statements on the worker's shared
 /// connection, cancels one still running at the guest's deadline, and keeps result rows
@@ -26,41 +27,20 @@ fn capped_select(sql: &str) -> String {
     )
 }
 
-/// Runs `work` until `deadline`; past it, cancels the statement running in server process
-/// `pid` from a connection of its own, waits for `work` to wind up, and answers
-/// `limit-exceeded`.
-async fn until_deadline<T>(
-    work: impl Future<Output = Result<T, DbError>>,
-    deadline: Instant,
-    options: &PgConnectOptions,
-    pid: i32,
-) -> Result<T, DbError> {
-    let mut work = std::pin::pin!(work);
-    match tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), &mut work).await {
-        Ok(done) => done,
-        Err(_) => {
-            let cancelled = async {
-                let mut conn = PgConnection::connect_with(options).await?;
-                sqlx::query("SELECT pg_cancel_backend($1)")
-                    .bind(pid)
-                    .execute(&mut conn)
-                    .await?;
-                conn.close().await
-            };
-            if let Err(err) = cancelled.await {
-                tracing::warn!(
-                    "could not cancel a guest statement past its deadline: {}",
-                    describe(&err)
-                );
-            }
-            // The statement ends with "canceling statement due to user request"; the
-            // connection is then ready for the rollback that follows.
-            let _ = work.await;
-            Err(DbError::LimitExceeded(
-                "the statement was cancelled: it ran past the deadline of the guest's call".into(),
-            ))
-        }
+/// Cancels the statement running in server process `pid`, from a connection of its own:
+/// what [`until_deadline`] does at a guest's deadline. The statement then ends with
+/// "canceling statement due to user request".
+async fn cancel(options: &PgConnectOptions, pid: i32) -> Result<(), String> {
+    async {
+        let mut conn = PgConnection::connect_with(options).await?;
+        sqlx::query("SELECT pg_cancel_backend($1)")
+            .bind(pid)
+            .execute(&mut conn)
+            .await?;
+        conn.close().await
     }
+    .await
+    .map_err(|err| describe(&err))
 }
 
 impl RawGuestConnection for PgGuestConnection {
@@ -85,8 +65,7 @@ impl RawGuestConnection for PgGuestConnection {
                     .map_err(db_error)
             },
             deadline,
-            &self.options,
-            pid,
+            cancel(&self.options, pid),
         ))
     }
 
@@ -114,8 +93,7 @@ impl RawGuestConnection for PgGuestConnection {
                 Ok(())
             },
             deadline,
-            &self.options,
-            pid,
+            cancel(&self.options, pid),
         ))
     }
 }

@@ -29,7 +29,6 @@
 //! calling thread (a blocking thread of the tokio runtime, or a private runtime when there is
 //! none).
 
-use std::future::Future;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -50,7 +49,7 @@ use super::{
     DbError, HeldLock, RowSet, RunLock, Store, StoreError, TableColumn, Value, check_event_columns,
     redact,
 };
-use crate::events::{Event, NewEvent, ReadEvent, Undecodable};
+use crate::events::{NewEvent, ReadEvent};
 use crate::sandbox::{Checked, Dialect, PhysicalName};
 
 mod events;
