@@ -106,24 +106,48 @@ const MAX_FILTERED_CLASSES: usize = 100;
 /// makes the row [`ReadEvent::Undecodable`] with the reason.
 fn decode_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<ReadEvent> {
     let id: i64 = row.get(0)?;
+    // The class is decoded once and moved into the event; an undecodable row keeps it (when
+    // it could be read) to say what kind of event could not be read.
     let class = text_column(row, 4, "event_class");
-    let decoded = (|| {
-        Ok::<_, String>(Event {
-            id,
-            aggregate_uuid: optional_text_column(row, 1, "aggregate_uuid")?,
-            aggregate_version: optional_integer_column(row, 2, "aggregate_version")?,
-            event_version: optional_integer_column(row, 3, "event_version")?.unwrap_or(1),
-            event_class: class.clone()?,
-            event_properties: text_column(row, 5, "event_properties")?,
-            meta_data: text_column(row, 6, "meta_data")?,
-            created_at: text_column(row, 7, "created_at")?,
-        })
+    let rest = (|| {
+        Ok::<_, String>((
+            optional_text_column(row, 1, "aggregate_uuid")?,
+            optional_integer_column(row, 2, "aggregate_version")?,
+            optional_integer_column(row, 3, "event_version")?.unwrap_or(1),
+            text_column(row, 5, "event_properties")?,
+            text_column(row, 6, "meta_data")?,
+            text_column(row, 7, "created_at")?,
+        ))
     })();
-    Ok(match decoded {
-        Ok(event) => ReadEvent::Event(event),
-        Err(reason) => ReadEvent::Undecodable(Undecodable {
+    Ok(match (class, rest) {
+        (
+            Ok(event_class),
+            Ok((
+                aggregate_uuid,
+                aggregate_version,
+                event_version,
+                event_properties,
+                meta_data,
+                created_at,
+            )),
+        ) => ReadEvent::Event(Event {
+            id,
+            aggregate_uuid,
+            aggregate_version,
+            event_version,
+            event_class,
+            event_properties,
+            meta_data,
+            created_at,
+        }),
+        (class, Err(reason)) => ReadEvent::Undecodable(Undecodable {
             id,
             event_class: class.ok(),
+            reason,
+        }),
+        (Err(reason), Ok(_)) => ReadEvent::Undecodable(Undecodable {
+            id,
+            event_class: None,
             reason,
         }),
     })

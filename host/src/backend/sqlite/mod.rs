@@ -683,4 +683,63 @@ mod tests {
         release.join().expect("the holder panicked");
         assert_eq!(appended, Some((1, 1)));
     }
+
+    /// Each row of the read is an event, or undecodable with its reason and, when it could be
+    /// read, its class.
+    #[test]
+    fn rows_that_do_not_decode_say_why_and_keep_their_class() {
+        use crate::events::ReadEvent;
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let path = dir.path().join("zdr.db");
+        let url = format!("sqlite://{}", path.display());
+        let db = Db::create(&url).expect("create");
+        db.init().expect("init");
+        db.append_events(&[event(), event(), event(), event()])
+            .expect("append");
+        let writer = rusqlite::Connection::open(&path).expect("open");
+        writer
+            .execute_batch(
+                "UPDATE stored_events SET event_properties = x'00ff' WHERE id = 2; \
+                 UPDATE stored_events SET event_class = x'02' WHERE id = 3; \
+                 UPDATE stored_events SET event_class = x'02', meta_data = x'01' WHERE id = 4;",
+            )
+            .expect("spoil rows");
+        let read = db.read_events(0, 4, 10).expect("read");
+        assert_eq!(read.len(), 4);
+        match &read[0] {
+            ReadEvent::Event(e) => {
+                assert_eq!((e.id, e.event_class.as_str()), (1, "Happened"));
+                assert_eq!(e.aggregate_uuid.as_deref(), Some("a"));
+            }
+            other => panic!("row 1 decodes: {other:?}"),
+        }
+        let undecodable = |i: usize| match &read[i] {
+            ReadEvent::Undecodable(u) => (u.id, u.event_class.clone(), u.reason.clone()),
+            other => panic!("row {} does not decode: {other:?}", i + 1),
+        };
+        assert_eq!(
+            undecodable(1),
+            (
+                2,
+                Some("Happened".to_string()),
+                "event_properties is a BLOB of 2 bytes, not text".to_string()
+            )
+        );
+        assert_eq!(
+            undecodable(2),
+            (
+                3,
+                None,
+                "event_class is a BLOB of 1 bytes, not text".to_string()
+            )
+        );
+        assert_eq!(
+            undecodable(3),
+            (
+                4,
+                None,
+                "meta_data is a BLOB of 1 bytes, not text".to_string()
+            )
+        );
+    }
 }
