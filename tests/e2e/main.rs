@@ -19,6 +19,7 @@ mod languages;
 mod lifecycle;
 mod machine;
 mod mariadb;
+mod out_of_order;
 mod policies;
 mod postgres;
 mod safety;

@@ -10,74 +10,47 @@ use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
+use crate::out_of_order::{
+    EventClient, MULTI_ROW, Scale, SlowShape, Writers, appenders_commit_out_of_order,
+};
 use crate::support::{
     Backend, Env, Generator, MyClient, assert_same_rows, fold_v1, fold_v2, guests,
 };
 
-/// The columns an appender writes, and the class of the shared store the balance projector
-/// does not handle.
+/// The columns an appender writes.
 const COLUMNS: &str = "INSERT INTO stored_events (aggregate_uuid, event_class, event_properties, meta_data, created_at)";
-const OTHER_CLASS: &str = "App\\Orders\\OrderPlaced";
 
 /// `text` as a SQL string (zdr's session mode: no backslash escapes).
 fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
-/// Appends `events` money events on `accounts` in transactions of one to five events that
-/// stay open for 0–20 ms (between their inserts too), so that ids are drawn in one order and
-/// committed in another; one transaction in eight is rolled back, leaving a real gap. With
-/// `others`, about a third of the events are of a class the balance projector does not handle.
-/// Returns the events committed.
-fn append_slowly(url: &str, seed: u64, accounts: Vec<String>, events: u64, others: bool) -> u64 {
-    let mut client = MyClient::connect(url);
-    let mut generator = Generator::with_accounts(seed, accounts);
-    let mut committed = 0;
-    while committed < events {
-        let n = (1 + generator.below(5)).min(events - committed);
-        let batch = generator.money(usize::try_from(n).expect("a small batch"));
-        client
-            .execute("START TRANSACTION")
-            .expect("an appender cannot begin");
-        for e in &batch {
-            let class = if others && generator.below(3) == 0 {
-                OTHER_CLASS
-            } else {
-                e.class.as_str()
-            };
-            client
-                .execute(&format!(
-                    "{COLUMNS} VALUES ({}, {}, {}, '{{}}', UTC_TIMESTAMP(6))",
-                    quote(e.aggregate.as_deref().unwrap_or_default()),
-                    quote(class),
-                    quote(&e.properties.to_string())
-                ))
-                .unwrap_or_else(|err| panic!("an appender cannot insert: {err}"));
-            std::thread::sleep(Duration::from_millis(generator.below(6)));
-        }
-        std::thread::sleep(Duration::from_millis(generator.below(21)));
-        if generator.below(8) == 0 {
-            client
-                .execute("ROLLBACK")
-                .expect("an appender cannot roll back");
-        } else {
-            client.execute("COMMIT").expect("an appender cannot commit");
-            committed += n;
-        }
+/// An appender's connection: the application's own transactions, each value spliced in.
+impl EventClient for MyClient {
+    fn begin(&mut self) {
+        self.execute("START TRANSACTION")
+            .unwrap_or_else(|err| panic!("an appender cannot begin: {err}"));
     }
-    committed
-}
 
-/// The ways a writer can hold an id it has not committed, each slower than the appenders
-/// around it.
-#[derive(Debug, Clone, Copy)]
-enum SlowShape {
-    /// The row's value takes a while to compute.
-    SlowValue,
-    /// One statement inserts many rows: InnoDB reserves their ids as it goes.
-    MultiRow,
-    /// A long first statement, then the insert, in one transaction.
-    LongFirstStatement,
+    fn insert(&mut self, aggregate: &str, class: &str, properties: &str) {
+        self.execute(&format!(
+            "{COLUMNS} VALUES ({}, {}, {}, '{{}}', UTC_TIMESTAMP(6))",
+            quote(aggregate),
+            quote(class),
+            quote(properties)
+        ))
+        .unwrap_or_else(|err| panic!("an appender cannot insert: {err}"));
+    }
+
+    fn commit(&mut self) {
+        self.execute("COMMIT")
+            .unwrap_or_else(|err| panic!("an appender cannot commit: {err}"));
+    }
+
+    fn rollback(&mut self) {
+        self.execute("ROLLBACK")
+            .unwrap_or_else(|err| panic!("an appender cannot roll back: {err}"));
+    }
 }
 
 /// Writes `rounds` slow inserts of `shape` for `account`; returns the events committed.
@@ -99,11 +72,11 @@ fn append_slow_shape(url: &str, shape: SlowShape, account: String, rounds: u64) 
             ),
             SlowShape::MultiRow => (
                 format!(
-                    "{COLUMNS} WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 3000) \
+                    "{COLUMNS} WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < {MULTI_ROW}) \
                      SELECT {account}, 'MoneyAdded', CONCAT('{{\"amount\": ', n % 7 + 1, '}}'), '{{}}', \
                      UTC_TIMESTAMP(6) FROM g"
                 ),
-                3000,
+                MULTI_ROW,
             ),
             SlowShape::LongFirstStatement => (
                 format!(
@@ -123,92 +96,17 @@ fn append_slow_shape(url: &str, shape: SlowShape, account: String, rounds: u64) 
 
 #[test]
 fn eight_appenders_committing_out_of_order_lose_no_event_and_repeat_none() {
-    const APPENDERS: u64 = 8;
-    const EVENTS: u64 = 8_000;
-    const ACCOUNTS: usize = 50;
-    let g = guests();
-    let env = Env::new(Backend::Mariadb);
-    let mut generator = Generator::new(32);
-    env.import(&generator.open_accounts(ACCOUNTS));
-    env.deploy("balance", &g.balance_v1);
-    // A rebuild runs beside live through the appends, reading only the classes it handles.
-    env.create_balance_replay("v2", &g.balance_v2);
-    let mut daemon = env.serve();
-
-    let appenders: Vec<JoinHandle<u64>> = (0..APPENDERS)
-        .map(|i| {
-            let (url, accounts) = (env.url().to_string(), generator.accounts().to_vec());
-            let others = i % 2 == 1;
-            std::thread::spawn(move || {
-                append_slowly(&url, 3_200 + i, accounts, EVENTS / APPENDERS, others)
-            })
-        })
-        .collect();
-    let slow: Vec<JoinHandle<u64>> = [
-        (SlowShape::SlowValue, 20),
-        (SlowShape::MultiRow, 2),
-        (SlowShape::LongFirstStatement, 20),
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(i, (shape, rounds))| {
-        let (url, account) = (env.url().to_string(), generator.accounts()[i].clone());
-        std::thread::spawn(move || append_slow_shape(&url, shape, account, rounds))
-    })
-    .collect();
-    // `replay start` again and again while the appenders run.
-    let mut starts = 0;
-    while appenders.iter().any(|a| !a.is_finished()) {
-        env.ok(&["replay", "start", "v2"]);
-        starts += 1;
-    }
-    let committed: u64 = appenders
-        .into_iter()
-        .map(|a| a.join().expect("an appender panicked"))
-        .sum();
-    let slow_events: u64 = slow
-        .into_iter()
-        .map(|s| s.join().expect("a slow writer panicked"))
-        .sum();
-    assert_eq!(committed, EVENTS, "test bug: the appenders' accounting");
-    assert_eq!(
-        slow_events,
-        20 + 2 * 3000 + 20,
-        "test bug: the slow writers"
+    appenders_commit_out_of_order(
+        Backend::Mariadb,
+        Scale {
+            events: 8_000,
+            slow_rounds: [20, 2, 20],
+        },
+        Writers {
+            connect: MyClient::connect,
+            slow: append_slow_shape,
+        },
     );
-
-    env.wait_live("balance", "1");
-    let events = env.stored_events();
-    let head = env.head();
-    assert_eq!(
-        events.len() as u64,
-        ACCOUNTS as u64 + EVENTS + slow_events,
-        "every committed event is stored, and nothing else"
-    );
-    assert!(
-        head > events.len() as i64,
-        "test bug: no rolled-back transaction left a gap in the ids (head {head})"
-    );
-    let live = env.projector("balance");
-    assert_eq!(live["checkpoint"], head, "{live:#}");
-    assert_same_rows(
-        &env.balances_v1("balances"),
-        &fold_v1(&events),
-        "live v1 after 8 appenders committing out of order",
-    );
-    env.ok(&["replay", "start", "v2"]);
-    assert!(
-        starts > 1,
-        "test bug: the rebuild never ran during the appends"
-    );
-    assert_eq!(env.show("v2")["projectors"][0]["checkpoint"], head);
-    assert_same_rows(
-        &env.balances_v2(&env.clone_table("v2", "balances")),
-        &fold_v2(&events),
-        "the clone rebuilt during 8 appenders committing out of order",
-    );
-    daemon.assert_running();
-    daemon.stop();
 }
 
 /// One reader's account of its reads.

@@ -13,82 +13,37 @@ use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::out_of_order::{
+    EventClient, MULTI_ROW, Scale, SlowShape, Writers, appenders_commit_out_of_order,
+};
 use crate::sandbox::{PG_ESCAPES, check_outcomes, probes};
 use crate::support::{
     Backend, Env, Generator, PATIENCE, PG_APPEND, assert_same_rows, fold_v1, fold_v2, guests,
     pg_error, postgres_connect, wait_child, wait_until,
 };
 
-/// What one appender did.
-#[derive(Debug, Default)]
-struct Appended {
-    committed_events: u64,
-    committed_transactions: u64,
-    rolled_back_transactions: u64,
-}
-
-/// Appends `events` money events on `accounts` to the database at `url`, in transactions of
-/// one to five events that stay open for 0–20 ms (between their inserts too), so that ids are
-/// taken in one order and committed in another; one transaction in eight is rolled back,
-/// leaving a real gap in the sequence. With `others`, about a third of the events are of a
-/// class the balance projector does not handle, as in a store many projectors share.
-fn append_slowly(
-    url: &str,
-    seed: u64,
-    accounts: Vec<String>,
-    events: u64,
-    others: bool,
-) -> Appended {
-    let mut client = postgres_connect(url);
-    let mut generator = Generator::with_accounts(seed, accounts);
-    let mut done = Appended::default();
-    while done.committed_events < events {
-        let n = (1 + generator.below(5)).min(events - done.committed_events);
-        let batch = generator.money(usize::try_from(n).expect("a small batch"));
-        let mut tx = client
-            .transaction()
+/// An appender's connection: the application's own transactions, through the `postgres`
+/// crate.
+impl EventClient for postgres::Client {
+    fn begin(&mut self) {
+        self.batch_execute("BEGIN")
             .unwrap_or_else(|e| panic!("an appender cannot begin: {}", pg_error(&e)));
-        for e in &batch {
-            let class = if others && generator.below(3) == 0 {
-                OTHER_CLASS
-            } else {
-                e.class.as_str()
-            };
-            tx.execute(
-                PG_APPEND,
-                &[&e.aggregate, &class, &e.properties.to_string()],
-            )
-            .unwrap_or_else(|e| panic!("an appender cannot insert: {}", pg_error(&e)));
-            std::thread::sleep(Duration::from_millis(generator.below(6)));
-        }
-        std::thread::sleep(Duration::from_millis(generator.below(21)));
-        if generator.below(8) == 0 {
-            tx.rollback()
-                .unwrap_or_else(|e| panic!("an appender cannot roll back: {}", pg_error(&e)));
-            done.rolled_back_transactions += 1;
-        } else {
-            tx.commit()
-                .unwrap_or_else(|e| panic!("an appender cannot commit: {}", pg_error(&e)));
-            done.committed_transactions += 1;
-            done.committed_events += n;
-        }
     }
-    done
-}
 
-/// A class of the shared store that the balance projector does not handle.
-const OTHER_CLASS: &str = "App\\Orders\\OrderPlaced";
+    fn insert(&mut self, aggregate: &str, class: &str, properties: &str) {
+        self.execute(PG_APPEND, &[&aggregate, &class, &properties])
+            .unwrap_or_else(|e| panic!("an appender cannot insert: {}", pg_error(&e)));
+    }
 
-/// The ways a writer can hold an event id it has not written yet, each slower than the
-/// appenders around it.
-#[derive(Debug, Clone, Copy)]
-enum SlowShape {
-    /// The id is drawn, then a value takes a while to compute.
-    SlowValue,
-    /// One statement inserts many rows: the first row's id is drawn long before the last.
-    MultiRow,
-    /// A long first statement, then the insert, in one transaction.
-    LongFirstStatement,
+    fn commit(&mut self) {
+        self.batch_execute("COMMIT")
+            .unwrap_or_else(|e| panic!("an appender cannot commit: {}", pg_error(&e)));
+    }
+
+    fn rollback(&mut self) {
+        self.batch_execute("ROLLBACK")
+            .unwrap_or_else(|e| panic!("an appender cannot roll back: {}", pg_error(&e)));
+    }
 }
 
 /// Writes `rounds` slow inserts of `shape` for `account`; returns the events committed.
@@ -111,7 +66,7 @@ fn append_slow_shape(url: &str, shape: SlowShape, account: String, rounds: u64) 
             SlowShape::MultiRow => tx.execute(
                 &format!(
                     "{COLUMNS} SELECT $1, 'MoneyAdded', jsonb_build_object('amount', g % 7 + 1), '{{}}', \
-                     clock_timestamp() FROM generate_series(1, 3000) AS g"
+                     clock_timestamp() FROM generate_series(1, {MULTI_ROW}) AS g"
                 ),
                 &[&account],
             ),
@@ -132,108 +87,17 @@ fn append_slow_shape(url: &str, shape: SlowShape, account: String, rounds: u64) 
 
 #[test]
 fn eight_appenders_committing_out_of_order_lose_no_event_and_repeat_none() {
-    const APPENDERS: u64 = 8;
-    const EVENTS: u64 = 20_000;
-    const ACCOUNTS: usize = 50;
-    let g = guests();
-    let env = Env::new(Backend::Postgres);
-    let mut generator = Generator::new(32);
-    env.import(&generator.open_accounts(ACCOUNTS));
-    env.deploy("balance", &g.balance_v1);
-    // A rebuild runs beside live through the appends (below), without the writer lock and
-    // reading only the classes it handles.
-    env.create_balance_replay("v2", &g.balance_v2);
-    let mut daemon = env.serve();
-
-    let appenders: Vec<JoinHandle<Appended>> = (0..APPENDERS)
-        .map(|i| {
-            let (url, accounts) = (env.url().to_string(), generator.accounts().to_vec());
-            // Half of the appenders mix in events of another class.
-            let others = i % 2 == 1;
-            std::thread::spawn(move || {
-                append_slowly(&url, 3_200 + i, accounts, EVENTS / APPENDERS, others)
-            })
-        })
-        .collect();
-    // Writers that hold an id they have not written yet, of every shape, among the appenders.
-    let slow: Vec<JoinHandle<u64>> = [
-        (SlowShape::SlowValue, 40),
-        (SlowShape::MultiRow, 3),
-        (SlowShape::LongFirstStatement, 40),
-    ]
-    .into_iter()
-    .enumerate()
-    .map(|(i, (shape, rounds))| {
-        let (url, account) = (env.url().to_string(), generator.accounts()[i].clone());
-        std::thread::spawn(move || append_slow_shape(&url, shape, account, rounds))
-    })
-    .collect();
-    // `replay start` again and again while the appenders run: each catches the clone up to
-    // the safe head of that moment.
-    let mut starts = 0;
-    while appenders.iter().any(|a| !a.is_finished()) {
-        env.ok(&["replay", "start", "v2"]);
-        starts += 1;
-    }
-    let done: Vec<Appended> = appenders
-        .into_iter()
-        .map(|a| a.join().expect("an appender panicked"))
-        .collect();
-    let slow_events: u64 = slow
-        .into_iter()
-        .map(|s| s.join().expect("a slow writer panicked"))
-        .sum();
-    let committed: u64 = done.iter().map(|d| d.committed_events).sum();
-    let rolled_back: u64 = done.iter().map(|d| d.rolled_back_transactions).sum();
-    let transactions: u64 = done.iter().map(|d| d.committed_transactions).sum();
-    assert_eq!(committed, EVENTS, "test bug: the appenders' accounting");
-    assert_eq!(
-        slow_events,
-        40 + 3 * 3000 + 40,
-        "test bug: the slow writers' accounting"
+    appenders_commit_out_of_order(
+        Backend::Postgres,
+        Scale {
+            events: 20_000,
+            slow_rounds: [40, 3, 40],
+        },
+        Writers {
+            connect: postgres_connect,
+            slow: append_slow_shape,
+        },
     );
-
-    env.wait_live("balance", "1");
-    let events = env.stored_events();
-    let head = env.head();
-    assert_eq!(
-        events.len() as u64,
-        ACCOUNTS as u64 + EVENTS + slow_events,
-        "every committed event is stored, and nothing else"
-    );
-    assert!(
-        head > events.len() as i64,
-        "test bug: no rolled-back transaction left a gap in the ids (head {head})"
-    );
-    eprintln!(
-        "{EVENTS} events in {transactions} transactions by {APPENDERS} appenders, \
-         {rolled_back} transactions rolled back; ids end at {head} with {} gaps",
-        head - events.len() as i64
-    );
-    let live = env.projector("balance");
-    assert_eq!(live["checkpoint"], head, "{live:#}");
-    // A skipped event would be missing from some balance, one applied twice counted twice.
-    assert_same_rows(
-        &env.balances_v1("balances"),
-        &fold_v1(&events),
-        "live v1 after 8 appenders committing out of order",
-    );
-    // The rebuild, run during the appends and once more after them, skipped nothing either.
-    env.ok(&["replay", "start", "v2"]);
-    // Each start chases the head until it catches up, so on a loaded machine the first may
-    // last as long as the appends; at least one ran beside them either way.
-    assert!(
-        starts >= 1,
-        "test bug: the rebuild never ran during the appends"
-    );
-    assert_eq!(env.show("v2")["projectors"][0]["checkpoint"], head);
-    assert_same_rows(
-        &env.balances_v2(&env.clone_table("v2", "balances")),
-        &fold_v2(&events),
-        "the clone rebuilt during 8 appenders committing out of order",
-    );
-    daemon.assert_running();
-    daemon.stop();
 }
 
 /// What the readers query: the columns both versions share and, through the row as JSON,
