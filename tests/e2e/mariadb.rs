@@ -5,17 +5,11 @@
 //! The rest of the lifecycle runs on every backend in the other modules (`both_backends!`),
 //! among them two daemons on one database handing a projector over when its owner is killed.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
-use std::thread::JoinHandle;
-use std::time::Duration;
-
-use crate::out_of_order::{
-    EventClient, MULTI_ROW, Scale, SlowShape, Writers, appenders_commit_out_of_order,
+use crate::pressure::{
+    EventClient, LiveReader, MULTI_ROW, Readers, Scale, SlowShape, Writers,
+    appenders_commit_out_of_order, readers_see_one_whole_version,
 };
-use crate::support::{
-    Backend, Env, Generator, MyClient, assert_same_rows, fold_v1, fold_v2, guests,
-};
+use crate::support::{Backend, Env, Generator, MyClient, assert_same_rows, fold_v1, guests};
 
 /// The columns an appender writes.
 const COLUMNS: &str = "INSERT INTO stored_events (aggregate_uuid, event_class, event_properties, meta_data, created_at)";
@@ -109,136 +103,26 @@ fn eight_appenders_committing_out_of_order_lose_no_event_and_repeat_none() {
     );
 }
 
-/// One reader's account of its reads.
-#[derive(Debug, Default)]
-struct ReaderLog {
-    reads: u64,
-    v1: u64,
-    v2: u64,
-    errors: Vec<String>,
-    wrong: Vec<String>,
-}
-
-/// Reads every column of the live table until `stop`: version 1 has three columns, version
-/// 2 five, so each result is one of the two known states or a fault.
-fn read_live(url: &str, states: &[Vec<Vec<String>>; 2], stop: &AtomicBool) -> ReaderLog {
-    let mut client = MyClient::connect(url);
-    let mut log = ReaderLog::default();
-    while !stop.load(Ordering::Relaxed) {
-        log.reads += 1;
-        match client.rows("SELECT * FROM balances") {
-            Err(e) => {
-                if log.errors.len() < 5 {
-                    log.errors.push(e);
-                }
-            }
-            Ok(mut rows) => {
-                rows.sort();
-                if rows == states[0] {
-                    log.v1 += 1;
-                } else if rows == states[1] {
-                    log.v2 += 1;
-                } else if log.wrong.len() < 5 {
-                    log.wrong
-                        .push(format!("{} rows, first: {:?}", rows.len(), rows.first()));
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(2));
+/// A reader of every column of the live table: version 1 has three columns, version 2 five,
+/// so each result is one of the two known states or a fault.
+impl LiveReader for MyClient {
+    fn read(&mut self) -> Result<Vec<Vec<String>>, String> {
+        self.rows("SELECT * FROM balances")
     }
-    log
 }
 
 #[test]
 fn eight_readers_see_one_whole_version_through_six_promotes() {
-    const READERS: usize = 8;
-    const PROMOTES: usize = 6;
-    const ACCOUNTS: usize = 40;
-    let g = guests();
-    let env = Env::new(Backend::Mariadb);
-    let mut generator = Generator::new(33);
-    env.import(&generator.open_accounts(ACCOUNTS));
-    env.import(&generator.money(1_000));
-    env.deploy("balance", &g.balance_v1);
-    let mut daemon = env.serve();
-    env.wait_live("balance", "1");
-
-    let events = env.stored_events();
-    let states = Arc::new([fold_v1(&events), fold_v2(&events)]);
-    assert_eq!(states[0].len(), ACCOUNTS);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let ready = Arc::new(Barrier::new(READERS + 1));
-    let readers: Vec<JoinHandle<ReaderLog>> = (0..READERS)
-        .map(|_| {
-            let (url, states, stop, ready) = (
-                env.url().to_string(),
-                states.clone(),
-                stop.clone(),
-                ready.clone(),
-            );
-            std::thread::spawn(move || {
-                ready.wait();
-                read_live(&url, &states, &stop)
-            })
-        })
-        .collect();
-    ready.wait();
-    for round in 0..PROMOTES {
-        let (version, file) = if round % 2 == 0 {
-            ("2", &g.balance_v2)
-        } else {
-            ("1", &g.balance_v1)
-        };
-        let key = format!("p{round}");
-        env.create_balance_replay(&key, file);
-        env.ok(&["replay", "start", &key]);
-        env.ok(&["replay", "project", &key]);
-        let out = env.ok(&["replay", "promote", &key]);
-        assert!(
-            out.contains(&format!("promoted balance version {version}")),
-            "round {round}: {out}"
-        );
-        env.ok(&["replay", "remove", &key]);
-    }
-    stop.store(true, Ordering::Relaxed);
-    let logs: Vec<ReaderLog> = readers
-        .into_iter()
-        .map(|r| r.join().expect("a reader panicked"))
-        .collect();
-    for (i, log) in logs.iter().enumerate() {
-        assert!(
-            log.errors.is_empty(),
-            "reader {i} got errors (first 5): {:#?}",
-            log.errors
-        );
-        assert!(
-            log.wrong.is_empty(),
-            "reader {i} saw a table in neither state (first 5): {:#?}",
-            log.wrong
-        );
-    }
-    assert!(
-        logs.iter().map(|l| l.v1).sum::<u64>() > 0 && logs.iter().map(|l| l.v2).sum::<u64>() > 0,
-        "the readers never saw both versions: {logs:?}"
+    readers_see_one_whole_version(
+        Backend::Mariadb,
+        8,
+        6,
+        1_000,
+        Readers {
+            connect: MyClient::connect,
+            states: |v1, v2| [v1, v2],
+        },
     );
-    env.import(&generator.money(50));
-    env.wait_live("balance", "1");
-    assert_same_rows(
-        &env.balances_v1("balances"),
-        &fold_v1(&env.stored_events()),
-        "live after six promotes",
-    );
-    assert!(
-        env.schema_objects()
-            .iter()
-            .all(|o| !o.contains("zdr_r_p") && !o.contains("zdr_p_p")),
-        "a removed replay left something: {:?}",
-        env.schema_objects()
-    );
-    daemon.assert_running();
-    let log = daemon.stop();
-    assert!(log.contains("hot swap"), "no hot swap in the log:\n{log}");
 }
 
 /// Kills every connection to the env's database but the caller's own (the daemon's batch,

@@ -6,15 +6,12 @@
 //! among them two daemons on one database handing a projector over when its owner is killed
 //! (`concurrency::two_daemons_never_apply_an_event_twice_and_one_takes_over_when_the_owner_dies`).
 
-use std::collections::BTreeMap;
 use std::process::Stdio;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Barrier};
-use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::out_of_order::{
-    EventClient, MULTI_ROW, Scale, SlowShape, Writers, appenders_commit_out_of_order,
+use crate::pressure::{
+    EventClient, LiveReader, MULTI_ROW, Readers, Scale, SlowShape, Writers,
+    appenders_commit_out_of_order, readers_see_one_whole_version,
 };
 use crate::sandbox::{PG_ESCAPES, check_outcomes, probes};
 use crate::support::{
@@ -106,183 +103,66 @@ fn eight_appenders_committing_out_of_order_lose_no_event_and_repeat_none() {
 const READ_LIVE: &str = "SELECT account_uuid, name, balance::text, \
      to_jsonb(b) ->> 'transaction_count', to_jsonb(b) ->> 'last_activity' FROM balances b";
 
-/// One reader's account of its reads.
-#[derive(Debug, Default)]
-struct ReaderLog {
-    reads: u64,
-    v1: u64,
-    v2: u64,
-    errors: Vec<String>,
-    wrong: Vec<String>,
-    longest: Duration,
+/// A reader of the live table through one prepared statement, as an application would.
+struct PgReader {
+    client: postgres::Client,
+    statement: postgres::Statement,
 }
 
-/// Reads the live table with a prepared statement until `stop`, comparing each result with
-/// the two states it may be in.
-fn read_live(url: &str, states: &[Vec<Vec<String>>; 2], stop: &AtomicBool) -> ReaderLog {
-    let mut client = postgres_connect(url);
-    let statement = client
-        .prepare(READ_LIVE)
-        .unwrap_or_else(|e| panic!("preparing the reader's statement: {}", pg_error(&e)));
-    let mut log = ReaderLog::default();
-    while !stop.load(Ordering::Relaxed) {
-        let started = Instant::now();
-        let result = client.query(&statement, &[]);
-        log.longest = log.longest.max(started.elapsed());
-        log.reads += 1;
-        match result {
-            Err(e) => {
-                if log.errors.len() < 5 {
-                    log.errors.push(pg_error(&e));
-                }
-            }
-            Ok(rows) => {
-                let mut rows: Vec<Vec<String>> = rows
-                    .iter()
-                    .map(|r| {
-                        (0..5)
-                            .map(|i| {
-                                r.get::<_, Option<String>>(i)
-                                    .unwrap_or_else(|| "NULL".into())
-                            })
-                            .collect()
-                    })
-                    .collect();
-                rows.sort();
-                if rows == states[0] {
-                    log.v1 += 1;
-                } else if rows == states[1] {
-                    log.v2 += 1;
-                } else if log.wrong.len() < 5 {
-                    let v2_rows = rows.iter().filter(|r| r[3] != "NULL").count();
-                    log.wrong.push(format!(
-                        "{} rows ({v2_rows} with version 2's columns), first: {:?}",
-                        rows.len(),
-                        rows.first()
-                    ));
-                }
-            }
-        }
-        std::thread::sleep(Duration::from_millis(2));
+impl PgReader {
+    fn connect(url: &str) -> Self {
+        let mut client = postgres_connect(url);
+        let statement = client
+            .prepare(READ_LIVE)
+            .unwrap_or_else(|e| panic!("preparing the reader's statement: {}", pg_error(&e)));
+        Self { client, statement }
     }
-    log
+}
+
+impl LiveReader for PgReader {
+    fn read(&mut self) -> Result<Vec<Vec<String>>, String> {
+        let rows = self
+            .client
+            .query(&self.statement, &[])
+            .map_err(|e| pg_error(&e))?;
+        Ok(rows
+            .iter()
+            .map(|r| {
+                (0..5)
+                    .map(|i| {
+                        r.get::<_, Option<String>>(i)
+                            .unwrap_or_else(|| "NULL".into())
+                    })
+                    .collect()
+            })
+            .collect())
+    }
 }
 
 #[test]
 fn eight_readers_see_one_whole_version_through_six_promotes() {
     // Eight readers reading back to back keep both cores of a CI machine busy: with sixteen
     // and ten promotes this one test took 90 s alone and starved every test beside it.
-    const READERS: usize = 8;
-    const PROMOTES: usize = 6;
-    const ACCOUNTS: usize = 40;
-    let g = guests();
-    let env = Env::new(Backend::Postgres);
-    let mut generator = Generator::new(33);
-    env.import(&generator.open_accounts(ACCOUNTS));
-    env.import(&generator.money(2_000));
-    env.deploy("balance", &g.balance_v1);
-    let mut daemon = env.serve();
-    env.wait_live("balance", "1");
-
-    // No events arrive from here on: the live table is in one of two known states, which
-    // the folds give (version 1's rows have no version 2 columns).
-    let events = env.stored_events();
-    let v1: Vec<Vec<String>> = fold_v1(&events)
-        .into_iter()
-        .map(|mut row| {
-            row.extend(["NULL".to_string(), "NULL".to_string()]);
-            row
-        })
-        .collect();
-    let states = Arc::new([v1, fold_v2(&events)]);
-    assert_eq!(states[0].len(), ACCOUNTS);
-    assert_ne!(states[0], states[1]);
-
-    let stop = Arc::new(AtomicBool::new(false));
-    let ready = Arc::new(Barrier::new(READERS + 1));
-    let readers: Vec<JoinHandle<ReaderLog>> = (0..READERS)
-        .map(|_| {
-            let (url, states, stop, ready) = (
-                env.url().to_string(),
-                states.clone(),
-                stop.clone(),
-                ready.clone(),
-            );
-            std::thread::spawn(move || {
-                ready.wait();
-                read_live(&url, &states, &stop)
-            })
-        })
-        .collect();
-    ready.wait();
-
-    let mut versions = BTreeMap::new();
-    for round in 0..PROMOTES {
-        let (version, file) = if round % 2 == 0 {
-            ("2", &g.balance_v2)
-        } else {
-            ("1", &g.balance_v1)
-        };
-        let key = format!("p{round}");
-        env.create_balance_replay(&key, file);
-        env.ok(&["replay", "start", &key]);
-        env.ok(&["replay", "project", &key]);
-        let out = env.ok(&["replay", "promote", &key]);
-        assert!(
-            out.contains(&format!("promoted balance version {version}")),
-            "round {round}: {out}"
-        );
-        env.ok(&["replay", "remove", &key]);
-        *versions.entry(version).or_insert(0) += 1;
-    }
-    stop.store(true, Ordering::Relaxed);
-    let logs: Vec<ReaderLog> = readers
-        .into_iter()
-        .map(|r| r.join().expect("a reader panicked"))
-        .collect();
-
-    let reads: u64 = logs.iter().map(|l| l.reads).sum();
-    let longest = logs.iter().map(|l| l.longest).max().unwrap_or_default();
-    eprintln!(
-        "{READERS} readers, {reads} reads during {PROMOTES} promotes ({versions:?}); \
-         the longest reader stall was {longest:?}"
+    readers_see_one_whole_version(
+        Backend::Postgres,
+        8,
+        6,
+        2_000,
+        Readers {
+            connect: PgReader::connect,
+            // Version 1's rows have no version 2 columns: NULL through the JSON projection.
+            states: |v1, v2| {
+                let v1 = v1
+                    .into_iter()
+                    .map(|mut row| {
+                        row.extend(["NULL".to_string(), "NULL".to_string()]);
+                        row
+                    })
+                    .collect();
+                [v1, v2]
+            },
+        },
     );
-    for (i, log) in logs.iter().enumerate() {
-        assert!(
-            log.errors.is_empty(),
-            "reader {i} got errors (first 5): {:#?}",
-            log.errors
-        );
-        assert!(
-            log.wrong.is_empty(),
-            "reader {i} saw a table in neither state (first 5): {:#?}",
-            log.wrong
-        );
-    }
-    assert!(
-        logs.iter().map(|l| l.v1).sum::<u64>() > 0 && logs.iter().map(|l| l.v2).sum::<u64>() > 0,
-        "the readers never saw both versions: {logs:?}"
-    );
-
-    // Six promotes later, version 1 is live again, its table the fold, and the daemon that
-    // hot-swapped six times still serves it.
-    env.import(&generator.money(50));
-    env.wait_live("balance", "1");
-    assert_same_rows(
-        &env.balances_v1("balances"),
-        &fold_v1(&env.stored_events()),
-        "live after six promotes",
-    );
-    assert!(
-        env.schema_objects()
-            .iter()
-            .all(|o| !o.contains("zdr_r_p") && !o.contains("zdr_p_p")),
-        "a removed replay left something: {:?}",
-        env.schema_objects()
-    );
-    daemon.assert_running();
-    let log = daemon.stop();
-    assert!(log.contains("hot swap"), "no hot swap in the log:\n{log}");
 }
 
 #[test]

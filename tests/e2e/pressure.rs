@@ -1,16 +1,22 @@
-//! Appenders whose transactions commit out of id order, on a server backend: the scenario
-//! written once for PostgreSQL (`postgres.rs`) and MariaDB (`mariadb.rs`), which bring only how
-//! their connections append and how a writer holds an id it has not written yet.
+//! The server backends under pressure, each scenario written once for PostgreSQL
+//! (`postgres.rs`) and MariaDB (`mariadb.rs`), which bring only how their connections append,
+//! read and hold an id they have not written yet.
 //!
-//! Eight appenders write small transactions that stay open a while, so that ids are drawn in
-//! one order and committed in another, and one in eight rolls back (a real gap); slow writers
-//! of three shapes hold an id longer still. Through it all a daemon serves live and a rebuild
-//! is started again and again. At the end live and the clone must each equal the fold of every
-//! committed event: a skipped event is missing from some balance, one applied twice counted
-//! twice.
+//! - **Appenders committing out of order** ([`appenders_commit_out_of_order`]): eight appenders
+//!   write small transactions that stay open a while, so that ids are drawn in one order and
+//!   committed in another, and one in eight rolls back (a real gap); slow writers of three
+//!   shapes hold an id longer still. Through it all a daemon serves live and a rebuild is
+//!   started again and again. At the end live and the clone must each equal the fold of every
+//!   committed event: a skipped event is missing from some balance, one applied twice counted
+//!   twice.
+//! - **Readers through promotes** ([`readers_see_one_whole_version`]): readers query the live
+//!   table back to back while promote swaps version 1 and version 2 under it; every read must
+//!   see one whole version, never an error, a missing table or a mix.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::support::{Backend, Env, Generator, assert_same_rows, fold_v1, fold_v2, guests};
 
@@ -226,4 +232,188 @@ pub fn appenders_commit_out_of_order<C: EventClient + 'static>(
     );
     daemon.assert_running();
     daemon.stop();
+}
+
+/// A table's rows, each value as text.
+type Rows = Vec<Vec<String>>;
+
+/// A connection that reads the live table as an application would.
+pub trait LiveReader {
+    /// Reads every account of the live table, each row as text (`NULL` for a null), in any
+    /// order.
+    ///
+    /// # Errors
+    /// The database's error, as text.
+    fn read(&mut self) -> Result<Rows, String>;
+}
+
+/// One reader's account of its reads.
+#[derive(Debug, Default)]
+struct ReaderLog {
+    reads: u64,
+    v1: u64,
+    v2: u64,
+    errors: Vec<String>,
+    wrong: Vec<String>,
+    longest: Duration,
+}
+
+/// Reads through `reader` until `stop`, comparing each result with the two states the live
+/// table may be in.
+fn read_live(mut reader: impl LiveReader, states: &[Rows; 2], stop: &AtomicBool) -> ReaderLog {
+    let mut log = ReaderLog::default();
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let result = reader.read();
+        log.longest = log.longest.max(started.elapsed());
+        log.reads += 1;
+        match result {
+            Err(e) => {
+                if log.errors.len() < 5 {
+                    log.errors.push(e);
+                }
+            }
+            Ok(mut rows) => {
+                rows.sort();
+                if rows == states[0] {
+                    log.v1 += 1;
+                } else if rows == states[1] {
+                    log.v2 += 1;
+                } else if log.wrong.len() < 5 {
+                    log.wrong
+                        .push(format!("{} rows, first: {:?}", rows.len(), rows.first()));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    log
+}
+
+/// What one backend brings to the readers scenario.
+pub struct Readers<R> {
+    /// Opens a reader's connection to the database at a URL.
+    pub connect: fn(&str) -> R,
+    /// The two states the live table can be in, as this backend's reader sees them, from
+    /// version 1's and version 2's folds.
+    pub states: fn(Rows, Rows) -> [Rows; 2],
+}
+
+/// Runs the readers scenario on `backend`: `readers` readers through `promotes` promotes, on a
+/// history of `money` money events.
+pub fn readers_see_one_whole_version<R: LiveReader + 'static>(
+    backend: Backend,
+    readers: usize,
+    promotes: usize,
+    money: usize,
+    how: Readers<R>,
+) {
+    const ACCOUNTS: usize = 40;
+    assert!(
+        promotes.is_multiple_of(2),
+        "test bug: version 1 is live again only after an even number of promotes"
+    );
+    let g = guests();
+    let env = Env::new(backend);
+    let mut generator = Generator::new(33);
+    env.import(&generator.open_accounts(ACCOUNTS));
+    env.import(&generator.money(money));
+    env.deploy("balance", &g.balance_v1);
+    let mut daemon = env.serve();
+    env.wait_live("balance", "1");
+
+    // No events arrive from here on: the live table is in one of two known states, which
+    // the folds give.
+    let events = env.stored_events();
+    let states = Arc::new((how.states)(fold_v1(&events), fold_v2(&events)));
+    assert_eq!(states[0].len(), ACCOUNTS);
+    assert_ne!(states[0], states[1]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let ready = Arc::new(Barrier::new(readers + 1));
+    let connect = how.connect;
+    let handles: Vec<JoinHandle<ReaderLog>> = (0..readers)
+        .map(|_| {
+            let (url, states, stop, ready) = (
+                env.url().to_string(),
+                states.clone(),
+                stop.clone(),
+                ready.clone(),
+            );
+            std::thread::spawn(move || {
+                let reader = connect(&url);
+                ready.wait();
+                read_live(reader, &states, &stop)
+            })
+        })
+        .collect();
+    ready.wait();
+
+    let mut versions = std::collections::BTreeMap::new();
+    for round in 0..promotes {
+        let (version, file) = if round % 2 == 0 {
+            ("2", &g.balance_v2)
+        } else {
+            ("1", &g.balance_v1)
+        };
+        let key = format!("p{round}");
+        env.create_balance_replay(&key, file);
+        env.ok(&["replay", "start", &key]);
+        env.ok(&["replay", "project", &key]);
+        let out = env.ok(&["replay", "promote", &key]);
+        assert!(
+            out.contains(&format!("promoted balance version {version}")),
+            "round {round}: {out}"
+        );
+        env.ok(&["replay", "remove", &key]);
+        *versions.entry(version).or_insert(0) += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let logs: Vec<ReaderLog> = handles
+        .into_iter()
+        .map(|r| r.join().expect("a reader panicked"))
+        .collect();
+
+    let reads: u64 = logs.iter().map(|l| l.reads).sum();
+    let longest = logs.iter().map(|l| l.longest).max().unwrap_or_default();
+    eprintln!(
+        "{readers} readers, {reads} reads during {promotes} promotes ({versions:?}); \
+         the longest reader stall was {longest:?}"
+    );
+    for (i, log) in logs.iter().enumerate() {
+        assert!(
+            log.errors.is_empty(),
+            "reader {i} got errors (first 5): {:#?}",
+            log.errors
+        );
+        assert!(
+            log.wrong.is_empty(),
+            "reader {i} saw a table in neither state (first 5): {:#?}",
+            log.wrong
+        );
+    }
+    assert!(
+        logs.iter().map(|l| l.v1).sum::<u64>() > 0 && logs.iter().map(|l| l.v2).sum::<u64>() > 0,
+        "the readers never saw both versions: {logs:?}"
+    );
+
+    // An even number of promotes later, version 1 is live again, its table the fold, and the
+    // daemon that hot-swapped each time still serves it.
+    env.import(&generator.money(50));
+    env.wait_live("balance", "1");
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&env.stored_events()),
+        &format!("live after {promotes} promotes"),
+    );
+    assert!(
+        env.schema_objects()
+            .iter()
+            .all(|o| !o.contains("zdr_r_p") && !o.contains("zdr_p_p")),
+        "a removed replay left something: {:?}",
+        env.schema_objects()
+    );
+    daemon.assert_running();
+    let log = daemon.stop();
+    assert!(log.contains("hot swap"), "no hot swap in the log:\n{log}");
 }
