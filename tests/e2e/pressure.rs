@@ -341,9 +341,10 @@ pub fn readers_see_one_whole_version<R: LiveReader + 'static>(
                 ready.clone(),
             );
             std::thread::spawn(move || {
-                let reader = connect(&url);
+                // Connect after the barrier: a reader that cannot connect panics, and must not
+                // leave the others waiting at the barrier for ever.
                 ready.wait();
-                read_live(reader, &states, &stop)
+                read_live(connect(&url), &states, &stop)
             })
         })
         .collect();
