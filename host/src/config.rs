@@ -17,6 +17,17 @@ use crate::runtime::Limits;
 /// The database used when nothing else is configured: an SQLite file in the working directory.
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://zdr.db";
 
+/// The most parts a replay may split history into: each is a connection and a projector
+/// instance of its own.
+pub const MAX_PARTITIONS: u32 = 64;
+
+/// Parts of a split replay when none are configured: one per core, at most 8.
+fn default_partitions() -> u32 {
+    std::thread::available_parallelism()
+        .map_or(1, |n| u32::try_from(n.get()).unwrap_or(1))
+        .clamp(1, 8)
+}
+
 /// The configuration file looked for in the working directory.
 pub const DEFAULT_CONFIG_FILE: &str = "zdr.toml";
 
@@ -32,6 +43,10 @@ pub struct Settings {
     /// [`REBUILD_TIME_BUDGET`](crate::projection::REBUILD_TIME_BUDGET)). `batch_size` when only
     /// that is set.
     pub rebuild_batch_size: usize,
+    /// Into how many parts a replay of a partitioned projector splits history on PostgreSQL
+    /// and MySQL (`rebuild_partitions`; `--partitions` of `replay start` and `replay run`):
+    /// by default the number of cores, at most [`MAX_PARTITIONS`].
+    pub rebuild_partitions: u32,
     /// Guest bounds.
     pub limits: Limits,
     /// Guest bounds of projectors configured apart (`[projectors.NAME]`), over the defaults.
@@ -105,6 +120,7 @@ struct FileConfig {
     database_url: Option<String>,
     batch_size: Option<usize>,
     rebuild_batch_size: Option<usize>,
+    rebuild_partitions: Option<u32>,
     call_timeout_ms: Option<u64>,
     memory_mib: Option<usize>,
     cache_dir: Option<PathBuf>,
@@ -183,6 +199,12 @@ impl Settings {
                 "rebuild_batch_size must be 1 to 100000, got {rebuild_batch_size}"
             ));
         }
+        let rebuild_partitions = file.rebuild_partitions.unwrap_or_else(default_partitions);
+        if !(1..=MAX_PARTITIONS).contains(&rebuild_partitions) {
+            problems.push(format!(
+                "rebuild_partitions must be 1 to {MAX_PARTITIONS}, got {rebuild_partitions}"
+            ));
+        }
         let limits = limits_of(
             Limits::default(),
             file.call_timeout_ms,
@@ -237,6 +259,7 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_string()),
             batch_size,
             rebuild_batch_size,
+            rebuild_partitions,
             limits,
             projector_limits,
             cache_dir: file.cache_dir.or_else(default_cache_dir),

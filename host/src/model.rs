@@ -25,6 +25,19 @@ pub struct Description {
     pub tables: Vec<TableDecl>,
     /// Handled event classes; empty means all.
     pub handles: Vec<String>,
+    /// For a projector of the `partitioned-projector` world, each table's aggregate column:
+    /// its events may then be replayed split by aggregate. Empty for any other projector.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_by: Vec<PartitionKey>,
+}
+
+/// A table of a partitioned projector and the column that holds each row's aggregate id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionKey {
+    /// Logical table name.
+    pub table: String,
+    /// The column holding the aggregate id of the event that wrote the row.
+    pub column: String,
 }
 
 impl Description {
@@ -36,6 +49,51 @@ impl Description {
         }
         let short = event_class.rsplit('\\').next().unwrap_or(event_class);
         self.handles.iter().any(|h| h == event_class || h == short)
+    }
+
+    /// Whether history may be replayed split by aggregate: the projector declared an
+    /// aggregate column for its tables (`partition-by`).
+    pub fn is_partitioned(&self) -> bool {
+        !self.partition_by.is_empty()
+    }
+
+    /// Checks `partition_by` against the tables: every declared table named exactly once,
+    /// with a column, and no other table.
+    ///
+    /// # Errors
+    /// What is wrong, for the projector's author.
+    pub fn check_partition_keys(&self) -> Result<(), String> {
+        if self.partition_by.is_empty() {
+            return Err("partition-by() returned no tables; a partitioned projector names the \
+                        aggregate column of each of its tables"
+                .into());
+        }
+        for key in &self.partition_by {
+            if key.column.trim().is_empty() {
+                return Err(format!("partition-by() names no column for table {}", key.table));
+            }
+            if !self.tables.iter().any(|t| t.name == key.table) {
+                return Err(format!(
+                    "partition-by() names table {}, which describe() does not declare",
+                    key.table
+                ));
+            }
+            if self.partition_by.iter().filter(|k| k.table == key.table).count() > 1 {
+                return Err(format!("partition-by() names table {} twice", key.table));
+            }
+        }
+        if let Some(missing) = self
+            .tables
+            .iter()
+            .find(|t| !self.partition_by.iter().any(|k| k.table == t.name))
+        {
+            return Err(format!(
+                "partition-by() names no aggregate column for table {}: every table of a \
+                 partitioned projector must be keyed by aggregate",
+                missing.name
+            ));
+        }
+        Ok(())
     }
 
     /// The logical names of the declared tables.
@@ -283,6 +341,7 @@ mod tests {
             version: "1".into(),
             tables: vec![],
             handles: vec!["MoneyAdded".into()],
+            partition_by: vec![],
         };
         assert!(d.handles("MoneyAdded"));
         assert!(d.handles("App\\Events\\MoneyAdded"));

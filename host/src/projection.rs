@@ -22,7 +22,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::backend::{Db, DbError, StoreError};
+use crate::backend::{Db, DbError, Partition, StoreError};
 use crate::config::FailurePolicy;
 use crate::events::{Event, ReadEvent};
 use crate::model::{Description, Role, Target};
@@ -288,6 +288,28 @@ fn next_read_limit(limit: usize, applied: usize, read: usize, batch_size: usize)
 struct Loaded {
     component: Arc<LoadedComponent>,
     description: Arc<Description>,
+}
+
+/// Where a catch-up reads history from and keeps its place.
+#[derive(Debug, Clone, Copy)]
+enum Cursor {
+    /// All of history, from the target's checkpoint to the store's head.
+    Whole,
+    /// One partition of history split by aggregate, from its own checkpoint to the head the
+    /// split began at.
+    Partition { partition: Partition, head: i64 },
+}
+
+impl Cursor {
+    /// Moves the checkpoint this cursor reads from, in the batch's transaction.
+    fn set_checkpoint(self, db: &Db, target_id: i64, checkpoint: i64) -> Result<(), StoreError> {
+        match self {
+            Cursor::Whole => db.set_checkpoint(target_id, checkpoint),
+            Cursor::Partition { partition, .. } => {
+                db.set_partition_checkpoint(target_id, partition.index, checkpoint)
+            }
+        }
+    }
 }
 
 /// The instances of one worker and the database they write through.
@@ -660,9 +682,45 @@ impl<'a> Projection<'a> {
         target_id: i64,
         progress: &mut dyn FnMut(&Target, Progress),
     ) -> Result<u64, ProjectionError> {
+        self.catch_up_cursor(target_id, Cursor::Whole, progress)
+    }
+
+    /// Replays one partition of a target's history split by aggregate ([`Partition`]), batch
+    /// by batch, up to `head`, the head the split began at. Each batch commits its rows with
+    /// the partition's own checkpoint (`zdr_partitions`), not the target's: the target's
+    /// checkpoint moves when every partition is done and they are joined.
+    ///
+    /// # Errors
+    /// As [`Projection::catch_up`].
+    pub fn catch_up_partition(
+        &mut self,
+        target_id: i64,
+        partition: Partition,
+        head: i64,
+        progress: &mut dyn FnMut(&Target, Progress),
+    ) -> Result<u64, ProjectionError> {
+        self.catch_up_cursor(target_id, Cursor::Partition { partition, head }, progress)
+    }
+
+    /// [`Projection::catch_up`] from where `cursor` says.
+    fn catch_up_cursor(
+        &mut self,
+        target_id: i64,
+        cursor: Cursor,
+        progress: &mut dyn FnMut(&Target, Progress),
+    ) -> Result<u64, ProjectionError> {
         let mut applied = 0u64;
         if let Some(target) = self.db.target(target_id)? {
             self.prepare(std::slice::from_ref(&target))?;
+        }
+        // A target split into parts is caught up by its parts; from its own checkpoint (where
+        // the split began) it would apply their events a second time.
+        if matches!(cursor, Cursor::Whole) && !self.db.partitions(target_id)?.is_empty() {
+            return Err(StoreError::Corrupt(format!(
+                "target {target_id} is being replayed split by aggregate and its parts have not \
+                 joined yet; run `zdr replay start` again to finish them"
+            ))
+            .into());
         }
         // How many events the next transaction reads: the batch size, or a little more than
         // the time budget let the last one apply (PostgreSQL applies far fewer than 10,000 in
@@ -671,8 +729,14 @@ impl<'a> Projection<'a> {
         let mut time = CatchUpTime::default();
         // A failed run fails the batch, which is run again below: no savepoint per run.
         self.run_undo = RunUndo::RetryBatch;
-        let outcome =
-            self.catch_up_batches(target_id, &mut limit, &mut time, &mut applied, progress);
+        let outcome = self.catch_up_batches(
+            target_id,
+            cursor,
+            &mut limit,
+            &mut time,
+            &mut applied,
+            progress,
+        );
         self.run_undo = RunUndo::Savepoint;
         self.one_at_a_time_through.remove(&target_id);
         outcome.map(|()| applied)
@@ -682,6 +746,7 @@ impl<'a> Projection<'a> {
     fn catch_up_batches(
         &mut self,
         target_id: i64,
+        cursor: Cursor,
         limit: &mut usize,
         time: &mut CatchUpTime,
         applied: &mut u64,
@@ -708,15 +773,22 @@ impl<'a> Projection<'a> {
                 // projector of a few classes in a store of many reads only its own.
                 let classes = self.loaded(&target)?.description.handles.clone();
                 let read_started = Instant::now();
-                let head = db.head()?;
-                let events = db.read_events_of(target.checkpoint, head, *limit, &classes)?;
+                let (target, head, partition) = match cursor {
+                    Cursor::Whole => (target, db.head()?, Partition::WHOLE),
+                    Cursor::Partition { partition, head } => {
+                        let checkpoint = db.partition_checkpoint(target.id, partition.index)?;
+                        (Target { checkpoint, ..target }, head, partition)
+                    }
+                };
+                let events =
+                    db.read_events_in(target.checkpoint, head, *limit, &classes, partition)?;
                 reading = read_started.elapsed();
                 if events.is_empty() {
                     if target.checkpoint >= head {
                         return Ok(None);
                     }
                     // Nothing it handles up to the head: the checkpoint passes over the rest.
-                    db.set_checkpoint(target.id, head)?;
+                    cursor.set_checkpoint(db, target.id, head)?;
                     return Ok(Some((target, 0, 0, head, head)));
                 }
                 let apply_started = Instant::now();
@@ -729,7 +801,7 @@ impl<'a> Projection<'a> {
                 if events.len() < *limit && count == events.len() {
                     last = head;
                 }
-                db.set_checkpoint(target.id, last)?;
+                cursor.set_checkpoint(db, target.id, last)?;
                 Ok(Some((target, count, events.len(), last, head)))
             });
             match batch {

@@ -237,6 +237,7 @@ fn a_failed_run_inside_a_callers_transaction_is_undone_to_its_savepoint() {
     let options = lifecycle::DeployOptions {
         batch_size: 1000,
         allow_same_version: false,
+        partitions: 1,
     };
     lifecycle::deploy(&runtime, &db, &spec, &options, &mut |_, _| {}).expect("deploy");
     let event = |class: &str| zdr::events::NewEvent::new(class, None, "{}", "{}").expect("event");

@@ -43,6 +43,7 @@ fn replay_in(runtime: &Runtime, state: ReplayState) -> (tempfile::TempDir, Db) {
     let options = lifecycle::DeployOptions {
         batch_size: 100,
         allow_same_version: false,
+        partitions: 1,
     };
     lifecycle::deploy(runtime, &db, &faulty(), &options, &mut |_, _| {}).expect("deploy");
     lifecycle::create(runtime, &db, KEY, &[faulty()]).expect("create");
@@ -69,7 +70,7 @@ fn replay_in(runtime: &Runtime, state: ReplayState) -> (tempfile::TempDir, Db) {
 /// Runs `command` on replay `r` as the CLI (or, for a clone's failure, the projection) does.
 fn run(runtime: &Runtime, db: &Db, command: Command) -> Result<(), LifecycleError> {
     match command {
-        Command::Start => lifecycle::start(runtime, db, KEY, 100, &mut |_, _| {}).map(drop),
+        Command::Start => lifecycle::start(runtime, db, KEY, 100, 1, &mut |_, _| {}).map(drop),
         Command::Project => lifecycle::project(runtime, db, KEY, 100, &mut |_, _| {}),
         Command::Promote => {
             lifecycle::promote(runtime, db, KEY, &lifecycle::PromoteOptions::default()).map(drop)

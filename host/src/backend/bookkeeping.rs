@@ -14,7 +14,7 @@
 
 use std::sync::OnceLock;
 
-use super::{Db, ReplayRow, RowSet, StoreError, Value};
+use super::{Db, Partition, PartitionRow, ReplayRow, RowSet, StoreError, Value};
 use crate::machine::{self, Command};
 use crate::model::{Description, Failure, ReplayState, Role, Target, iso_utc};
 use crate::sandbox::Dialect;
@@ -107,6 +107,14 @@ CREATE TABLE IF NOT EXISTS zdr_parked (
     parked_at DOUBLE PRECISION NOT NULL,
     last_attempt_at DOUBLE PRECISION NOT NULL,
     PRIMARY KEY (target_id, event_id)
+);
+CREATE TABLE IF NOT EXISTS zdr_partitions (
+    target_id BIGINT NOT NULL,
+    part BIGINT NOT NULL,
+    parts BIGINT NOT NULL,
+    checkpoint BIGINT NOT NULL,
+    head BIGINT NOT NULL,
+    PRIMARY KEY (target_id, part)
 );
 ";
 
@@ -272,6 +280,17 @@ static SET_ROLE: Sql = Sql::new(
     "UPDATE zdr_targets SET role = $2, replay_key = $3, updated_at = {timestamp} WHERE id = $1",
 );
 static DELETE_TARGET: Sql = Sql::new("DELETE FROM zdr_targets WHERE id = $1");
+static PARTITIONS: Sql = Sql::new(
+    "SELECT part, parts, checkpoint, head FROM zdr_partitions WHERE target_id = $1 ORDER BY part",
+);
+static ADD_PARTITION: Sql = Sql::new(
+    "INSERT INTO zdr_partitions (target_id, part, parts, checkpoint, head) VALUES ($1, $2, $3, $4, $5)",
+);
+static SET_PARTITION_CHECKPOINT: Sql =
+    Sql::new("UPDATE zdr_partitions SET checkpoint = $3 WHERE target_id = $1 AND part = $2");
+static PARTITION_CHECKPOINT: Sql =
+    Sql::new("SELECT checkpoint FROM zdr_partitions WHERE target_id = $1 AND part = $2");
+static FORGET_PARTITIONS: Sql = Sql::new("DELETE FROM zdr_partitions WHERE target_id = $1");
 static ADD_RUN: Sql = Sql::new(
     "INSERT INTO zdr_runs (replay_key, projector, kind, from_event, to_event, events, outcome) \
      VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -649,6 +668,109 @@ impl Db {
         Ok(())
     }
 
+    /// The partitions of a target's partitioned replay still under way (none when it is not
+    /// split, or its parts were joined), in order.
+    ///
+    /// # Errors
+    /// A database failure, or a row that does not make sense.
+    pub fn partitions(&self, target_id: i64) -> Result<Vec<PartitionRow>, StoreError> {
+        let rows = self.select(&PARTITIONS, &[Value::Integer(target_id)])?;
+        rows.rows
+            .iter()
+            .map(|row| {
+                let number = |i| {
+                    integer(row, i).and_then(|n| {
+                        u32::try_from(n).map_err(|_| {
+                            StoreError::Corrupt(format!("zdr_partitions holds {n} as a part"))
+                        })
+                    })
+                };
+                Ok(PartitionRow {
+                    part: Partition {
+                        index: number(0)?,
+                        count: number(1)?,
+                    },
+                    checkpoint: integer(row, 2)?,
+                    head: integer(row, 3)?,
+                })
+            })
+            .collect()
+    }
+
+    /// Splits a target's replay into `count` partitions, each starting at `checkpoint` and
+    /// going to `head`.
+    ///
+    /// # Errors
+    /// A database failure (rows already there included).
+    pub fn split_into_partitions(
+        &self,
+        target_id: i64,
+        count: u32,
+        checkpoint: i64,
+        head: i64,
+    ) -> Result<(), StoreError> {
+        for index in 0..count {
+            self.run(
+                &ADD_PARTITION,
+                &[
+                    Value::Integer(target_id),
+                    Value::Integer(index.into()),
+                    Value::Integer(count.into()),
+                    Value::Integer(checkpoint),
+                    Value::Integer(head),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// The checkpoint of one partition of a target's replay.
+    ///
+    /// # Errors
+    /// A database failure, or no such partition.
+    pub fn partition_checkpoint(&self, target_id: i64, index: u32) -> Result<i64, StoreError> {
+        let rows = self.select(
+            &PARTITION_CHECKPOINT,
+            &[Value::Integer(target_id), Value::Integer(index.into())],
+        )?;
+        match rows.rows.first() {
+            Some(row) => integer(row, 0),
+            None => Err(StoreError::Corrupt(format!(
+                "partition {index} of target {target_id} is gone"
+            ))),
+        }
+    }
+
+    /// Moves one partition's checkpoint, in the batch that applied its events.
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn set_partition_checkpoint(
+        &self,
+        target_id: i64,
+        index: u32,
+        checkpoint: i64,
+    ) -> Result<(), StoreError> {
+        self.run(
+            &SET_PARTITION_CHECKPOINT,
+            &[
+                Value::Integer(target_id),
+                Value::Integer(index.into()),
+                Value::Integer(checkpoint),
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Forgets a target's partitions: once joined (its checkpoint set to their head).
+    ///
+    /// # Errors
+    /// A database failure.
+    pub fn forget_partitions(&self, target_id: i64) -> Result<(), StoreError> {
+        self.run(&FORGET_PARTITIONS, &[Value::Integer(target_id)])?;
+        Ok(())
+    }
+
     /// Records that a target's projector failed on an event: the target stops there.
     ///
     /// # Errors
@@ -716,6 +838,7 @@ impl Db {
     /// A database failure.
     pub fn delete_target(&self, target_id: i64) -> Result<(), StoreError> {
         self.run(&FORGET_PARKED, &[Value::Integer(target_id)])?;
+        self.run(&FORGET_PARTITIONS, &[Value::Integer(target_id)])?;
         self.run(&DELETE_TARGET, &[Value::Integer(target_id)])?;
         Ok(())
     }
@@ -1170,6 +1293,7 @@ mod tests {
                 ddl: vec!["CREATE TABLE t (id INTEGER PRIMARY KEY)".into()],
             }],
             handles: vec![],
+            partition_by: vec![],
         };
         let version = db
             .register_version("hash1", b"\0asm bytes", &description)
@@ -1337,6 +1461,7 @@ mod tests {
             version: "1".into(),
             tables: vec![],
             handles: handles.clone(),
+            partition_by: vec![],
         };
         let read: Vec<String> = db
             .read_events_of(0, i64::MAX, 100, &handles)

@@ -44,7 +44,41 @@ use crate::sandbox::{Dialect, Guard, GuardCache, Mode, PhysicalName};
 /// 2: `zdr_workers` (what each daemon worker reports), `zdr_skips` (events an operator let a
 /// live projector pass) and `zdr_targets.skip_event_id`.
 /// 3: `zdr_parked`, the dead-letter table of live projectors whose policy is `park`.
-pub const SCHEMA_VERSION: i64 = 3;
+/// 4: `zdr_partitions`, the checkpoints of a replay split by aggregate.
+pub const SCHEMA_VERSION: i64 = 4;
+
+/// One of `count` parts of history split by aggregate: the events whose aggregate id hashes
+/// to `index` modulo `count`, the database's own hash (`hashtext` on PostgreSQL, `CRC32` on
+/// MySQL). Events without an aggregate are all in part 0. Every event is in exactly one
+/// part, and all the events of one aggregate are in the same one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partition {
+    /// Which part, from 0.
+    pub index: u32,
+    /// Into how many parts history is split.
+    pub count: u32,
+}
+
+impl Partition {
+    /// History whole, not split.
+    pub const WHOLE: Partition = Partition { index: 0, count: 1 };
+
+    /// Whether this is all of history.
+    pub fn is_whole(self) -> bool {
+        self.count <= 1
+    }
+}
+
+/// One partition of a target's replay split by aggregate, as `zdr_partitions` keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionRow {
+    /// Which part of history.
+    pub part: Partition,
+    /// The last event of the part applied (the events of other parts in between are not).
+    pub checkpoint: i64,
+    /// The head the split began at: the part is done when its checkpoint reaches it.
+    pub head: i64,
+}
 
 /// Columns of Spatie's `stored_events` that zdr reads.
 const EVENT_COLUMNS: [&str; 8] = [
@@ -192,7 +226,28 @@ pub trait Store: Send + Sync {
         up_to: i64,
         limit: usize,
         classes: &[String],
+    ) -> Result<Vec<ReadEvent>, StoreError> {
+        self.read_events_in(after, up_to, limit, classes, Partition::WHOLE)
+    }
+    /// [`Store::read_events_of`], of one partition of history only: the events whose
+    /// aggregate falls in `partition` (see [`Partition`]).
+    ///
+    /// # Errors
+    /// A database failure; on a backend that cannot split history
+    /// ([`Store::splits_history`] is false), any partition but the whole.
+    fn read_events_in(
+        &self,
+        after: i64,
+        up_to: i64,
+        limit: usize,
+        classes: &[String],
+        partition: Partition,
     ) -> Result<Vec<ReadEvent>, StoreError>;
+    /// Whether a replay may be split by aggregate across several connections writing at
+    /// once: not on SQLite, whose single writer would only make them take turns.
+    fn splits_history(&self) -> bool {
+        false
+    }
 
     /// Whether a table (or view, index…) with this physical name exists (`schema.name` or a
     /// name in the live tables' namespace).
@@ -230,6 +285,8 @@ pub struct Db {
     store: Box<dyn Store>,
     /// Whether a [`Db::write`] transaction is open on this database's connection.
     in_write: AtomicBool,
+    /// The URL as given (password included), to open more connections to the same database.
+    url: String,
 }
 
 impl Db {
@@ -261,7 +318,17 @@ impl Db {
         Ok(Db {
             store,
             in_write: AtomicBool::new(false),
+            url: url.to_owned(),
         })
+    }
+
+    /// Another connection to the same database, for a worker of its own (a partition of a
+    /// replay).
+    ///
+    /// # Errors
+    /// As [`Db::open`].
+    pub fn open_another(&self) -> Result<Db, StoreError> {
+        Self::connect(&self.url, false)
     }
 
     /// Whether a [`Db::write`] transaction is open: what must not happen inside one (a
@@ -698,6 +765,9 @@ pub struct ReplayRow {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
+    /// What was asked is not something this database does.
+    #[error("not supported on this database: {0}")]
+    Unsupported(String),
     /// The database URL is not one zdr understands.
     #[error(
         "unsupported database url {0:?}: use sqlite://PATH (e.g. sqlite://zdr.db), postgres://USER@HOST:PORT/DATABASE or mysql://USER@HOST:PORT/DATABASE"

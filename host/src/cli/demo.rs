@@ -213,6 +213,7 @@ impl Demo {
             let options = DeployOptions {
                 batch_size: s.rebuild_batch_size,
                 allow_same_version: false,
+                partitions: s.rebuild_partitions,
             };
             match lifecycle::deploy(&rt, &db, &spec, &options, &mut |_, _| {})? {
                 Deployed::New { version, events } => {
@@ -277,7 +278,7 @@ impl Demo {
         blocking(move || {
             let db = Db::open(&s.database_url)?;
             let mut progress = output::ProgressReporter::new(false);
-            let applied = lifecycle::start(&rt, &db, "v2", s.rebuild_batch_size, &mut |t, p| {
+            let applied = lifecycle::start(&rt, &db, "v2", s.rebuild_batch_size, s.rebuild_partitions, &mut |t, p| {
                 progress.update(t, p)
             })?;
             progress.finish();
@@ -302,7 +303,14 @@ impl Demo {
                 status.lag,
                 status.head
             );
-            let applied = lifecycle::start(&rt, &db, "v2", s.rebuild_batch_size, &mut |_, _| {})?;
+            let applied = lifecycle::start(
+                &rt,
+                &db,
+                "v2",
+                s.rebuild_batch_size,
+                s.rebuild_partitions,
+                &mut |_, _| {},
+            )?;
             outln!(
                 "caught up {applied} more event(s); lag now {}",
                 lifecycle::status(&db, "v2")?.lag
@@ -447,6 +455,7 @@ fn verify(runtime: &Runtime, settings: &Settings, v2: Vec<u8>) -> anyhow::Result
         &db,
         "verify",
         settings.rebuild_batch_size,
+        settings.rebuild_partitions,
         &mut |_, _| {},
     )?;
     // The same comparison `zdr replay diff verify` makes: live against the fresh rebuild.

@@ -71,6 +71,7 @@ impl Deploy {
             let options = DeployOptions {
                 batch_size: settings.rebuild_batch_size,
                 allow_same_version,
+                partitions: settings.rebuild_partitions,
             };
             let outcome = lifecycle::deploy(&runtime, &db, &spec, &options, &mut |t, p| {
                 progress.update(t, p)

@@ -19,7 +19,7 @@ pub enum ReplayCommand {
     /// Create a replay: clone tables for new projector versions beside the live ones.
     Create(Create),
     /// Replay history into the clone (batched, resumable); run again to catch up.
-    Start(KeyArgs),
+    Start(StartArgs),
     /// Show a replay's state, checkpoints and tables.
     Show(ReadArgs),
     /// How far behind the event stream the clone is.
@@ -57,6 +57,26 @@ pub struct Create {
 pub struct KeyArgs {
     /// The replay key.
     key: String,
+}
+
+/// Start KEY.
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    /// The replay key.
+    key: String,
+    #[command(flatten)]
+    split: SplitArgs,
+}
+
+/// How a replay may split history.
+#[derive(Debug, Args)]
+pub struct SplitArgs {
+    /// Replay a partitioned projector (its `partition-by` export) split by aggregate into N
+    /// parts, each on a worker and a connection of its own (PostgreSQL and MySQL; SQLite
+    /// replays whole). Default: `rebuild_partitions` in zdr.toml, else the number of cores.
+    /// A replay that stopped half-way resumes with the parts it began with.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_PARTITIONS)))]
+    partitions: Option<u32>,
 }
 
 /// A read command on one replay.
@@ -161,6 +181,8 @@ pub struct Run {
     promote: bool,
     #[command(flatten)]
     flags: PromoteFlags,
+    #[command(flatten)]
+    split: SplitArgs,
 }
 
 /// Remove KEY.
@@ -209,7 +231,18 @@ impl ReplayCommand {
                 Ok(())
             }
             ReplayCommand::Start(cmd) => {
-                let applied = rebuild_with_progress(settings, &cmd.key, lifecycle::start).await?;
+                let partitions = cmd.split.partitions.unwrap_or(settings.rebuild_partitions);
+                let start = move |runtime: &crate::runtime::Runtime,
+                                  db: &crate::backend::Db,
+                                  key: &str,
+                                  batch_size: usize,
+                                  progress: &mut dyn FnMut(
+                    &crate::model::Target,
+                    crate::projection::Progress,
+                )| {
+                    lifecycle::start(runtime, db, key, batch_size, partitions, progress)
+                };
+                let applied = rebuild_with_progress(settings, &cmd.key, start).await?;
                 outln!(
                     "replay {}: applied {applied} event(s); caught up. next: zdr replay project {}",
                     cmd.key,
@@ -363,6 +396,7 @@ impl ReplayCommand {
                 }
                 let options = RunOptions {
                     batch_size: settings.rebuild_batch_size,
+                    partitions: cmd.split.partitions.unwrap_or(settings.rebuild_partitions),
                     promote: cmd.promote.then(|| cmd.flags.options()).transpose()?,
                 };
                 let runtime = runtime(&settings)?;
@@ -459,22 +493,40 @@ impl ReplayCommand {
     }
 }
 
-/// The signature the rebuild commands share: `start`, `project` and `rollback` each apply
-/// events in batches of the rebuild size and report progress.
-type RebuildStep<T> = fn(
-    &crate::runtime::Runtime,
-    &crate::backend::Db,
-    &str,
-    usize,
-    &mut dyn FnMut(&crate::model::Target, crate::projection::Progress),
-) -> Result<T, crate::lifecycle::LifecycleError>;
+/// What the rebuild commands share: `start`, `project` and `rollback` each apply events in
+/// batches of the rebuild size and report progress.
+trait RebuildStep<T>:
+    FnOnce(
+        &crate::runtime::Runtime,
+        &crate::backend::Db,
+        &str,
+        usize,
+        &mut dyn FnMut(&crate::model::Target, crate::projection::Progress),
+    ) -> Result<T, crate::lifecycle::LifecycleError>
+    + Send
+    + 'static
+{
+}
+
+impl<T, F> RebuildStep<T> for F where
+    F: FnOnce(
+            &crate::runtime::Runtime,
+            &crate::backend::Db,
+            &str,
+            usize,
+            &mut dyn FnMut(&crate::model::Target, crate::projection::Progress),
+        ) -> Result<T, crate::lifecycle::LifecycleError>
+        + Send
+        + 'static
+{
+}
 
 /// Runs one rebuild command on replay `key` off the async runtime, with a progress line on
 /// the terminal.
 async fn rebuild_with_progress<T: Send + 'static>(
     settings: Settings,
     key: &str,
-    step: RebuildStep<T>,
+    step: impl RebuildStep<T>,
 ) -> anyhow::Result<T> {
     let runtime = runtime(&settings)?;
     let key = key.to_string();

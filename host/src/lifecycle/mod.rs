@@ -9,6 +9,7 @@
 mod parked;
 mod rollback;
 mod run;
+mod split;
 mod verify;
 
 use std::collections::BTreeSet;
@@ -308,7 +309,7 @@ pub fn deploy(
         }
         let key = format!("upgrade_{}", &hash[..12]);
         create(runtime, db, &key, std::slice::from_ref(spec))?;
-        let rebuilt = start(runtime, db, &key, batch_size, progress)
+        let rebuilt = start(runtime, db, &key, batch_size, options.partitions, progress)
             .and_then(|_| project(runtime, db, &key, batch_size, progress))
             .and_then(|()| promote(runtime, db, &key, &PromoteOptions::default()));
         if let Err(err) = rebuilt {
@@ -387,6 +388,8 @@ pub struct DeployOptions {
     pub batch_size: usize,
     /// Replace a live version with different code of the same version string.
     pub allow_same_version: bool,
+    /// Into how many parts an upgrade's replay may split history (see [`start`]).
+    pub partitions: u32,
 }
 
 /// The first twelve hex digits of a content hash: enough to tell builds apart in a message.
@@ -533,6 +536,10 @@ pub fn create(
 /// the store. Resumable: each batch commits with its checkpoint, and a failed replay restarts
 /// at the event that failed.
 ///
+/// A projector of the `partitioned-projector` world is replayed split by aggregate into
+/// `partitions` parts, each on a worker and a connection of its own, where the database
+/// allows it (PostgreSQL, MySQL; see `split.rs`); 1 replays it whole.
+///
 /// # Errors
 /// A wrong state, another run holding the replay, a guest failure (the replay goes to
 /// `failed`), or a database failure.
@@ -541,6 +548,7 @@ pub fn start(
     db: &Db,
     key: &str,
     batch_size: usize,
+    partitions: u32,
     progress: &mut dyn FnMut(&Target, Progress),
 ) -> Result<u64> {
     let replay = replay_row(db, key)?;
@@ -561,7 +569,10 @@ pub fn start(
     let mut projection = Projection::new(runtime, db, batch_size);
     let mut total = 0;
     for target in db.replay_targets(key)? {
-        let outcome = projection.catch_up(target.id, progress);
+        // Split by aggregate where the projector and the database allow it, then whole
+        // from where the parts joined to the head.
+        let outcome = split::replay_split(runtime, db, &target, partitions, batch_size, progress)
+            .and_then(|split| Ok(split + projection.catch_up(target.id, progress)?));
         let to = match db.target(target.id) {
             Ok(found) => found.map_or(target.checkpoint, |t| t.checkpoint),
             Err(err) if outcome.is_err() => {
@@ -612,6 +623,8 @@ pub fn project(
     let _lock = run_lock(db, key)?;
     let mut projection = Projection::new(runtime, db, batch_size);
     for target in db.replay_targets(key)? {
+        // A `replay start` stopped half-way through a split leaves parts to finish first.
+        split::replay_split(runtime, db, &target, 1, batch_size, progress)?;
         projection.catch_up(target.id, progress)?;
         // Both versions are compiled before the write lock is taken, never under it.
         if let Some(live) = db.live_target(&target.projector)? {

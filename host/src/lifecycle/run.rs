@@ -68,6 +68,8 @@ pub struct RunError {
 pub struct RunOptions {
     /// Events per transaction.
     pub batch_size: usize,
+    /// Into how many parts `start` may split history (see [`start`]).
+    pub partitions: u32,
     /// Promote at the end, so; `None` stops at `projecting`.
     pub promote: Option<PromoteOptions>,
 }
@@ -104,7 +106,7 @@ pub fn run(
     let state = match state {
         ReplayState::Created | ReplayState::Started | ReplayState::Failed => {
             let applied =
-                start(runtime, db, key, batch_size, progress).map_err(at(RunStage::Start))?;
+                start(runtime, db, key, batch_size, options.partitions, progress).map_err(at(RunStage::Start))?;
             report(RunStep::Replayed(applied));
             project(runtime, db, key, batch_size, progress).map_err(at(RunStage::Project))?;
             report(RunStep::Projecting);

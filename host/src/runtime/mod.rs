@@ -24,7 +24,7 @@ use wasmtime::{Config, Engine, Store};
 
 use crate::backend::{Call, DbError, GuestConnection};
 use crate::events::Event;
-pub use crate::model::{Description, TableDecl};
+pub use crate::model::{Description, PartitionKey, TableDecl};
 use bindings::{v0_1, v0_2};
 pub use cache::ComponentCache;
 use host::HostState;
@@ -186,7 +186,12 @@ impl Runtime {
             }
         };
         let check = component.get_export_index(None, CHECK_EXPORT);
-        Ok(Arc::new(LoadedComponent { pre, check }))
+        let partition_by = component.get_export_index(None, PARTITION_BY_EXPORT);
+        Ok(Arc::new(LoadedComponent {
+            pre,
+            check,
+            partition_by,
+        }))
     }
 
     /// What a component imports and exports, by name, whether or not it matches the world:
@@ -267,10 +272,22 @@ impl Runtime {
                     )
                 })
         });
+        // The optional export of the `partitioned-projector` world, kept the same way.
+        let partition_by = component.partition_by.map(|index| {
+            instance
+                .get_typed_func::<(), (Vec<(String, String)>,)>(&mut store, index)
+                .map_err(|err| {
+                    format!(
+                        "the component exports `{PARTITION_BY_EXPORT}`, but not as `func() -> \
+                         list<tuple<string, string>>` (the partitioned-projector world's): {err:#}"
+                    )
+                })
+        });
         Ok(Instance {
             store,
             bindings,
             check,
+            partition_by,
             poisoned: false,
             timeout: limits.call_timeout,
         })
@@ -287,7 +304,14 @@ impl Runtime {
         if let Some(Err(wrong)) = &instance.check {
             return Err(GuestError::InvalidDescription(wrong.clone()).into());
         }
-        Ok(instance.describe()?)
+        let mut description = instance.describe()?;
+        if let Some(keys) = instance.partition_by() {
+            description.partition_by = keys?;
+            description
+                .check_partition_keys()
+                .map_err(GuestError::InvalidDescription)?;
+        }
+        Ok(description)
     }
 }
 
@@ -377,6 +401,12 @@ const CHECK_EXPORT: &str = "check";
 /// The `check` export, typed.
 type CheckFunc = TypedFunc<(), (Result<(), String>,)>;
 
+/// The name of the optional export of the `partitioned-projector` world.
+const PARTITION_BY_EXPORT: &str = "partition-by";
+
+/// The `partition-by` export, typed.
+type PartitionByFunc = TypedFunc<(), (Vec<(String, String)>,)>;
+
 /// A version of the WIT contract the host runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Contract {
@@ -446,6 +476,9 @@ pub struct LoadedComponent {
     pre: Pre,
     /// Where its `check` export is, when it has one (the `checked-projector` world).
     check: Option<ComponentExportIndex>,
+    /// Where its `partition-by` export is, when it has one (the `partitioned-projector`
+    /// world).
+    partition_by: Option<ComponentExportIndex>,
 }
 
 impl LoadedComponent {
@@ -465,6 +498,8 @@ pub struct Instance {
     bindings: Arc<Bindings>,
     /// The `check` export when the component has one, or why it cannot be called.
     check: Option<Result<CheckFunc, String>>,
+    /// The `partition-by` export when the component has one, or why it cannot be called.
+    partition_by: Option<Result<PartitionByFunc, String>>,
     poisoned: bool,
     timeout: Duration,
 }
@@ -529,6 +564,31 @@ impl Instance {
         })
     }
 
+    /// Calls the projector's `partition-by` (the `partitioned-projector` world): every
+    /// declared table with its aggregate column. `None` when the component does not export
+    /// it.
+    ///
+    /// # Errors
+    /// A trap, or an export of the wrong type.
+    pub fn partition_by(&mut self) -> Option<Result<Vec<PartitionKey>, GuestError>> {
+        let func = match self.partition_by.clone()? {
+            Ok(func) => func,
+            Err(wrong) => return Some(Err(GuestError::InvalidDescription(wrong))),
+        };
+        if let Err(err) = self.arm(false) {
+            return Some(Err(err));
+        }
+        let outcome = func.call(&mut self.store, ());
+        self.disarm();
+        Some(match outcome {
+            Ok((keys,)) => Ok(keys
+                .into_iter()
+                .map(|(table, column)| PartitionKey { table, column })
+                .collect()),
+            Err(err) => Err(self.trapped(err)),
+        })
+    }
+
     /// The database error that aborted the current transaction since this was last asked
     /// (PostgreSQL): the event that caused it failed even if the guest swallowed the error.
     pub fn take_aborted(&mut self) -> Option<DbError> {
@@ -587,6 +647,8 @@ impl Instance {
                         })
                         .collect(),
                     handles: d.handles,
+                    // Filled in from `partition-by`, a separate export.
+                    partition_by: Vec::new(),
                 }
             }};
         }

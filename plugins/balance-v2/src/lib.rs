@@ -11,14 +11,14 @@
 //! host rewrites for its backend.
 
 mod bindings {
-    //! Bindings for the `projector` world of `zdr:projector@0.2.0`, generated from the
-    //! repository's WIT.
+    //! Bindings for the `partitioned-projector` world of `zdr:projector@0.2.0` (the
+    //! `projector` world plus `partition-by`), generated from the repository's WIT.
     #![allow(
         clippy::too_many_arguments,
         reason = "generated code for the event record"
     )]
     wit_bindgen::generate!({
-        world: "projector",
+        world: "partitioned-projector",
         path: "../../wit",
     });
 }
@@ -71,6 +71,12 @@ impl bindings::Guest for BalanceV2 {
             }],
             handles: balance_common::HANDLED_CLASSES.map(str::to_owned).to_vec(),
         }
+    }
+
+    /// Every row of `balances` is one account, and an account is an aggregate: each event
+    /// touches only its own account's row, so a replay may split history by account.
+    fn partition_by() -> Vec<(String, String)> {
+        vec![("balances".to_owned(), "account_uuid".to_owned())]
     }
 
     fn use_connection(conn: Connection) {

@@ -286,6 +286,7 @@ impl MyStore {
         up_to: i64,
         limit: usize,
         classes: &[String],
+        partition: Partition,
     ) -> Result<Vec<ReadEvent>, StoreError> {
         // With classes, a handled name matches the whole class or its last `\`-separated
         // segment (`Description::handles`; CHAR(92) is `\`); rows whose class is NULL are
@@ -302,16 +303,28 @@ impl MyStore {
                 vec![one; classes.len()].join(" OR ")
             )
         };
+        // One part of history split by aggregate: CRC32 of the aggregate id, events without
+        // one in part 0.
+        let part = if partition.is_whole() {
+            ""
+        } else {
+            " AND CASE WHEN aggregate_uuid IS NULL THEN 0 ELSE CRC32(aggregate_uuid) % ? END = ?"
+        };
         let text = format!(
             "SELECT CAST(id AS SIGNED), CAST(aggregate_uuid AS CHAR), CAST(aggregate_version AS SIGNED), \
              CAST(COALESCE(event_version, 1) AS SIGNED), CAST(event_class AS CHAR), \
              CAST(COALESCE(event_properties, '{{}}') AS CHAR), CAST(COALESCE(meta_data, '{{}}') AS CHAR), \
              COALESCE(CAST(created_at AS CHAR), '') \
-             FROM stored_events WHERE id > ? AND id <= ?{filter} ORDER BY id LIMIT ?"
+             FROM stored_events WHERE id > ? AND id <= ?{filter}{part} ORDER BY id LIMIT ?"
         );
         let mut query = sqlx::query(sql(text)).bind(after).bind(up_to);
         for class in classes {
             query = query.bind(class).bind(class).bind(class);
+        }
+        if !partition.is_whole() {
+            query = query
+                .bind(i64::from(partition.count))
+                .bind(i64::from(partition.index));
         }
         let query = query.bind(i64::try_from(limit).unwrap_or(i64::MAX));
         let mut conn = lock(&self.conn);

@@ -88,6 +88,7 @@ fn writes_roll_back_and_tables_move_between_databases() {
             ],
         }],
         handles: vec![],
+        partition_by: vec![],
     };
     let version = db
         .register_version("h", b"wasm", &description)
@@ -409,6 +410,7 @@ fn a_promote_that_died_after_its_rename_is_undone_before_anything_writes() {
             ddl: vec!["CREATE TABLE items (id TEXT PRIMARY KEY)".into()],
         }],
         handles: vec![],
+        partition_by: vec![],
     };
     let version = db
         .register_version("h", b"wasm", &description)

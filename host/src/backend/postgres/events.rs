@@ -274,6 +274,7 @@ impl PgStore {
         up_to: i64,
         limit: usize,
         classes: &[String],
+        partition: Partition,
     ) -> Result<Vec<ReadEvent>, StoreError> {
         // With no classes every event is read; otherwise a handled name matches the whole class
         // or its last `\`-separated segment (`Description::handles`; chr(92) is `\`).
@@ -284,6 +285,8 @@ impl PgStore {
              AND (cardinality($4::text[]) = 0 OR event_class IS NULL OR EXISTS \
              (SELECT 1 FROM unnest($4::text[]) AS handled(name) WHERE event_class::text = handled.name \
              OR right(event_class::text, length(handled.name) + 1) = chr(92) || handled.name)) \
+             AND ($6 <= 1 OR CASE WHEN aggregate_uuid IS NULL THEN 0 \
+             ELSE mod(hashtext(aggregate_uuid::text)::bigint + 2147483648, $6) END = $5) \
              ORDER BY id LIMIT $3";
         let mut conn = lock(&self.conn);
         let rows = self
@@ -294,6 +297,8 @@ impl PgStore {
                     .bind(up_to)
                     .bind(i64::try_from(limit).unwrap_or(i64::MAX))
                     .bind(classes)
+                    .bind(i64::from(partition.index))
+                    .bind(i64::from(partition.count))
                     .fetch_all(&mut *conn),
             )
             .context("reading events")?;

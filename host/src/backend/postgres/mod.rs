@@ -46,7 +46,7 @@ use super::highwater::{HighWater, Observed, Scan};
 use super::naming::Layout;
 use super::rt::Rt;
 use super::{
-    DbError, HeldLock, RowSet, RunLock, Store, StoreError, TableColumn, Value, check_event_columns,
+    DbError, HeldLock, Partition, RowSet, RunLock, Store, StoreError, TableColumn, Value, check_event_columns,
     redact,
 };
 use crate::events::{NewEvent, ReadEvent};
@@ -650,14 +650,19 @@ impl Store for PgStore {
         self.late()
     }
 
-    fn read_events_of(
+    fn read_events_in(
         &self,
         after: i64,
         up_to: i64,
         limit: usize,
         classes: &[String],
+        partition: Partition,
     ) -> Result<Vec<ReadEvent>, StoreError> {
-        self.read(after, up_to, limit, classes)
+        self.read(after, up_to, limit, classes, partition)
+    }
+
+    fn splits_history(&self) -> bool {
+        true
     }
 
     fn object_exists(&self, name: &str) -> Result<bool, StoreError> {

@@ -83,6 +83,7 @@ fn writes_roll_back_and_tables_move_between_schemas() {
             ],
         }],
         handles: vec![],
+        partition_by: vec![],
     };
     let version = db
         .register_version("h", b"wasm", &description)

@@ -51,7 +51,15 @@ impl SqliteStore {
         up_to: i64,
         limit: usize,
         classes: &[String],
+        partition: Partition,
     ) -> Result<Vec<ReadEvent>, StoreError> {
+        if !partition.is_whole() {
+            return Err(StoreError::Unsupported(
+                "splitting a replay by aggregate: SQLite has a single writer, so partitions \
+                 would only take turns; replay with one"
+                    .into(),
+            ));
+        }
         const COLUMNS: &str = "SELECT id, aggregate_uuid, aggregate_version, COALESCE(event_version, 1), event_class, \
              COALESCE(event_properties, '{}'), COALESCE(meta_data, '{}'), COALESCE(CAST(created_at AS TEXT), '') \
              FROM stored_events WHERE id > ?1 AND id <= ?2";

@@ -34,7 +34,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, ToSql, param
 use super::guest::{MAX_VALUE_BYTES, RawGuestConnection, RowCollector};
 use super::naming::Layout;
 use super::{
-    DbError, HeldLock, RowSet, RunLock, Store, StoreError, TableColumn, Value, check_event_columns,
+    DbError, HeldLock, Partition, RowSet, RunLock, Store, StoreError, TableColumn, Value, check_event_columns,
 };
 use crate::events::{Event, NewEvent, ReadEvent, Undecodable};
 use crate::sandbox::{Checked, Dialect, PhysicalName};
@@ -433,14 +433,15 @@ impl Store for SqliteStore {
         Ok(Vec::new())
     }
 
-    fn read_events_of(
+    fn read_events_in(
         &self,
         after: i64,
         up_to: i64,
         limit: usize,
         classes: &[String],
+        partition: Partition,
     ) -> Result<Vec<ReadEvent>, StoreError> {
-        self.read(after, up_to, limit, classes)
+        self.read(after, up_to, limit, classes, partition)
     }
 
     fn object_exists(&self, name: &str) -> Result<bool, StoreError> {
