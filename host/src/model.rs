@@ -335,6 +335,36 @@ mod tests {
     }
 
     #[test]
+    fn partition_keys_name_every_table_once() {
+        let table = |name: &str| TableDecl {
+            name: name.into(),
+            ddl: vec![],
+        };
+        let key = |table: &str, column: &str| PartitionKey {
+            table: table.into(),
+            column: column.into(),
+        };
+        let with = |keys: Vec<PartitionKey>| Description {
+            name: "b".into(),
+            version: "1".into(),
+            tables: vec![table("a"), table("b")],
+            handles: vec![],
+            partition_by: keys,
+        };
+        assert!(with(vec![key("a", "id"), key("b", "owner")]).check_partition_keys().is_ok());
+        for (keys, says) in [
+            (vec![], "no tables"),
+            (vec![key("a", "id")], "no aggregate column for table b"),
+            (vec![key("a", "id"), key("b", " ")], "no column for table b"),
+            (vec![key("a", "id"), key("b", "x"), key("c", "x")], "table c, which"),
+            (vec![key("a", "id"), key("a", "x"), key("b", "x")], "table a twice"),
+        ] {
+            let err = with(keys).check_partition_keys().expect_err(says);
+            assert!(err.contains(says), "{err}");
+        }
+    }
+
+    #[test]
     fn handles_matches_short_class_names() {
         let d = Description {
             name: "b".into(),

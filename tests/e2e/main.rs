@@ -24,4 +24,5 @@ mod postgres;
 mod pressure;
 mod safety;
 mod sandbox;
+mod split;
 mod states;

@@ -1502,6 +1502,129 @@ mod tests {
         class_filter_matches_handles(&db);
     }
 
+    /// Reads history split into 1 to 4 parts, with and without a class filter: every event
+    /// is in exactly one part, in id order, all the events of one aggregate in the same part,
+    /// events without an aggregate in part 0, and the split's rows keep their checkpoints.
+    fn parts_cover_history_once_and_keep_aggregates_together(db: &Db) {
+        db.init().expect("init");
+        let events: Vec<NewEvent> = (0..300)
+            .map(|i| NewEvent {
+                aggregate_uuid: (i % 7 != 0).then(|| format!("agg-{}", i % 41)),
+                aggregate_version: None,
+                event_version: 1,
+                event_class: if i % 3 == 0 { "Other" } else { "Wanted" }.into(),
+                event_properties: "{}".into(),
+                meta_data: "{}".into(),
+                created_at: None,
+            })
+            .collect();
+        db.append_events(&events).expect("append");
+        assert!(db.splits_history());
+        for classes in [vec![], vec!["Wanted".to_owned()]] {
+            let whole: Vec<i64> = db
+                .read_events_of(0, i64::MAX, 1000, &classes)
+                .expect("read")
+                .iter()
+                .map(ReadEvent::id)
+                .collect();
+            for count in 1..=4 {
+                let mut seen: Vec<i64> = Vec::new();
+                let mut part_of: std::collections::HashMap<Option<String>, u32> =
+                    std::collections::HashMap::new();
+                for index in 0..count {
+                    let part = Partition { index, count };
+                    // Read in small pages, as a worker does.
+                    let mut after = 0;
+                    loop {
+                        let page = db
+                            .read_events_in(after, i64::MAX, 16, &classes, part)
+                            .expect("read a part");
+                        let Some(last) = page.last() else { break };
+                        after = last.id();
+                        for read in &page {
+                            let ReadEvent::Event(event) = read else {
+                                panic!("undecodable")
+                            };
+                            seen.push(event.id);
+                            let was = part_of.insert(event.aggregate_uuid.clone(), index);
+                            assert!(
+                                was.is_none_or(|was| was == index),
+                                "{:?} in parts {was:?} and {index} of {count}",
+                                event.aggregate_uuid
+                            );
+                            if event.aggregate_uuid.is_none() {
+                                assert_eq!(index, 0, "an event without an aggregate");
+                            }
+                        }
+                    }
+                }
+                seen.sort_unstable();
+                assert_eq!(seen, whole, "{count} parts, classes {classes:?}");
+                if count > 1 {
+                    let used: std::collections::HashSet<u32> = part_of.values().copied().collect();
+                    assert!(used.len() > 1, "{count} parts: all in one ({used:?})");
+                }
+            }
+        }
+
+        // The split's rows.
+        let description = Description {
+            name: "p".into(),
+            version: "1".into(),
+            tables: vec![],
+            handles: vec![],
+            partition_by: vec![],
+        };
+        let version = db
+            .register_version("hash", b"\0asm", &description)
+            .expect("register");
+        let target = db
+            .insert_target("p", version, Role::Clone, Some("k"))
+            .expect("target")
+            .id;
+        assert!(db.partitions(target).expect("parts").is_empty());
+        db.write(|db| db.split_into_partitions(target, 3, 5, 300))
+            .expect("split");
+        db.write(|db| db.set_partition_checkpoint(target, 1, 120))
+            .expect("move a part");
+        let parts = db.partitions(target).expect("parts");
+        let checkpoints: Vec<(u32, u32, i64, i64)> = parts
+            .iter()
+            .map(|p| (p.part.index, p.part.count, p.checkpoint, p.head))
+            .collect();
+        assert_eq!(checkpoints, [(0, 3, 5, 300), (1, 3, 120, 300), (2, 3, 5, 300)]);
+        assert_eq!(db.partition_checkpoint(target, 1).expect("part 1"), 120);
+        db.write(|db| db.delete_target(target)).expect("delete");
+        assert!(db.partitions(target).expect("parts").is_empty(), "rows outlive their target");
+    }
+
+    #[test]
+    fn parts_cover_history_once_on_postgres() {
+        let test = TestDatabase::new("parts");
+        let db = Db::open(&test.url()).expect("open");
+        parts_cover_history_once_and_keep_aggregates_together(&db);
+    }
+
+    #[test]
+    fn parts_cover_history_once_on_mysql() {
+        let test = MyTestDatabase::new("parts");
+        let db = Db::open(&test.url()).expect("open");
+        parts_cover_history_once_and_keep_aggregates_together(&db);
+    }
+
+    #[test]
+    fn sqlite_reads_history_whole_only() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let db =
+            Db::create(&format!("sqlite://{}", dir.path().join("zdr.db").display())).expect("open");
+        db.init().expect("init");
+        assert!(!db.splits_history());
+        let err = db
+            .read_events_in(0, 10, 10, &[], Partition { index: 1, count: 2 })
+            .expect_err("SQLite cannot split");
+        assert!(err.to_string().contains("single writer"), "{err}");
+    }
+
     #[test]
     fn the_bookkeeping_answers_the_same_on_sqlite() {
         let dir = tempfile::tempdir().expect("a temporary directory");

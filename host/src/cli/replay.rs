@@ -615,6 +615,19 @@ fn print_status(status: &ReplayStatus) {
             p.live_checkpoint.map_or("-".to_string(), |c| c.to_string()),
         );
         outln!("    tables: {}", p.tables.join(", "));
+        if !p.split.is_empty() {
+            let parts: Vec<String> = p
+                .split
+                .iter()
+                .map(|s| format!("part {} at {}", s.part, s.checkpoint))
+                .collect();
+            outln!(
+                "    split by aggregate into {} parts up to event {}: {} (run `zdr replay start` to finish)",
+                p.split.len(),
+                p.split[0].head,
+                parts.join(", ")
+            );
+        }
         if let (Some(live), Some(reason)) = (p.live_status, &p.live_status_reason) {
             outln!("    live is {live}: {reason}");
         }

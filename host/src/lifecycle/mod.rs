@@ -928,6 +928,23 @@ pub struct ReplayPart {
     pub failure: Option<model::Failure>,
     /// Physical table names.
     pub tables: Vec<String>,
+    /// While `replay start` replays it split by aggregate: each part's checkpoint, up to the
+    /// head the split began at (the target's own checkpoint moves when they join).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub split: Vec<SplitPart>,
+}
+
+/// One part of a replay split by aggregate, as `replay show` reports it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SplitPart {
+    /// Which part, from 0.
+    pub part: u32,
+    /// Into how many parts history is split.
+    pub parts: u32,
+    /// The last event of this part applied.
+    pub checkpoint: i64,
+    /// The head the split began at.
+    pub head: i64,
 }
 
 /// A replay with its parts, for `show`, `lag` and `list`.
@@ -1050,6 +1067,16 @@ fn status_of(db: &Db, row: ReplayRow) -> Result<ReplayStatus> {
             live_status,
             live_status_reason,
             failure: target.failure.clone(),
+            split: db
+                .partitions(target.id)?
+                .into_iter()
+                .map(|row| SplitPart {
+                    part: row.part.index,
+                    parts: row.part.count,
+                    checkpoint: row.checkpoint,
+                    head: row.head,
+                })
+                .collect(),
             tables: db.physical_names(
                 &target,
                 &description,

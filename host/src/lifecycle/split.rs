@@ -19,6 +19,9 @@ use crate::model::Target;
 use crate::projection::{CatchUpTime, Progress, Projection, ProjectionError};
 use crate::runtime::Runtime;
 
+/// Progress reports of the workers not yet printed, at most.
+const PROGRESS_QUEUE: usize = 64;
+
 /// Replays `target` split into parts: resumes the parts an earlier run left, or splits it
 /// into `requested` parts when its projector is partitioned, the database can split history
 /// and there is more than one batch of history to replay. Returns the events applied; when it returns, the target
@@ -72,7 +75,8 @@ fn run_parts(
     batch_size: usize,
     progress: &mut dyn FnMut(&Target, Progress),
 ) -> Result<u64> {
-    let (tx, rx) = mpsc::channel::<(usize, Target, Progress)>();
+    // Bounded: workers wait for the reporter rather than pile up reports.
+    let (tx, rx) = mpsc::sync_channel::<(usize, Target, Progress)>(PROGRESS_QUEUE);
     let outcomes: Vec<std::result::Result<u64, LifecycleError>> = std::thread::scope(|scope| {
         let workers: Vec<_> = parts
             .iter()
