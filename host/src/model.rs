@@ -64,13 +64,18 @@ impl Description {
     /// What is wrong, for the projector's author.
     pub fn check_partition_keys(&self) -> Result<(), String> {
         if self.partition_by.is_empty() {
-            return Err("partition-by() returned no tables; a partitioned projector names the \
+            return Err(
+                "partition-by() returned no tables; a partitioned projector names the \
                         aggregate column of each of its tables"
-                .into());
+                    .into(),
+            );
         }
         for key in &self.partition_by {
             if key.column.trim().is_empty() {
-                return Err(format!("partition-by() names no column for table {}", key.table));
+                return Err(format!(
+                    "partition-by() names no column for table {}",
+                    key.table
+                ));
             }
             if !self.tables.iter().any(|t| t.name == key.table) {
                 return Err(format!(
@@ -78,7 +83,13 @@ impl Description {
                     key.table
                 ));
             }
-            if self.partition_by.iter().filter(|k| k.table == key.table).count() > 1 {
+            if self
+                .partition_by
+                .iter()
+                .filter(|k| k.table == key.table)
+                .count()
+                > 1
+            {
                 return Err(format!("partition-by() names table {} twice", key.table));
             }
         }
@@ -351,13 +362,23 @@ mod tests {
             handles: vec![],
             partition_by: keys,
         };
-        assert!(with(vec![key("a", "id"), key("b", "owner")]).check_partition_keys().is_ok());
+        assert!(
+            with(vec![key("a", "id"), key("b", "owner")])
+                .check_partition_keys()
+                .is_ok()
+        );
         for (keys, says) in [
             (vec![], "no tables"),
             (vec![key("a", "id")], "no aggregate column for table b"),
             (vec![key("a", "id"), key("b", " ")], "no column for table b"),
-            (vec![key("a", "id"), key("b", "x"), key("c", "x")], "table c, which"),
-            (vec![key("a", "id"), key("a", "x"), key("b", "x")], "table a twice"),
+            (
+                vec![key("a", "id"), key("b", "x"), key("c", "x")],
+                "table c, which",
+            ),
+            (
+                vec![key("a", "id"), key("a", "x"), key("b", "x")],
+                "table a twice",
+            ),
         ] {
             let err = with(keys).check_partition_keys().expect_err(says);
             assert!(err.contains(says), "{err}");

@@ -777,7 +777,14 @@ impl<'a> Projection<'a> {
                     Cursor::Whole => (target, db.head()?, Partition::WHOLE),
                     Cursor::Partition { partition, head } => {
                         let checkpoint = db.partition_checkpoint(target.id, partition.index)?;
-                        (Target { checkpoint, ..target }, head, partition)
+                        (
+                            Target {
+                                checkpoint,
+                                ..target
+                            },
+                            head,
+                            partition,
+                        )
                     }
                 };
                 let events =

@@ -66,9 +66,7 @@ fn a_split_replay_killed_half_way_resumes_its_parts_to_the_fold(backend: Backend
     let g = guests();
     let env = Env::new(backend);
     // Small batches, each reported on its own progress line.
-    env.write_config(&format!(
-        "batch_size = 10\nrebuild_partitions = {PARTS}\n"
-    ));
+    env.write_config(&format!("batch_size = 10\nrebuild_partitions = {PARTS}\n"));
     env.deploy("balance", &g.balance_v1);
     let mut generator = Generator::new(9);
     let mut history = generator.open_accounts(60);
@@ -81,7 +79,10 @@ fn a_split_replay_killed_half_way_resumes_its_parts_to_the_fold(backend: Backend
 
     if backend == Backend::Sqlite {
         let out = env.ok(&["replay", "start", "v2", "--partitions", "4"]);
-        assert!(out.contains(&format!("applied {} event(s)", events.len())), "{out}");
+        assert!(
+            out.contains(&format!("applied {} event(s)", events.len())),
+            "{out}"
+        );
         assert!(split_of(&env, "v2").is_empty(), "SQLite split a replay");
         assert_same_rows(&env.balances_v2(&clone), &fold_v2(&events), "the clone");
         return;
@@ -117,7 +118,12 @@ fn a_split_replay_killed_half_way_resumes_its_parts_to_the_fold(backend: Backend
         assert_eq!(show["projectors"][0]["checkpoint"], 0, "{show:#}");
         let split = split_of(&env, "v2");
         assert_eq!(split.len(), PARTS as usize, "{show:#}");
-        assert!(split.iter().all(|&(_, parts, _, h)| parts == PARTS && h == head), "{split:?}");
+        assert!(
+            split
+                .iter()
+                .all(|&(_, parts, _, h)| parts == PARTS && h == head),
+            "{split:?}"
+        );
 
         // Each part holds exactly its own events up to its own checkpoint.
         let mut expected = Vec::new();
@@ -145,12 +151,19 @@ fn a_split_replay_killed_half_way_resumes_its_parts_to_the_fold(backend: Backend
     // Started again, the parts resume and join; a smaller --partitions does not change them.
     let out = env.ok(&["replay", "start", "v2", "--partitions", "2"]);
     assert!(
-        out.contains(&format!("applied {} event(s)", events.len() - applied_before)),
+        out.contains(&format!(
+            "applied {} event(s)",
+            events.len() - applied_before
+        )),
         "the last start applies only what the parts had left: {out}"
     );
     assert!(split_of(&env, "v2").is_empty(), "the parts did not join");
     assert_eq!(env.show("v2")["projectors"][0]["checkpoint"], head);
-    assert_same_rows(&env.balances_v2(&clone), &fold_v2(&events), "the joined clone");
+    assert_same_rows(
+        &env.balances_v2(&clone),
+        &fold_v2(&events),
+        "the joined clone",
+    );
 
     // The rest of the lifecycle is that of any replay.
     env.ok(&["replay", "project", "v2"]);
@@ -187,7 +200,10 @@ fn a_part_that_fails_names_its_event_and_the_split_resumes_after_the_fix(backend
     );
     let show = env.show("v2");
     assert_eq!(show["state"], "failed", "{show:#}");
-    assert_eq!(show["projectors"][0]["failure"]["event_id"], stray, "{show:#}");
+    assert_eq!(
+        show["projectors"][0]["failure"]["event_id"], stray,
+        "{show:#}"
+    );
     if backend == Backend::Sqlite {
         return;
     }

@@ -101,9 +101,10 @@ struct Args {
     /// not handle (a store shared by many projectors).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=100))]
     other_classes: u64,
-    /// PostgreSQL: also run the native rebuild split by aggregate into this many partitions,
-    /// each on a thread and a connection of its own (events of one aggregate stay in order):
-    /// what a partitioned replay could gain on this machine.
+    /// PostgreSQL: also run zdr's replay (`replay start --partitions N`) and the native
+    /// rebuild split by aggregate into this many partitions, each on a thread and a
+    /// connection of its own (events of one aggregate stay in order); the plain `zdr replay`
+    /// row replays whole (`--partitions 1`).
     #[arg(long, default_value_t = 1)]
     partitions: usize,
     /// `cargo bench` passes this to every bench binary.
@@ -213,9 +214,28 @@ fn run(args: &Args) -> Result<(), String> {
             )?;
             samples.push(deploy.into_sample(deploy_label));
             zdr.create_replay(&url)?;
-            let replay = zdr.timed(&url, &["replay", "start", "v2"])?;
+            // Whole, whatever the configuration's default.
+            let whole: &[&str] = if zdr.splits {
+                &["replay", "start", "v2", "--partitions", "1"]
+            } else {
+                &["replay", "start", "v2"]
+            };
+            let replay = zdr.timed(&url, whole)?;
             samples.push(replay.into_sample(replay_label));
             backend.drop_copy(&copy)?;
+            if args.partitions > 1 && zdr.splits {
+                // The same replay split by aggregate, on a copy of its own.
+                let url = backend.copy(&copy)?;
+                zdr.timed(
+                    &url,
+                    &["projector", "deploy", "balance", &path_str(&zdr.v1)],
+                )?;
+                zdr.create_replay(&url)?;
+                let parts = args.partitions.to_string();
+                let split = zdr.timed(&url, &["replay", "start", "v2", "--partitions", &parts])?;
+                samples.push(split.into_sample(&format!("{replay_label}, {parts} parts")));
+                backend.drop_copy(&copy)?;
+            }
         }
         let copy = format!("run{run}_native");
         let url = backend.copy(&copy)?;
@@ -424,6 +444,9 @@ struct Zdr {
     v1: PathBuf,
     /// `balance_v2.wasm`, replayed.
     v2: PathBuf,
+    /// Whether this is the build under test, which takes `replay start --partitions` (a
+    /// baseline may predate it).
+    splits: bool,
 }
 
 /// What a timed `zdr` command took.
@@ -451,10 +474,11 @@ impl Timed {
 impl Zdr {
     fn new(binary: PathBuf, dir: &Path, guests: &Path) -> Self {
         Self {
-            binary,
+            binary: binary.clone(),
             dir: dir.to_path_buf(),
             v1: guests.join("balance_v1.wasm"),
             v2: guests.join("balance_v2.wasm"),
+            splits: binary == PathBuf::from(env!("CARGO_BIN_EXE_zdr")),
         }
     }
 

@@ -1592,10 +1592,16 @@ mod tests {
             .iter()
             .map(|p| (p.part.index, p.part.count, p.checkpoint, p.head))
             .collect();
-        assert_eq!(checkpoints, [(0, 3, 5, 300), (1, 3, 120, 300), (2, 3, 5, 300)]);
+        assert_eq!(
+            checkpoints,
+            [(0, 3, 5, 300), (1, 3, 120, 300), (2, 3, 5, 300)]
+        );
         assert_eq!(db.partition_checkpoint(target, 1).expect("part 1"), 120);
         db.write(|db| db.delete_target(target)).expect("delete");
-        assert!(db.partitions(target).expect("parts").is_empty(), "rows outlive their target");
+        assert!(
+            db.partitions(target).expect("parts").is_empty(),
+            "rows outlive their target"
+        );
     }
 
     #[test]

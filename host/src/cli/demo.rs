@@ -278,9 +278,14 @@ impl Demo {
         blocking(move || {
             let db = Db::open(&s.database_url)?;
             let mut progress = output::ProgressReporter::new(false);
-            let applied = lifecycle::start(&rt, &db, "v2", s.rebuild_batch_size, s.rebuild_partitions, &mut |t, p| {
-                progress.update(t, p)
-            })?;
+            let applied = lifecycle::start(
+                &rt,
+                &db,
+                "v2",
+                s.rebuild_batch_size,
+                s.rebuild_partitions,
+                &mut |t, p| progress.update(t, p),
+            )?;
             progress.finish();
             outln!("replayed {applied} events into the clone");
             let live = db.live_target("balance")?.context("balance is not live")?;

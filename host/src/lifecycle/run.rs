@@ -105,8 +105,8 @@ pub fn run(
     };
     let state = match state {
         ReplayState::Created | ReplayState::Started | ReplayState::Failed => {
-            let applied =
-                start(runtime, db, key, batch_size, options.partitions, progress).map_err(at(RunStage::Start))?;
+            let applied = start(runtime, db, key, batch_size, options.partitions, progress)
+                .map_err(at(RunStage::Start))?;
             report(RunStep::Replayed(applied));
             project(runtime, db, key, batch_size, progress).map_err(at(RunStage::Project))?;
             report(RunStep::Projecting);

@@ -78,24 +78,30 @@ fn run_parts(
     // Bounded: workers wait for the reporter rather than pile up reports.
     let (tx, rx) = mpsc::sync_channel::<(usize, Target, Progress)>(PROGRESS_QUEUE);
     let outcomes: Vec<std::result::Result<u64, LifecycleError>> = std::thread::scope(|scope| {
-        let workers: Vec<_> = parts
-            .iter()
-            .enumerate()
-            .filter(|(_, row)| row.checkpoint < row.head)
-            .map(|(slot, row)| {
-                let tx = tx.clone();
-                let row = *row;
-                scope.spawn(move || -> std::result::Result<u64, LifecycleError> {
-                    let own = db.open_another()?;
-                    let mut projection = Projection::new(runtime, &own, batch_size);
-                    let mut report = |t: &Target, p: Progress| {
-                        // The receiver lives until every worker has ended.
-                        let _ = tx.send((slot, t.clone(), p));
-                    };
-                    Ok(projection.catch_up_partition(target.id, row.part, row.head, &mut report)?)
+        let workers: Vec<_> =
+            parts
+                .iter()
+                .enumerate()
+                .filter(|(_, row)| row.checkpoint < row.head)
+                .map(|(slot, row)| {
+                    let tx = tx.clone();
+                    let row = *row;
+                    scope.spawn(move || -> std::result::Result<u64, LifecycleError> {
+                        let own = db.open_another()?;
+                        let mut projection = Projection::new(runtime, &own, batch_size);
+                        let mut report = |t: &Target, p: Progress| {
+                            // The receiver lives until every worker has ended.
+                            let _ = tx.send((slot, t.clone(), p));
+                        };
+                        Ok(projection.catch_up_partition(
+                            target.id,
+                            row.part,
+                            row.head,
+                            &mut report,
+                        )?)
+                    })
                 })
-            })
-            .collect();
+                .collect();
         drop(tx);
         let mut latest: Vec<(i64, u64, CatchUpTime)> = parts
             .iter()

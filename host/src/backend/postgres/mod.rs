@@ -46,8 +46,8 @@ use super::highwater::{HighWater, Observed, Scan};
 use super::naming::Layout;
 use super::rt::Rt;
 use super::{
-    DbError, HeldLock, Partition, RowSet, RunLock, Store, StoreError, TableColumn, Value, check_event_columns,
-    redact,
+    DbError, HeldLock, Partition, RowSet, RunLock, Store, StoreError, TableColumn, Value,
+    check_event_columns, redact,
 };
 use crate::events::{NewEvent, ReadEvent};
 use crate::sandbox::{Checked, Dialect, PhysicalName};

@@ -34,7 +34,8 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, ToSql, param
 use super::guest::{MAX_VALUE_BYTES, RawGuestConnection, RowCollector};
 use super::naming::Layout;
 use super::{
-    DbError, HeldLock, Partition, RowSet, RunLock, Store, StoreError, TableColumn, Value, check_event_columns,
+    DbError, HeldLock, Partition, RowSet, RunLock, Store, StoreError, TableColumn, Value,
+    check_event_columns,
 };
 use crate::events::{Event, NewEvent, ReadEvent, Undecodable};
 use crate::sandbox::{Checked, Dialect, PhysicalName};
