@@ -474,11 +474,11 @@ impl Timed {
 impl Zdr {
     fn new(binary: PathBuf, dir: &Path, guests: &Path) -> Self {
         Self {
-            binary: binary.clone(),
+            splits: binary == Path::new(env!("CARGO_BIN_EXE_zdr")),
+            binary,
             dir: dir.to_path_buf(),
             v1: guests.join("balance_v1.wasm"),
             v2: guests.join("balance_v2.wasm"),
-            splits: binary == PathBuf::from(env!("CARGO_BIN_EXE_zdr")),
         }
     }
 
