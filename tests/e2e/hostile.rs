@@ -289,6 +289,14 @@ fn invalid_components(env: &Env) -> Vec<Case> {
             &["the component exports `check`, but not as `func() -> result<_, string>`"],
         ),
         case(
+            "a partitioned projector naming a table it does not declare",
+            built("partition_stranger"),
+            &[
+                "invalid description",
+                "partition-by() names table accounts, which describe() does not declare",
+            ],
+        ),
+        case(
             "describe() panics",
             built("describe_traps"),
             &["the projector trapped"],
