@@ -37,32 +37,11 @@ fn a_replay_killed_mid_start_resumes_to_the_same_tables_as_an_uninterrupted_run(
 
     let events = env.stored_events();
 
-    // Kill it several times, each time at a progress line of its own. The pipe it writes its
-    // progress to holds one page: once the test stops reading, the replay can get at most a few
-    // dozen batches further before a full pipe holds it, so it never finishes before the kill.
+    // Kill it several times, each time at a progress line of its own.
     let mut checkpoint = 0;
     for kill in 1..=KILLS {
-        let mut start = env
-            .command(&["replay", "start", "v2"])
-            .env("ZDR_PROGRESS_INTERVAL_MS", "0")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("cannot spawn replay start");
-        let stderr = start.stderr.take().expect("a piped stderr");
-        shrink_pipe(&stderr);
-        let mut progress = BufReader::new(stderr);
-        let mut line = String::new();
-        for _ in 0..kill * 5 {
-            line.clear();
-            let read = progress.read_line(&mut line).expect("reading the progress");
-            assert!(read > 0, "replay start ended before kill {kill}");
-        }
+        let line = kill_replay_start_after(&env, "v2", kill * 5);
         assert!(line.contains("applied"), "not a progress line: {line}");
-        signal(start.id(), "KILL");
-        let status = wait_child(&mut start, PATIENCE, "the killed replay start");
-        assert!(!status.success(), "replay start was not killed: {status}");
-        drop(progress);
 
         // What the crash left is consistent: the clone holds exactly the events up to its checkpoint.
         let previous = checkpoint;
@@ -105,9 +84,38 @@ fn a_replay_killed_mid_start_resumes_to_the_same_tables_as_an_uninterrupted_run(
     );
 }
 
+/// Runs `zdr replay start KEY` with a progress line per batch, reads `lines` lines of its
+/// stderr, then kills it with SIGKILL and waits for it; returns the last line read.
+///
+/// The pipe it writes its progress to holds one page: once the test stops reading, the replay
+/// can get at most a few dozen batches further before a full pipe holds it, so it never
+/// finishes before the kill.
+pub(crate) fn kill_replay_start_after(env: &Env, key: &str, lines: usize) -> String {
+    let mut start = env
+        .command(&["replay", "start", key])
+        .env("ZDR_PROGRESS_INTERVAL_MS", "0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot spawn replay start");
+    let stderr = start.stderr.take().expect("a piped stderr");
+    shrink_pipe(&stderr);
+    let mut progress = BufReader::new(stderr);
+    let mut line = String::new();
+    for _ in 0..lines {
+        line.clear();
+        let read = progress.read_line(&mut line).expect("reading the progress");
+        assert!(read > 0, "replay start ended before it was killed");
+    }
+    signal(start.id(), "KILL");
+    let status = wait_child(&mut start, PATIENCE, "the killed replay start");
+    assert!(!status.success(), "replay start was not killed: {status}");
+    line
+}
+
 /// Makes a pipe hold a single page (Linux's smallest), so that its writer blocks soon after
 /// its reader stops.
-pub(crate) fn shrink_pipe(pipe: &impl std::os::fd::AsRawFd) {
+fn shrink_pipe(pipe: &impl std::os::fd::AsRawFd) {
     // SAFETY: F_SETPIPE_SZ on a pipe descriptor this process owns changes only its capacity.
     let set = unsafe { libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 4096) };
     assert!(set >= 4096, "cannot shrink the progress pipe");

@@ -493,10 +493,14 @@ impl ReplayCommand {
     }
 }
 
-/// What the rebuild commands share: `start`, `project` and `rollback` each apply events in
-/// batches of the rebuild size and report progress.
-trait RebuildStep<T>:
-    FnOnce(
+/// Runs one rebuild command on replay `key` off the async runtime, with a progress line on
+/// the terminal.
+async fn rebuild_with_progress<T: Send + 'static>(
+    settings: Settings,
+    key: &str,
+    // What the rebuild commands share: `start`, `project` and `rollback` each apply events in
+    // batches of the rebuild size and report progress.
+    step: impl FnOnce(
         &crate::runtime::Runtime,
         &crate::backend::Db,
         &str,
@@ -504,29 +508,7 @@ trait RebuildStep<T>:
         &mut dyn FnMut(&crate::model::Target, crate::projection::Progress),
     ) -> Result<T, crate::lifecycle::LifecycleError>
     + Send
-    + 'static
-{
-}
-
-impl<T, F> RebuildStep<T> for F where
-    F: FnOnce(
-            &crate::runtime::Runtime,
-            &crate::backend::Db,
-            &str,
-            usize,
-            &mut dyn FnMut(&crate::model::Target, crate::projection::Progress),
-        ) -> Result<T, crate::lifecycle::LifecycleError>
-        + Send
-        + 'static
-{
-}
-
-/// Runs one rebuild command on replay `key` off the async runtime, with a progress line on
-/// the terminal.
-async fn rebuild_with_progress<T: Send + 'static>(
-    settings: Settings,
-    key: &str,
-    step: impl RebuildStep<T>,
+    + 'static,
 ) -> anyhow::Result<T> {
     let runtime = runtime(&settings)?;
     let key = key.to_string();
