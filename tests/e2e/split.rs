@@ -2,8 +2,8 @@
 //! `partitioned-projector` world, balance v2): killed with SIGKILL half-way, several times,
 //! each part holds exactly its own events up to its own checkpoint, and the replay resumes
 //! with the same parts to the fold of every event; a part that fails names its event, stops
-//! the others and leaves the parts to resume. SQLite, whose single writer would only make
-//! parts take turns, replays whole.
+//! the others and leaves the parts to resume; a first deploy builds from history split the
+//! same way. SQLite, whose single writer would only make parts take turns, replays whole.
 
 use serde_json::Value;
 
@@ -15,6 +15,7 @@ use crate::support::{
 both_backends!(
     a_split_replay_killed_half_way_resumes_its_parts_to_the_fold,
     a_part_that_fails_names_its_event_and_the_split_resumes_after_the_fix,
+    a_first_deploy_builds_from_history_split_by_aggregate,
 );
 
 /// Parts of every split in this module.
@@ -213,5 +214,28 @@ fn a_part_that_fails_names_its_event_and_the_split_resumes_after_the_fix(backend
         &env.balances_v2(&env.clone_table("v2", "balances")),
         &fold_v2(&env.stored_events()),
         "the clone resumed after the fix",
+    );
+}
+
+fn a_first_deploy_builds_from_history_split_by_aggregate(backend: Backend) {
+    let g = guests();
+    let env = Env::new(backend);
+    env.write_config(&format!("batch_size = 50\nrebuild_partitions = {PARTS}\n"));
+    let mut generator = Generator::new(21);
+    let mut history = generator.open_accounts(40);
+    history.extend(generator.money(2_000));
+    env.import(&history);
+    let out = env.zdr(&["projector", "deploy", "balance", &g.balance_v2]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "deploy failed: {stderr}");
+    assert_eq!(
+        stderr.contains("replaying split by aggregate"),
+        backend != Backend::Sqlite,
+        "split on the server backends only: {stderr}"
+    );
+    assert_same_rows(
+        &env.balances_v2("balances"),
+        &fold_v2(&env.stored_events()),
+        "the deployed table",
     );
 }

@@ -208,10 +208,14 @@ fn run(args: &Args) -> Result<(), String> {
         for (deploy_label, replay_label, zdr) in builds {
             let copy = format!("run{run}_{}", deploy_label.replace(' ', "_"));
             let url = backend.copy(&copy)?;
-            let deploy = zdr.timed(
-                &url,
-                &["projector", "deploy", "balance", &path_str(&zdr.v1)],
-            )?;
+            let v1 = path_str(&zdr.v1);
+            // Whole, whatever the configuration's default.
+            let deploy: Vec<&str> = if zdr.splits {
+                vec!["projector", "deploy", "balance", &v1, "--partitions", "1"]
+            } else {
+                vec!["projector", "deploy", "balance", &v1]
+            };
+            let deploy = zdr.timed(&url, &deploy)?;
             samples.push(deploy.into_sample(deploy_label));
             zdr.create_replay(&url)?;
             // Whole, whatever the configuration's default.

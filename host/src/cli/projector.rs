@@ -53,6 +53,8 @@ pub struct Deploy {
     /// zero-downtime replay, as any upgrade).
     #[arg(long)]
     allow_same_version: bool,
+    #[command(flatten)]
+    split: super::replay::SplitArgs,
 }
 
 impl Deploy {
@@ -65,13 +67,14 @@ impl Deploy {
         };
         let runtime = runtime(&settings)?;
         let allow_same_version = self.allow_same_version;
+        let partitions = self.split.partitions(&settings);
         let outcome = blocking(move || {
             let db = open_ready(&settings)?;
             let mut progress = ProgressReporter::new(false);
             let options = DeployOptions {
                 batch_size: settings.rebuild_batch_size,
                 allow_same_version,
-                partitions: settings.rebuild_partitions,
+                partitions,
             };
             let outcome = lifecycle::deploy(&runtime, &db, &spec, &options, &mut |t, p| {
                 progress.update(t, p)

@@ -68,7 +68,7 @@ pub struct StartArgs {
     split: SplitArgs,
 }
 
-/// How a replay may split history.
+/// How a rebuild may split history (`replay start`, `replay run`, `projector deploy`).
 #[derive(Debug, Args)]
 pub struct SplitArgs {
     /// Replay a partitioned projector (its `partition-by` export) split by aggregate into N
@@ -77,6 +77,13 @@ pub struct SplitArgs {
     /// A replay that stopped half-way resumes with the parts it began with.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=i64::from(crate::config::MAX_PARTITIONS)))]
     partitions: Option<u32>,
+}
+
+impl SplitArgs {
+    /// The parts asked for: the flag, or the setting.
+    pub fn partitions(&self, settings: &Settings) -> u32 {
+        self.partitions.unwrap_or(settings.rebuild_partitions)
+    }
 }
 
 /// A read command on one replay.
@@ -231,7 +238,7 @@ impl ReplayCommand {
                 Ok(())
             }
             ReplayCommand::Start(cmd) => {
-                let partitions = cmd.split.partitions.unwrap_or(settings.rebuild_partitions);
+                let partitions = cmd.split.partitions(&settings);
                 let start = move |runtime: &crate::runtime::Runtime,
                                   db: &crate::backend::Db,
                                   key: &str,
@@ -396,7 +403,7 @@ impl ReplayCommand {
                 }
                 let options = RunOptions {
                     batch_size: settings.rebuild_batch_size,
-                    partitions: cmd.split.partitions.unwrap_or(settings.rebuild_partitions),
+                    partitions: cmd.split.partitions(&settings),
                     promote: cmd.promote.then(|| cmd.flags.options()).transpose()?,
                 };
                 let runtime = runtime(&settings)?;

@@ -357,12 +357,22 @@ pub fn deploy(
         Ok::<_, LifecycleError>(target)
     })?;
     let mut projection = Projection::new(runtime, db, batch_size);
-    let events = match projection.catch_up(target.id, progress) {
+    // Split by aggregate where the projector and the database allow it, like a replay.
+    let built = split::replay_split(
+        runtime,
+        db,
+        &target,
+        options.partitions,
+        batch_size,
+        progress,
+    )
+    .and_then(|split| Ok(split + projection.catch_up(target.id, progress)?));
+    let events = match built {
         Ok(events) => events,
         Err(err) => {
             // Nothing half-built is left behind: fix the projector and deploy again.
             discard_build(db, &target)?;
-            return Err(err.into());
+            return Err(err);
         }
     };
     // The last gap closes inside the write lock, together with the switch to live.
@@ -388,7 +398,8 @@ pub struct DeployOptions {
     pub batch_size: usize,
     /// Replace a live version with different code of the same version string.
     pub allow_same_version: bool,
-    /// Into how many parts an upgrade's replay may split history (see [`start`]).
+    /// Into how many parts the build from history (or an upgrade's replay) may split it (see
+    /// [`start`]).
     pub partitions: u32,
 }
 

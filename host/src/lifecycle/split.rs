@@ -1,5 +1,6 @@
-//! A replay split by aggregate: history replayed into a clone by several workers at once, each
-//! with its own connection, its own instance of the projector and its own checkpoint.
+//! A replay split by aggregate: history replayed into a clone (or a new projector's tables,
+//! built by its first deploy) by several workers at once, each with its own connection, its
+//! own instance of the projector and its own checkpoint.
 //!
 //! Only for a projector of the `partitioned-projector` world (its rows are keyed by
 //! aggregate, so the events of different aggregates commute) on a database with several
