@@ -25,8 +25,9 @@ const PROGRESS_QUEUE: usize = 64;
 
 /// Replays `target` split into parts: resumes the parts an earlier run left, or splits it
 /// into `requested` parts when its projector is partitioned, the database can split history
-/// and there is more than one batch of history to replay. Returns the events applied; when it returns, the target
-/// is whole again (its checkpoint at the head the split began at) or was never split.
+/// and there is more than one batch of history to replay. Returns the events applied; when
+/// it returns, the target is whole again (its checkpoint at the head the split began at) or
+/// was never split.
 ///
 /// # Errors
 /// The first failure of a part (a guest failure is recorded on the target as in a whole
