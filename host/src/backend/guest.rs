@@ -13,7 +13,10 @@
 //! - what a failed statement does to the transaction: on PostgreSQL the first failure aborts
 //!   it, so every later statement of the event is refused without a round trip and the
 //!   projection learns of the failure ([`GuestConnection::take_aborted`]) even when the guest
-//!   swallowed the error.
+//!   swallowed the error;
+//! - the answers of writes sent without waiting (`send`): a backend that pipelines them
+//!   (PostgreSQL) runs them later, and their row counts are matched back to the order they
+//!   were sent in when the guest asks (`flush`).
 
 use std::time::Instant;
 
@@ -31,6 +34,10 @@ pub const MAX_VALUE_BYTES: usize = 4 * 1024 * 1024;
 
 /// The most bytes one guest query may return, counted over every value of every row.
 pub const MAX_RESULT_BYTES: usize = 16 * 1024 * 1024;
+
+/// The most row counts of sent writes kept for one `flush`. A guest that sends more between
+/// two flushes still has them run; only its `flush` answers `limit-exceeded`.
+pub const MAX_SENT_COUNTS: usize = 65_536;
 
 /// The guest call a statement is part of.
 #[derive(Debug, Clone, Copy)]
@@ -54,6 +61,26 @@ pub trait GuestConnection: Send {
     /// # Errors
     /// As [`GuestConnection::execute`].
     fn query(&mut self, sql: &str, params: &[Value], call: Call) -> Result<RowSet, DbError>;
+
+    /// Runs one INSERT, UPDATE or DELETE whose row count the guest does not wait for. It is
+    /// checked at once; a backend that pipelines writes (PostgreSQL) only queues it, and its
+    /// failure comes back from a later statement, [`GuestConnection::flush`], or the end of
+    /// the call ([`GuestConnection::end_call`]).
+    ///
+    /// # Errors
+    /// As [`GuestConnection::execute`], or an earlier sent write's failure.
+    fn send(&mut self, sql: &str, params: &[Value], call: Call) -> Result<(), DbError>;
+
+    /// Waits for every write sent since the last flush and returns the rows each changed, in
+    /// the order they were sent.
+    ///
+    /// # Errors
+    /// The first sent write that failed, or `limit-exceeded` past [`MAX_SENT_COUNTS`] sends.
+    fn flush(&mut self, call: Call) -> Result<Vec<u64>, DbError>;
+
+    /// Ends a guest call: runs the writes still queued (their failure is kept for
+    /// [`GuestConnection::take_aborted`]) and forgets row counts the guest did not ask for.
+    fn end_call(&mut self, call: Call);
 
     /// The database error that left the current transaction unusable since this was last
     /// asked, if any. PostgreSQL aborts a transaction at its first failed statement: the event
@@ -91,6 +118,31 @@ pub trait RawGuestConnection: Send {
         deadline: Instant,
         rows: &mut RowCollector,
     ) -> Result<(), DbError>;
+
+    /// Runs, or queues, an INSERT, UPDATE or DELETE whose row count may come later:
+    /// `Some(rows)` when it ran at once, `None` when it waits for
+    /// [`RawGuestConnection::flush`]. By default it runs at once.
+    ///
+    /// # Errors
+    /// The database's error, this write's or an earlier queued one's.
+    fn send(
+        &mut self,
+        checked: &Checked,
+        params: &[Value],
+        deadline: Instant,
+    ) -> Result<Option<u64>, DbError> {
+        self.execute(checked, params, deadline).map(Some)
+    }
+
+    /// Runs every queued write, in order, and returns the rows changed by each write queued
+    /// since the last flush, in order. Nothing is queued by default.
+    ///
+    /// # Errors
+    /// The first queued write that failed.
+    fn flush(&mut self, deadline: Instant) -> Result<Vec<u64>, DbError> {
+        let _ = deadline;
+        Ok(Vec::new())
+    }
 }
 
 /// Collects a query's rows up to the row and byte caps.
@@ -158,6 +210,11 @@ pub struct GuardedConnection {
     guard: GuardCache,
     /// The failure that aborted the current transaction (PostgreSQL), until taken.
     aborted: Option<DbError>,
+    /// The answers of the writes sent since the guest last flushed, in order: a row count, or
+    /// `None` for a write the backend queued. At most [`MAX_SENT_COUNTS`].
+    sent: Vec<Option<u64>>,
+    /// Whether more writes were sent since the last flush than `sent` keeps.
+    sent_overflowed: bool,
 }
 
 impl GuardedConnection {
@@ -167,6 +224,8 @@ impl GuardedConnection {
             raw,
             guard,
             aborted: None,
+            sent: Vec::new(),
+            sent_overflowed: false,
         }
     }
 
@@ -180,6 +239,16 @@ impl GuardedConnection {
         call: Call,
         want_rows: bool,
     ) -> Result<std::sync::Arc<Checked>, DbError> {
+        self.usable(call)?;
+        let checked = self.guard.check(sql, Mode::Data)?;
+        check_call(&checked, params, want_rows)?;
+        check_params(params)?;
+        check_time_params(&checked, params)?;
+        Ok(checked)
+    }
+
+    /// Refuses any work once the transaction is aborted or the call's deadline has passed.
+    fn usable(&self, call: Call) -> Result<(), DbError> {
         if let Some(first) = &self.aborted {
             return Err(DbError::Other {
                 message: format!(
@@ -194,11 +263,33 @@ impl GuardedConnection {
                 "the call's deadline has passed; no more statements run in it".into(),
             ));
         }
-        let checked = self.guard.check(sql, Mode::Data)?;
-        check_call(&checked, params, want_rows)?;
-        check_params(params)?;
-        check_time_params(&checked, params)?;
-        Ok(checked)
+        Ok(())
+    }
+
+    /// Matches the row counts of the queued writes back to the order every write was sent
+    /// in, and starts the next flush empty.
+    fn take_sent(&mut self, queued: Vec<u64>) -> Result<Vec<u64>, DbError> {
+        let sent = std::mem::take(&mut self.sent);
+        if std::mem::take(&mut self.sent_overflowed) {
+            return Err(DbError::LimitExceeded(format!(
+                "more than {MAX_SENT_COUNTS} writes were sent since the last flush; they ran, \
+                 but flush at least that often to read their row counts"
+            )));
+        }
+        let mut queued = queued.into_iter();
+        let counts: Option<Vec<u64>> = sent
+            .into_iter()
+            .map(|answer| answer.or_else(|| queued.next()))
+            .collect();
+        match counts {
+            Some(counts) if queued.next().is_none() => Ok(counts),
+            _ => Err(DbError::Other {
+                message: "the row counts of the sent writes do not match the writes sent \
+                          (a bug in zdr); the batch is rolled back"
+                    .into(),
+                sqlstate: None,
+            }),
+        }
     }
 
     /// Remembers a database failure that aborted the transaction.
@@ -229,6 +320,47 @@ impl GuestConnection for GuardedConnection {
                 Err(err)
             }
         }
+    }
+
+    fn send(&mut self, sql: &str, params: &[Value], call: Call) -> Result<(), DbError> {
+        let checked = self.admit(sql, params, call, false)?;
+        let answer = self
+            .raw
+            .send(&checked, params, call.deadline)
+            .inspect_err(|err| self.failed(err))?;
+        if self.sent.len() < MAX_SENT_COUNTS {
+            self.sent.push(answer);
+        } else {
+            self.sent_overflowed = true;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self, call: Call) -> Result<Vec<u64>, DbError> {
+        self.usable(call)?;
+        let queued = self
+            .raw
+            .flush(call.deadline)
+            .inspect_err(|err| self.failed(err));
+        match queued {
+            Ok(queued) => self.take_sent(queued),
+            Err(err) => {
+                self.sent.clear();
+                self.sent_overflowed = false;
+                Err(err)
+            }
+        }
+    }
+
+    fn end_call(&mut self, call: Call) {
+        if let Err(err) = self.raw.flush(call.deadline)
+            && self.aborted.is_none()
+        {
+            // Kept whatever the backend: the event whose write failed has failed.
+            self.aborted = Some(err);
+        }
+        self.sent.clear();
+        self.sent_overflowed = false;
     }
 
     fn take_aborted(&mut self) -> Option<DbError> {

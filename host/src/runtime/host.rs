@@ -92,21 +92,57 @@ impl HostState {
     /// `execute` of either contract version: checks that a call may write, then runs the
     /// statement on the bound target.
     fn run_execute(&mut self, sql: &str, params: Vec<Value>) -> Result<u64, GuestFailure> {
+        let (connection, call, tag) = self.writable()?;
+        connection
+            .execute(sql, &params, call)
+            .map_err(|err| GuestFailure::from_db(tag, sql, err))
+    }
+
+    /// `send` (0.2.0): checked like `execute`, but the backend may run it later; its
+    /// failure may come back from a later statement, `flush` or the end of the call.
+    fn run_send(&mut self, sql: &str, params: Vec<Value>) -> Result<(), GuestFailure> {
+        let (connection, call, tag) = self.writable()?;
+        connection
+            .send(sql, &params, call)
+            .map_err(|err| GuestFailure::from_db(tag, sql, err))
+    }
+
+    /// `flush` (0.2.0): waits for the writes sent in this call and returns their row counts.
+    fn run_flush(&mut self) -> Result<Vec<u64>, GuestFailure> {
         let Some(connection) = self.connection.as_mut() else {
             return Err(GuestFailure::Denied(revoked()));
         };
         let Some(call) = self.call else {
             return Err(GuestFailure::Denied(outside_a_call(&self.tag)));
         };
-        if self.read_only {
+        connection
+            .flush(call)
+            .map_err(|err| GuestFailure::from_db(&self.tag, "flush", err))
+    }
+
+    /// The connection, call and log tag of a statement that writes: bound, inside a call, and
+    /// not in `check`.
+    fn writable(&mut self) -> Result<(&mut dyn GuestConnection, Call, &str), GuestFailure> {
+        let Self {
+            connection,
+            call,
+            read_only,
+            tag,
+            ..
+        } = self;
+        let Some(connection) = connection.as_deref_mut() else {
+            return Err(GuestFailure::Denied(revoked()));
+        };
+        let Some(call) = *call else {
+            return Err(GuestFailure::Denied(outside_a_call(tag)));
+        };
+        if *read_only {
             return Err(GuestFailure::Denied(
                 "check may only read: execute and send are denied while the read model is checked"
                     .into(),
             ));
         }
-        connection
-            .execute(sql, &params, call)
-            .map_err(|err| GuestFailure::from_db(&self.tag, sql, err))
+        Ok((connection, call, tag))
     }
 
     /// `query` of either contract version.
@@ -305,10 +341,15 @@ imports_of_version!(v0_2 {
         sql: String,
         params: Vec<types::Value>,
     ) -> wasmtime::Result<Result<(), types::Error>> {
-        // Every backend answers at once today; the contract lets a backend that pipelines
-        // (PostgreSQL) answer a failure later, at the next statement or the end of the call.
         let params = params.into_iter().map(from_guest).collect();
-        Ok(self.run_execute(&sql, params).map(drop).map_err(to_guest_error))
+        Ok(self.run_send(&sql, params).map_err(to_guest_error))
+    }
+
+    fn flush(
+        &mut self,
+        _handle: Resource<ConnectionHandle>,
+    ) -> wasmtime::Result<Result<Vec<u64>, types::Error>> {
+        Ok(self.run_flush().map_err(to_guest_error))
     }
 });
 

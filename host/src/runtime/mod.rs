@@ -528,11 +528,31 @@ impl Instance {
         Ok(())
     }
 
-    /// Ends a call: statements are denied again until the next one.
+    /// Ends a call: the writes it sent and the backend queued run now (a failure is kept for
+    /// [`Instance::take_aborted`]), and statements are denied again until the next call.
     fn disarm(&mut self) {
         let state = self.store.data_mut();
-        state.call = None;
+        if let (Some(call), Some(connection)) = (state.call.take(), state.connection.as_mut()) {
+            connection.end_call(call);
+        }
         state.read_only = false;
+    }
+
+    /// Ends `promote` or `remove-target`: a statement of the call that failed (one it sent
+    /// and never saw fail, say) fails the call, whatever the guest answered.
+    fn outcome_of(
+        &mut self,
+        outcome: wasmtime::Result<Result<(), String>>,
+    ) -> Result<(), GuestError> {
+        let aborted = self.take_aborted();
+        match outcome {
+            Ok(Ok(())) => match aborted {
+                None => Ok(()),
+                Some(database) => Err(GuestError::Swallowed(database.to_string())),
+            },
+            Ok(Err(message)) => Err(GuestError::Returned(message)),
+            Err(err) => Err(self.trapped(err)),
+        }
     }
 
     /// Whether the component exports `check` (the `checked-projector` world).
@@ -822,11 +842,7 @@ impl Instance {
             Bindings::V0_2(b) => b.call_promote(&mut self.store),
         };
         self.disarm();
-        match outcome {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(GuestError::Returned(message)),
-            Err(err) => Err(self.trapped(err)),
-        }
+        self.outcome_of(outcome)
     }
 
     /// Tells the guest its target is being dropped.
@@ -840,11 +856,7 @@ impl Instance {
             Bindings::V0_2(b) => b.call_remove_target(&mut self.store),
         };
         self.disarm();
-        match outcome {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(GuestError::Returned(message)),
-            Err(err) => Err(self.trapped(err)),
-        }
+        self.outcome_of(outcome)
     }
 }
 

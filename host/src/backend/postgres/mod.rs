@@ -57,7 +57,7 @@ mod guest;
 #[cfg(test)]
 mod tests;
 
-use guest::{PgGuestConnection, row_set};
+use guest::{PgGuestConnection, Pipeline, PreparedWrites, row_set};
 
 /// The advisory lock key of zdr's writer lock (`'zdr!'` as a number).
 const WRITER_LOCK: i64 = 0x7a64_7221;
@@ -150,6 +150,8 @@ pub struct PgStore {
     /// When the store last looked for late events.
     late_checked: Mutex<Option<Instant>>,
     listener: Mutex<Listening>,
+    /// The statements prepared on the shared connection for guests' sent writes.
+    prepared_writes: Arc<Mutex<PreparedWrites>>,
 }
 
 /// Whether this store listens for new-event notifications.
@@ -342,6 +344,7 @@ impl PgStore {
             event_relations: Mutex::new(None),
             late_checked: Mutex::new(None),
             listener: Mutex::new(Listening::Unknown),
+            prepared_writes: Arc::default(),
         })
     }
 
@@ -583,6 +586,10 @@ impl Store for PgStore {
         let mut conn = lock(&self.conn);
         let old = std::mem::replace(&mut *conn, fresh);
         self.pid.store(pid, Ordering::Relaxed);
+        self.prepared_writes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .reconnected();
         drop(conn);
         // The old connection is dead; closing it would only wait on a broken socket.
         drop(old);
@@ -707,6 +714,7 @@ impl Store for PgStore {
             pid: self.pid.clone(),
             rt: self.rt.clone(),
             options: self.options.clone(),
+            pipeline: Pipeline::new(self.prepared_writes.clone()),
         })
     }
 

@@ -223,3 +223,276 @@ fn lock_keys_are_stable_and_distinct() {
     assert_eq!(lock_key("projector-a"), lock_key("projector-a"));
     assert_ne!(lock_key("projector-a"), lock_key("projector-b"));
 }
+
+/// A database with one live target of a projector `t` whose table is made by `ddl`, and a
+/// guest connection bound to it (outside any transaction: each round trip commits).
+fn guest_on(
+    name: &str,
+    table: &str,
+    ddl: &str,
+) -> (
+    TestDatabase,
+    super::super::Db,
+    Box<dyn crate::backend::GuestConnection>,
+) {
+    let test = TestDatabase::new(name);
+    let db = super::super::Db::open(&test.url()).expect("open");
+    db.init().expect("init");
+    db.ensure_ready().expect("ready");
+    let description = Description {
+        name: "t".into(),
+        version: "1".into(),
+        tables: vec![crate::model::TableDecl {
+            name: table.into(),
+            ddl: vec![ddl.into()],
+        }],
+        handles: vec![],
+        partition_by: vec![],
+    };
+    let version = db
+        .register_version("h", b"wasm", &description)
+        .expect("version");
+    let live = db
+        .write(|db| {
+            let target = db.insert_target("t", version, Role::Live, None)?;
+            db.create_tables(&target, &description)?;
+            Ok::<_, StoreError>(target)
+        })
+        .expect("create");
+    let guest = db.guest_connection(&live, &description);
+    (test, db, guest)
+}
+
+fn call() -> crate::backend::Call {
+    crate::backend::Call {
+        deadline: Instant::now() + Duration::from_secs(30),
+    }
+}
+
+#[test]
+fn sent_writes_run_in_order_and_flush_answers_their_row_counts() {
+    let (_test, _db, mut guest) = guest_on(
+        "pipeline",
+        "items",
+        "CREATE TABLE items (id TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+    );
+    let text = |t: &str| Value::Text(t.into());
+    let insert = "INSERT INTO items (id, n) VALUES ($1, $2)";
+    let add = "UPDATE items SET n = n + $1 WHERE id = $2";
+    guest
+        .send(insert, &[text("a"), Value::Integer(1)], call())
+        .expect("queued");
+    guest
+        .send(add, &[Value::Integer(2), text("a")], call())
+        .expect("queued");
+    guest
+        .send(add, &[Value::Integer(2), text("nobody")], call())
+        .expect("queued");
+    // A statement that waits for its answer runs after the writes sent before it.
+    assert_eq!(
+        guest
+            .execute(add, &[Value::Integer(10), text("a")], call())
+            .expect("execute"),
+        1
+    );
+    guest
+        .send(insert, &[text("b"), Value::Integer(5)], call())
+        .expect("queued");
+    let rows = guest
+        .query("SELECT id, n FROM items ORDER BY id", &[], call())
+        .expect("query");
+    assert_eq!(
+        rows.rows,
+        vec![
+            vec![text("a"), Value::Integer(13)],
+            vec![text("b"), Value::Integer(5)]
+        ]
+    );
+    // The counts of the sent writes only, in the order sent; the next flush starts empty.
+    assert_eq!(guest.flush(call()).expect("flush"), [1, 1, 0, 1]);
+    assert_eq!(guest.flush(call()).expect("flush"), Vec::<u64>::new());
+
+    // More writes than one round trip takes, through more statements than stay prepared.
+    let many = super::guest::MAX_QUEUED_WRITES * 2 + 7;
+    for i in 0..many {
+        guest
+            .send(insert, &[text(&format!("k{i}")), Value::Integer(0)], call())
+            .expect("queued");
+    }
+    for k in 0..200 {
+        let distinct = format!("UPDATE items SET n = n + {k} WHERE id = $1");
+        guest
+            .send(&distinct, &[text(&format!("k{k}"))], call())
+            .expect("queued");
+    }
+    let counts = guest.flush(call()).expect("flush");
+    assert_eq!(counts.len(), many + 200);
+    assert!(counts.iter().all(|&c| c == 1), "{counts:?}");
+    let total = guest
+        .query(
+            "SELECT CAST(SUM(n) AS BIGINT) FROM items WHERE id LIKE 'k%'",
+            &[],
+            call(),
+        )
+        .expect("sum");
+    assert_eq!(total.rows, vec![vec![Value::Integer((0..200).sum())]]);
+    assert_eq!(guest.take_aborted(), None);
+}
+
+#[test]
+fn every_value_a_sent_write_binds_arrives_exactly() {
+    let (_test, _db, mut guest) = guest_on(
+        "literals",
+        "vals",
+        "CREATE TABLE vals (k INTEGER PRIMARY KEY, t TEXT, b BYTEA, r DOUBLE PRECISION, \
+         i BIGINT, o BOOLEAN)",
+    );
+    let insert = "INSERT INTO vals (k, t, b, r, i, o) VALUES ($1, $2, $3, $4, $5, $6)";
+    let tricky = [
+        "it's",
+        "back\\slash \\x00 \\'",
+        "E'x' ; DROP TABLE vals; --",
+        "$1 $$ /* */ \u{2603} \u{1F600}",
+        "",
+        "line\nbreak\ttab\r",
+    ];
+    let reals = [
+        0.1,
+        -0.0,
+        1e300,
+        -2.5e-308,
+        f64::MIN_POSITIVE,
+        f64::MAX,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    ];
+    let ints = [i64::MIN, i64::MAX, 0, -1, 42];
+    let mut expected = Vec::new();
+    for k in 0..8_i64 {
+        let idx = k as usize;
+        let row = vec![
+            Value::Integer(k),
+            tricky
+                .get(idx)
+                .map_or(Value::Null, |t| Value::Text((*t).into())),
+            Value::Blob((0..=255u8).cycle().skip(idx * 31).take(idx * 40).collect()),
+            Value::Real(reals[idx]),
+            ints.get(idx).map_or(Value::Null, |i| Value::Integer(*i)),
+            if k % 3 == 2 {
+                Value::Null
+            } else {
+                Value::Boolean(k % 2 == 0)
+            },
+        ];
+        guest.send(insert, &row, call()).expect("queued");
+        expected.push(row);
+    }
+    assert_eq!(guest.flush(call()).expect("flush"), [1; 8]);
+    // Read back through the extended protocol, which binds nothing as text.
+    let rows = guest
+        .query("SELECT k, t, b, r, i, o FROM vals ORDER BY k", &[], call())
+        .expect("query");
+    for (got, want) in rows.rows.iter().zip(&expected) {
+        for (g, w) in got.iter().zip(want) {
+            match (g, w) {
+                (Value::Integer(a), Value::Integer(b)) => assert_eq!(a, b),
+                (Value::Real(a), Value::Real(b)) => assert_eq!(a.to_bits(), b.to_bits()),
+                (a, b) => assert_eq!(a, b),
+            }
+        }
+    }
+    assert_eq!(rows.rows.len(), expected.len());
+    // NaN reads back as NaN.
+    guest
+        .send(
+            "UPDATE vals SET r = $1 WHERE k = 0",
+            &[Value::Real(f64::NAN)],
+            call(),
+        )
+        .expect("queued");
+    guest.flush(call()).expect("flush");
+    let nan = guest
+        .query("SELECT r FROM vals WHERE k = 0", &[], call())
+        .expect("query");
+    assert!(matches!(nan.rows[0][0], Value::Real(r) if r.is_nan()));
+    // Text with a NUL byte is refused at once, as the server refuses it as a parameter.
+    let refused = guest
+        .send(
+            insert,
+            &[
+                Value::Integer(99),
+                Value::Text("a\0b".into()),
+                Value::Null,
+                Value::Null,
+                Value::Null,
+                Value::Null,
+            ],
+            call(),
+        )
+        .expect_err("NUL in text");
+    assert!(
+        matches!(&refused, DbError::InvalidSql { sqlstate: Some(s), .. } if s == "22021"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn a_sent_write_that_fails_fails_the_flush_or_the_end_of_the_call() {
+    let (_test, db, mut guest) = guest_on(
+        "pipeline_fail",
+        "items",
+        "CREATE TABLE items (id TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+    );
+    let insert = "INSERT INTO items (id, n) VALUES ($1, $2)";
+    let text = |t: &str| Value::Text(t.into());
+    // Invalid SQL is caught when the statement is prepared: at the send itself.
+    let err = guest
+        .send(
+            "UPDATE items SET nope = 1 WHERE id = $1",
+            &[text("a")],
+            call(),
+        )
+        .expect_err("no such column");
+    assert!(matches!(&err, DbError::InvalidSql { .. }), "{err}");
+    assert_eq!(guest.take_aborted(), Some(err));
+
+    guest
+        .send(insert, &[text("a"), Value::Integer(1)], call())
+        .expect("queued");
+    guest
+        .send(insert, &[text("a"), Value::Integer(2)], call())
+        .expect("queued: the duplicate is only found when it runs");
+    let err = guest.flush(call()).expect_err("duplicate key");
+    assert!(matches!(&err, DbError::Constraint { .. }), "{err}");
+    assert!(err.to_string().contains("duplicate key"), "{err}");
+    assert_eq!(guest.take_aborted(), Some(err));
+
+    // A failure nobody flushed is kept at the end of the call, for the projection to see.
+    guest
+        .send(insert, &[text("c"), Value::Null], call())
+        .expect("queued");
+    guest.end_call(call());
+    let err = guest.take_aborted().expect("the NOT NULL failure");
+    assert!(err.to_string().contains("not-null"), "{err}");
+
+    // A reconnect between the send and its flush: the queued write belonged to the lost
+    // connection's transaction and never runs on the new one.
+    guest
+        .send(insert, &[text("d"), Value::Integer(4)], call())
+        .expect("queued");
+    db.reconnect().expect("reconnect");
+    let err = guest.flush(call()).expect_err("connection lost");
+    assert!(err.is_connection_lost(), "{err}");
+    guest.take_aborted();
+    // Outside a transaction, each flush is one of its own: the duplicate took the first
+    // insert with it, and nothing else ever ran.
+    let rows = db
+        .read_rows("SELECT id FROM items ORDER BY id")
+        .expect("rows");
+    assert_eq!(rows.rows, Vec::<Vec<Value>>::new());
+    // The new connection prepares the statement again.
+    guest
+        .send(insert, &[text("e"), Value::Integer(5)], call())
+        .expect("queued");
+    assert_eq!(guest.flush(call()).expect("flush"), [1]);
+}

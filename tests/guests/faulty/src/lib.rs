@@ -13,7 +13,10 @@
 //! was told `for-replay` (a clone fails while live goes on), `FailWhenLive` only in one that
 //! was not (live stops while a replay can rebuild past it), `Swallow` inserts the event's id a
 //! second time and ignores the unique violation (a projector that catches a database error and
-//! carries on), `SwallowWhenReplaying` does so only in a replaying instance. Any other class is
+//! carries on), `SwallowWhenReplaying` does so only in a replaying instance, `SendDuplicate`
+//! sends the duplicate insert with `send` and returns before any answer (a write that fails
+//! after the projector has moved on, which a pipelining host finds at the end of the call).
+//! Any other class is
 //! applied normally. Because the fault comes after the insert, a test can also check that the
 //! host rolled the batch back: no faulting event's id may be left in `seen`.
 //!
@@ -123,6 +126,7 @@ fn handle_event(event: &Event) -> Result<(), String> {
         "FailWhenReplaying" if REPLAYING.get() => Err("asked to fail while replaying".to_owned()),
         "FailWhenLive" if !REPLAYING.get() => Err("asked to fail while live".to_owned()),
         "Swallow" => swallow(id),
+        "SendDuplicate" => send_duplicate(id),
         "SwallowWhenReplaying" if REPLAYING.get() => swallow(id),
         "Loop" => spin(),
         "Slow" => {
@@ -143,6 +147,19 @@ fn swallow(id: i64) -> Result<(), String> {
         log(
             Level::Info,
             &format!("faulty: ignoring the answer to a duplicate insert: {ignored:?}"),
+        );
+        Ok(())
+    })
+}
+
+/// Sends the event's id to `seen` a second time and never asks how it went.
+fn send_duplicate(id: i64) -> Result<(), String> {
+    CONNECTION.with_borrow(|conn| {
+        let conn = conn.as_ref().ok_or(NO_CONNECTION)?;
+        let ignored = conn.send(RECORD_SEEN, &[Value::Integer(id)]);
+        log(
+            Level::Info,
+            &format!("faulty: sent a duplicate insert, answer so far: {ignored:?}"),
         );
         Ok(())
     })
