@@ -483,6 +483,112 @@ mod tests {
         }
     }
 
+    /// A backend that runs the sends it is told to at once and queues the others, answering
+    /// each write's row count as its first parameter.
+    struct HalfQueued {
+        queue_next: bool,
+        queued: Vec<u64>,
+    }
+
+    impl RawGuestConnection for HalfQueued {
+        fn failure_aborts_transaction(&self) -> bool {
+            true
+        }
+
+        fn execute(&mut self, _: &Checked, params: &[Value], _: Instant) -> Result<u64, DbError> {
+            match params.first() {
+                Some(Value::Integer(rows)) => Ok(u64::try_from(*rows).unwrap_or(0)),
+                _ => Err(DbError::Constraint {
+                    message: "no count".into(),
+                    sqlstate: Some("23502".into()),
+                }),
+            }
+        }
+
+        fn query(
+            &mut self,
+            _: &Checked,
+            _: &[Value],
+            _: Instant,
+            _: &mut RowCollector,
+        ) -> Result<(), DbError> {
+            Ok(())
+        }
+
+        fn send(
+            &mut self,
+            checked: &Checked,
+            params: &[Value],
+            deadline: Instant,
+        ) -> Result<Option<u64>, DbError> {
+            self.queue_next = !self.queue_next;
+            let rows = self.execute(checked, params, deadline)?;
+            if self.queue_next {
+                self.queued.push(rows);
+                Ok(None)
+            } else {
+                Ok(Some(rows))
+            }
+        }
+
+        fn flush(&mut self, _: Instant) -> Result<Vec<u64>, DbError> {
+            Ok(std::mem::take(&mut self.queued))
+        }
+    }
+
+    fn half_queued() -> GuardedConnection {
+        let guard = crate::sandbox::Guard::new(
+            crate::sandbox::Dialect::Postgres,
+            [(
+                "t".to_string(),
+                crate::sandbox::PhysicalName::unqualified("t"),
+            )],
+            None,
+        );
+        GuardedConnection::new(
+            Box::new(HalfQueued {
+                queue_next: false,
+                queued: Vec::new(),
+            }),
+            GuardCache::new(guard),
+        )
+    }
+
+    #[test]
+    fn flush_answers_counts_in_the_order_sent_whichever_ran_at_once() {
+        let mut conn = half_queued();
+        let call = Call {
+            deadline: Instant::now() + std::time::Duration::from_secs(30),
+        };
+        let update = "UPDATE t SET n = $1";
+        for rows in [3, 0, 1, 7, 2] {
+            conn.send(update, &[Value::Integer(rows)], call)
+                .expect("sent");
+        }
+        assert_eq!(conn.flush(call).expect("flush"), [3, 0, 1, 7, 2]);
+        assert_eq!(conn.flush(call).expect("flush"), Vec::<u64>::new());
+
+        // Past the cap the writes still go, but their counts are not kept.
+        for _ in 0..=MAX_SENT_COUNTS {
+            conn.send(update, &[Value::Integer(1)], call).expect("sent");
+        }
+        let err = conn.flush(call).expect_err("past the cap");
+        assert!(matches!(err, DbError::LimitExceeded(m) if m.contains("flush")));
+        conn.send(update, &[Value::Integer(4)], call).expect("sent");
+        assert_eq!(conn.flush(call).expect("flush"), [4]);
+
+        // A send that fails at once aborts the transaction: no flush answers counts after it,
+        // and the end of the call forgets what was sent.
+        conn.send(update, &[Value::Integer(5)], call).expect("sent");
+        conn.send(update, &[Value::Null], call)
+            .expect_err("fails at once");
+        assert!(conn.flush(call).is_err());
+        conn.end_call(call);
+        assert!(conn.take_aborted().is_some());
+        conn.send(update, &[Value::Integer(6)], call).expect("sent");
+        assert_eq!(conn.flush(call).expect("flush"), [6]);
+    }
+
     #[test]
     fn parameters_past_the_value_cap_are_refused() {
         assert!(check_params(&[Value::Text("x".repeat(MAX_VALUE_BYTES))]).is_ok());

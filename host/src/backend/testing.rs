@@ -5,6 +5,42 @@ use sqlx::{AssertSqlSafe, Connection, PgConnection};
 
 // The MySQL helper below shares the imports.
 
+/// Registers a projector `t` of one table, `table`, made by `ddl`, in `db`, with one target of
+/// `role` (a clone is keyed `k1`) whose tables are created. Returns the target and the
+/// projector's description.
+pub(crate) fn one_table_target(
+    db: &super::Db,
+    table: &str,
+    ddl: &[&str],
+    role: crate::model::Role,
+) -> (crate::model::Target, crate::model::Description) {
+    let description = crate::model::Description {
+        name: "t".into(),
+        version: "1".into(),
+        tables: vec![crate::model::TableDecl {
+            name: table.into(),
+            ddl: ddl
+                .iter()
+                .map(|statement| (*statement).to_string())
+                .collect(),
+        }],
+        handles: vec![],
+        partition_by: vec![],
+    };
+    let version = db
+        .register_version("h", b"wasm", &description)
+        .expect("version");
+    let key = (role == crate::model::Role::Clone).then_some("k1");
+    let target = db
+        .write(|db| {
+            let target = db.insert_target("t", version, role, key)?;
+            db.create_tables(&target, &description)?;
+            Ok::<_, super::StoreError>(target)
+        })
+        .expect("create");
+    (target, description)
+}
+
 /// A fresh database on the test server (`ZDR_TEST_POSTGRES_URL`, default the local
 /// `postgres` user's `test` database), dropped at the end. Fails, never skips, when the
 /// server is unreachable.

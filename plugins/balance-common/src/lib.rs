@@ -112,6 +112,52 @@ pub fn no_account(account: &str, event_id: i64) -> String {
     format!("no account {account} for event {event_id}")
 }
 
+/// A call's events applied the pipelined way, for any version's bindings: each handled
+/// event's write goes out with `send` (which answers at once, or later where the host
+/// pipelines), then one `flush` answers every write's row count. A deposit or withdrawal
+/// whose write changed no row refers to an account never opened; the first one fails the
+/// call, named by its index.
+///
+/// `raw` borrows what the parser reads from an event; `send` sends the write of one parsed
+/// event; `flush` returns the row counts of the writes sent, in order.
+///
+/// # Errors
+///
+/// The index of the event that failed (the first sent, for a write whose failure `flush`
+/// reported: the host then finds the event by giving them one per call) and the message.
+pub fn apply_sent<E>(
+    events: &[E],
+    raw: impl Fn(&E) -> RawEvent<'_>,
+    mut send: impl FnMut(&E, &BalanceEvent) -> Result<(), String>,
+    flush: impl FnOnce() -> Result<Vec<u64>, String>,
+) -> Result<(), (usize, String)> {
+    // For each write sent: its event's index and id, and the account a balance change must
+    // find (an account opening finds nothing).
+    let mut sent: Vec<(usize, i64, Option<String>)> = Vec::with_capacity(events.len());
+    for (index, event) in events.iter().enumerate() {
+        let raw = raw(event);
+        let Some(parsed) = parse(&raw).map_err(|message| (index, message))? else {
+            continue;
+        };
+        send(event, &parsed).map_err(|message| (index, message))?;
+        let must_find = match parsed.change {
+            Change::Opened { .. } => None,
+            Change::Added { .. } | Change::Subtracted { .. } => Some(parsed.account),
+        };
+        sent.push((index, raw.id, must_find));
+    }
+    let Some(&(first, ..)) = sent.first() else {
+        return Ok(());
+    };
+    let counts = flush().map_err(|message| (first, message))?;
+    for ((index, id, must_find), count) in sent.iter().zip(counts) {
+        if let (Some(account), 0) = (must_find, count) {
+            return Err((*index, no_account(account, *id)));
+        }
+    }
+    Ok(())
+}
+
 /// Reads a string field of the event's properties.
 fn text_field(properties: &Map<String, Value>, field: &str) -> Result<String, String> {
     match properties.get(field) {
@@ -143,6 +189,51 @@ mod tests {
             event_class: class,
             properties,
         }
+    }
+
+    #[test]
+    fn sent_writes_that_changed_nothing_name_their_event() {
+        let events = [
+            ("AccountOpened", "a", r#"{"name": "Ann"}"#),
+            ("Unrelated", "a", "{}"),
+            ("MoneyAdded", "a", r#"{"amount": 5}"#),
+            ("MoneySubtracted", "b", r#"{"amount": 1}"#),
+            ("MoneyAdded", "b", r#"{"amount": 1}"#),
+        ];
+        fn raw_of<'a>(e: &'a (&str, &str, &str)) -> RawEvent<'a> {
+            RawEvent {
+                id: 10,
+                aggregate_uuid: Some(e.1),
+                event_class: e.0,
+                properties: e.2,
+            }
+        }
+        let mut sent = Vec::new();
+        let outcome = apply_sent(
+            &events,
+            raw_of,
+            |e, parsed| {
+                sent.push((e.0, parsed.account.clone()));
+                Ok(())
+            },
+            || Ok(vec![1, 1, 0, 0]),
+        );
+        assert_eq!(sent.len(), 4, "the unhandled event sends nothing");
+        assert_eq!(outcome, Err((3, no_account("b", 10))));
+        // An opening that changed nothing is no failure; a flush that failed names the first
+        // event sent.
+        assert_eq!(
+            apply_sent(&events[..2], raw_of, |_, _| Ok(()), || Ok(vec![0])),
+            Ok(())
+        );
+        assert_eq!(
+            apply_sent(&events[1..], raw_of, |_, _| Ok(()), || Err("boom".into())),
+            Err((1, "boom".into()))
+        );
+        assert_eq!(
+            apply_sent(&events[1..2], raw_of, |_, _| Ok(()), || unreachable!()),
+            Ok(())
+        );
     }
 
     #[test]

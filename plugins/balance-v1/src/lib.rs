@@ -75,28 +75,26 @@ impl bindings::Guest for BalanceV1 {
         log(Level::Debug, "balance v1: replaying, side effects off");
     }
 
+    /// Sends the writes of every event without waiting, then flushes once: the host runs
+    /// them in one round trip where it pipelines (PostgreSQL). The row counts then show a
+    /// deposit or withdrawal whose account did not exist, and the first one names its event.
     fn handle_events(events: Vec<Event>) -> Result<(), EventFailure> {
         CONNECTION.with_borrow(|conn| {
-            for (index, event) in events.iter().enumerate() {
-                let failed = |message| EventFailure {
-                    // The host gives at most a few hundred events per call.
-                    index: u32::try_from(index).unwrap_or(u32::MAX),
-                    message,
-                };
-                let conn = conn
-                    .as_ref()
-                    .ok_or_else(|| failed(NO_CONNECTION.to_owned()))?;
-                let raw = RawEvent {
+            let conn = conn
+                .as_ref()
+                .ok_or_else(|| failure(0, NO_CONNECTION.to_owned()))?;
+            balance_common::apply_sent(
+                &events,
+                |event| RawEvent {
                     id: event.id,
                     aggregate_uuid: event.aggregate_uuid.as_deref(),
                     event_class: &event.event_class,
                     properties: &event.event_properties,
-                };
-                if let Some(parsed) = balance_common::parse(&raw).map_err(failed)? {
-                    apply(conn, event.id, &parsed).map_err(failed)?;
-                }
-            }
-            Ok(())
+                },
+                |event, parsed| send_write(conn, event.id, parsed),
+                || conn.flush().map_err(|error| describe_error(&error)),
+            )
+            .map_err(|(index, message)| failure(index, message))
         })
     }
 
@@ -115,36 +113,25 @@ impl bindings::Guest for BalanceV1 {
     }
 }
 
-/// Applies one parsed event to the `balances` table.
-fn apply(conn: &Connection, event_id: i64, event: &BalanceEvent) -> Result<(), String> {
+/// Sends the write of one parsed event to the `balances` table.
+fn send_write(conn: &Connection, event_id: i64, event: &BalanceEvent) -> Result<(), String> {
     let account = Value::Text(event.account.clone());
     let (sql, params) = match &event.change {
-        Change::Opened { name } => {
-            let params = [account, Value::Text(name.clone())];
-            // Nothing to read back: the write goes without waiting for its answer.
-            return send(conn, event_id, OPEN_ACCOUNT, &params);
-        }
+        Change::Opened { name } => (OPEN_ACCOUNT, [account, Value::Text(name.clone())]),
         Change::Added { amount } => (ADD_MONEY, [Value::Integer(*amount), account]),
         Change::Subtracted { amount } => (SUBTRACT_MONEY, [Value::Integer(*amount), account]),
     };
-    match execute(conn, event_id, sql, &params)? {
-        0 => Err(balance_common::no_account(&event.account, event_id)),
-        _ => Ok(()),
+    conn.send(sql, &params)
+        .map_err(|error| format!("event {event_id}: {}", describe_error(&error)))
+}
+
+/// The failure of the event at `index` of a call.
+fn failure(index: usize, message: String) -> EventFailure {
+    EventFailure {
+        // The host gives at most a few hundred events per call.
+        index: u32::try_from(index).unwrap_or(u32::MAX),
+        message,
     }
-}
-
-/// Runs one statement, turning a database error into a message that names the event.
-fn execute(conn: &Connection, event_id: i64, sql: &str, params: &[Value]) -> Result<u64, String> {
-    conn.execute(sql, params)
-        .map_err(|error| format!("event {event_id}: {}", describe_error(&error)))
-}
-
-/// Sends one write whose row count is not needed; a database error may come back here or
-/// from a later statement (the host then names the event that failed by giving the events
-/// again one at a time).
-fn send(conn: &Connection, event_id: i64, sql: &str, params: &[Value]) -> Result<(), String> {
-    conn.send(sql, params)
-        .map_err(|error| format!("event {event_id}: {}", describe_error(&error)))
 }
 
 /// A one-line account of a database error, with its SQLSTATE where there is one.

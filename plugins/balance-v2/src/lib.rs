@@ -93,46 +93,21 @@ impl bindings::Guest for BalanceV2 {
     /// deposit or withdrawal whose account did not exist, and the first one names its event.
     fn handle_events(events: Vec<Event>) -> Result<(), EventFailure> {
         CONNECTION.with_borrow(|conn| {
-            let failed = |index: usize, message| EventFailure {
-                // The host gives at most a few hundred events per call.
-                index: u32::try_from(index).unwrap_or(u32::MAX),
-                message,
-            };
             let conn = conn
                 .as_ref()
-                .ok_or_else(|| failed(0, NO_CONNECTION.to_owned()))?;
-            // For each write sent: the event's index, and the account it must find when it
-            // changes a balance (an account opening finds nothing).
-            let mut sent: Vec<(usize, Option<String>)> = Vec::with_capacity(events.len());
-            for (index, event) in events.iter().enumerate() {
-                let raw = RawEvent {
+                .ok_or_else(|| failure(0, NO_CONNECTION.to_owned()))?;
+            balance_common::apply_sent(
+                &events,
+                |event| RawEvent {
                     id: event.id,
                     aggregate_uuid: event.aggregate_uuid.as_deref(),
                     event_class: &event.event_class,
                     properties: &event.event_properties,
-                };
-                if let Some(parsed) = balance_common::parse(&raw).map_err(|m| failed(index, m))? {
-                    let must_find =
-                        send_write(conn, event, &parsed).map_err(|m| failed(index, m))?;
-                    sent.push((index, must_find));
-                }
-            }
-            if sent.is_empty() {
-                return Ok(());
-            }
-            // A failed write is named by the host, which gives the events again one per call.
-            let counts = conn
-                .flush()
-                .map_err(|error| failed(sent[0].0, describe_error(&error)))?;
-            for ((index, must_find), count) in sent.iter().zip(counts) {
-                if let (Some(account), 0) = (must_find, count) {
-                    return Err(failed(
-                        *index,
-                        balance_common::no_account(account, events[*index].id),
-                    ));
-                }
-            }
-            Ok(())
+                },
+                |event, parsed| send_write(conn, event, parsed),
+                || conn.flush().map_err(|error| describe_error(&error)),
+            )
+            .map_err(|(index, message)| failure(index, message))
         })
     }
 
@@ -151,33 +126,27 @@ impl bindings::Guest for BalanceV2 {
     }
 }
 
-/// Sends the write of one parsed event to the `balances` table (every event stamps
-/// `last_activity` with the time the event was recorded). Returns the account a deposit or
-/// withdrawal must find: its write changes one row, or none when the account was never
-/// opened.
-fn send_write(
-    conn: &Connection,
-    stored: &Event,
-    event: &BalanceEvent,
-) -> Result<Option<String>, String> {
+/// Sends the write of one parsed event to the `balances` table; every event stamps
+/// `last_activity` with the time the event was recorded.
+fn send_write(conn: &Connection, stored: &Event, event: &BalanceEvent) -> Result<(), String> {
     let account = Value::Text(event.account.clone());
     let at = Value::Text(stored.created_at.clone());
-    let (sql, params, must_find) = match &event.change {
-        Change::Opened { name } => (OPEN_ACCOUNT, [account, Value::Text(name.clone()), at], None),
-        Change::Added { amount } => (
-            ADD_MONEY,
-            [Value::Integer(*amount), at, account],
-            Some(event.account.clone()),
-        ),
-        Change::Subtracted { amount } => (
-            SUBTRACT_MONEY,
-            [Value::Integer(*amount), at, account],
-            Some(event.account.clone()),
-        ),
+    let (sql, params) = match &event.change {
+        Change::Opened { name } => (OPEN_ACCOUNT, [account, Value::Text(name.clone()), at]),
+        Change::Added { amount } => (ADD_MONEY, [Value::Integer(*amount), at, account]),
+        Change::Subtracted { amount } => (SUBTRACT_MONEY, [Value::Integer(*amount), at, account]),
     };
     conn.send(sql, &params)
-        .map_err(|error| format!("event {}: {}", stored.id, describe_error(&error)))?;
-    Ok(must_find)
+        .map_err(|error| format!("event {}: {}", stored.id, describe_error(&error)))
+}
+
+/// The failure of the event at `index` of a call.
+fn failure(index: usize, message: String) -> EventFailure {
+    EventFailure {
+        // The host gives at most a few hundred events per call.
+        index: u32::try_from(index).unwrap_or(u32::MAX),
+        message,
+    }
 }
 
 /// A one-line account of a database error, with its SQLSTATE where there is one.

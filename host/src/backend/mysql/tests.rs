@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::backend::Db;
-use crate::backend::testing::MyTestDatabase;
+use crate::backend::testing::{MyTestDatabase, one_table_target};
 use crate::model::{Description, Role};
 
 const INSERT: &str = "INSERT INTO stored_events (event_class, event_properties, meta_data, created_at) \
@@ -77,29 +77,15 @@ fn writes_roll_back_and_tables_move_between_databases() {
     let db = Db::open(&test.url()).expect("open");
     db.init().expect("init");
     db.ensure_ready().expect("ready");
-    let description = Description {
-        name: "t".into(),
-        version: "1".into(),
-        tables: vec![crate::model::TableDecl {
-            name: "items".into(),
-            ddl: vec![
-                "CREATE TABLE items (id TEXT PRIMARY KEY, n INTEGER NOT NULL, note TEXT)".into(),
-                "CREATE INDEX items_by_n ON items (n)".into(),
-            ],
-        }],
-        handles: vec![],
-        partition_by: vec![],
-    };
-    let version = db
-        .register_version("h", b"wasm", &description)
-        .expect("version");
-    let clone = db
-        .write(|db| {
-            let target = db.insert_target("t", version, Role::Clone, Some("k1"))?;
-            db.create_tables(&target, &description)?;
-            Ok::<_, StoreError>(target)
-        })
-        .expect("create");
+    let (clone, description) = one_table_target(
+        &db,
+        "items",
+        &[
+            "CREATE TABLE items (id TEXT PRIMARY KEY, n INTEGER NOT NULL, note TEXT)",
+            "CREATE INDEX items_by_n ON items (n)",
+        ],
+        Role::Clone,
+    );
     let clone_db = db
         .layout()
         .namespace(clone.id, Role::Clone, Some("k1"))

@@ -2,8 +2,8 @@
 //! default the local one); they fail, never skip, when it is unreachable.
 
 use super::*;
-use crate::backend::testing::TestDatabase;
-use crate::model::{Description, Role};
+use crate::backend::testing::{TestDatabase, one_table_target};
+use crate::model::Role;
 
 const INSERT: &str = "INSERT INTO stored_events (event_class, event_properties, meta_data, created_at) \
                       VALUES ('E', '{}', '{}', localtimestamp)";
@@ -72,29 +72,15 @@ fn writes_roll_back_and_tables_move_between_schemas() {
     let db = super::super::Db::open(&test.url()).expect("open");
     db.init().expect("init");
     db.ensure_ready().expect("ready");
-    let description = Description {
-        name: "t".into(),
-        version: "1".into(),
-        tables: vec![crate::model::TableDecl {
-            name: "items".into(),
-            ddl: vec![
-                "CREATE TABLE items (id TEXT PRIMARY KEY, n INTEGER NOT NULL)".into(),
-                "CREATE INDEX items_by_n ON items (n)".into(),
-            ],
-        }],
-        handles: vec![],
-        partition_by: vec![],
-    };
-    let version = db
-        .register_version("h", b"wasm", &description)
-        .expect("version");
-    let clone = db
-        .write(|db| {
-            let target = db.insert_target("t", version, Role::Clone, Some("k1"))?;
-            db.create_tables(&target, &description)?;
-            Ok::<_, StoreError>(target)
-        })
-        .expect("create");
+    let (clone, description) = one_table_target(
+        &db,
+        "items",
+        &[
+            "CREATE TABLE items (id TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+            "CREATE INDEX items_by_n ON items (n)",
+        ],
+        Role::Clone,
+    );
     assert!(db.object_exists("zdr_r_k1.items").expect("exists"));
     let mut guest = db.guest_connection(&clone, &description);
     let call = || crate::backend::Call {
@@ -239,26 +225,7 @@ fn guest_on(
     let db = super::super::Db::open(&test.url()).expect("open");
     db.init().expect("init");
     db.ensure_ready().expect("ready");
-    let description = Description {
-        name: "t".into(),
-        version: "1".into(),
-        tables: vec![crate::model::TableDecl {
-            name: table.into(),
-            ddl: vec![ddl.into()],
-        }],
-        handles: vec![],
-        partition_by: vec![],
-    };
-    let version = db
-        .register_version("h", b"wasm", &description)
-        .expect("version");
-    let live = db
-        .write(|db| {
-            let target = db.insert_target("t", version, Role::Live, None)?;
-            db.create_tables(&target, &description)?;
-            Ok::<_, StoreError>(target)
-        })
-        .expect("create");
+    let (live, description) = one_table_target(&db, table, &[ddl], Role::Live);
     let guest = db.guest_connection(&live, &description);
     (test, db, guest)
 }
