@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use super::*;
+use crate::backend::guest::MAX_SENT_COUNTS;
 use crate::backend::server::until_deadline;
 
 /// The most writes queued before they go to the server without waiting for a flush.
@@ -58,7 +59,8 @@ pub(super) struct Pipeline {
     /// writes belong to that connection's transaction: after a reconnect they must never run
     /// on the new one.
     queued_on: u64,
-    /// The row counts of queued writes that already ran, not yet handed to a flush.
+    /// The row counts of queued writes that already ran, not yet handed to a flush; at most
+    /// [`MAX_SENT_COUNTS`].
     done: Vec<u64>,
 }
 
@@ -272,7 +274,10 @@ impl PgGuestConnection {
             async {
                 let mut results = sqlx::raw_sql(sql(text)).execute_many(&mut *conn);
                 while let Some(result) = results.try_next().await.map_err(db_error)? {
-                    done.push(result.rows_affected());
+                    // Past the cap a flush answers `limit-exceeded` without them.
+                    if done.len() < MAX_SENT_COUNTS {
+                        done.push(result.rows_affected());
+                    }
                 }
                 Ok(())
             },
