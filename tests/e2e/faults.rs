@@ -26,6 +26,7 @@ both_backends!(
     oversized_values_and_results_answer_limit_exceeded,
     statements_in_use_connection_are_denied,
     a_poison_event_can_be_skipped_on_live_and_the_skip_is_recorded,
+    a_write_that_fails_unseen_in_promote_refuses_the_promote,
 );
 
 /// The status `projector list --json` gives `name`, with its reason.
@@ -321,6 +322,42 @@ fn ticks_around(class: &str) -> Vec<NewEvent> {
     events.push(NewEvent::new(class, Some("t"), json!({})));
     events.extend([tick(), tick(), tick()]);
     events
+}
+
+/// A projector whose `promote` sends a write that fails and answers yes without asking how
+/// it went (`faulty` after a `BreakPromote` event): on PostgreSQL the host runs the write only
+/// at the end of the call, on MariaDB at once; either way the promote is refused with the
+/// database's reason and nothing is swapped. (Before, PostgreSQL went on into an aborted
+/// transaction and failed on zdr's next statement with "current transaction is aborted", and
+/// MariaDB promoted.) On SQLite the failed statement fails alone and the promote goes through.
+fn a_write_that_fails_unseen_in_promote_refuses_the_promote(backend: Backend) {
+    let g = guests();
+    let env = Env::new(backend);
+    env.import(&ticks_around("BreakPromote"));
+    env.deploy("faulty", &g.faulty);
+    env.ok(&[
+        "replay",
+        "create",
+        "r",
+        "--projector",
+        &format!("faulty={}", g.faulty),
+    ]);
+    env.ok(&["replay", "start", "r"]);
+    env.ok(&["replay", "project", "r"]);
+    let before = env.show("r");
+    match backend {
+        Backend::Postgres | Backend::Mariadb => {
+            let err = env.fail(&["replay", "promote", "r"]);
+            assert!(
+                err.contains("vetoed the promote") && err.to_lowercase().contains("duplicate"),
+                "the promote is refused with the database's reason: {err}"
+            );
+            assert_eq!(env.show("r"), before, "a refused promote changes no state");
+        }
+        Backend::Sqlite => {
+            env.ok(&["replay", "promote", "r"]);
+        }
+    }
 }
 
 /// A clone whose projector catches a database error and carries on: on PostgreSQL the

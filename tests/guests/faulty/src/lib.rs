@@ -20,6 +20,10 @@
 //! applied normally. Because the fault comes after the insert, a test can also check that the
 //! host rolled the batch back: no faulting event's id may be left in `seen`.
 //!
+//! `BreakPromote` also records the id -2 in `seen`; a `promote` that finds it there sends that
+//! insert again (a duplicate) and says yes without asking how it went: a write that fails
+//! unseen inside the promote.
+//!
 //! `use-connection` tries to insert the id -1 into `seen` and logs what the host answered: the
 //! handle lives inside a batch transaction, so a statement there must be refused.
 
@@ -45,6 +49,8 @@ use bindings::zdr::projector::types::{Description, Event, EventFailure, Table, V
 const CREATE_SEEN: &str = "CREATE TABLE seen (event_id INTEGER PRIMARY KEY)";
 /// Records one event: `$1` its id.
 const RECORD_SEEN: &str = "INSERT INTO seen (event_id) VALUES ($1)";
+/// The id `BreakPromote` records in `seen`, which makes `promote` fail unseen.
+const BREAK_PROMOTE: i64 = -2;
 /// The size of each allocation `Alloc` makes and keeps.
 const MIB: usize = 1 << 20;
 
@@ -101,8 +107,25 @@ impl bindings::Guest for Faulty {
     }
 
     fn promote() -> Result<(), String> {
-        log(Level::Info, "faulty: promoted to live");
-        Ok(())
+        CONNECTION.with_borrow(|conn| {
+            let conn = conn.as_ref().ok_or(NO_CONNECTION)?;
+            let marked = conn
+                .query(
+                    "SELECT event_id FROM seen WHERE event_id = $1",
+                    &[Value::Integer(BREAK_PROMOTE)],
+                )
+                .map_err(|error| format!("promote: {error:?}"))?;
+            if !marked.rows.is_empty() {
+                // The duplicate fails; where the host pipelines, only after this call.
+                let ignored = conn.send(RECORD_SEEN, &[Value::Integer(BREAK_PROMOTE)]);
+                log(
+                    Level::Info,
+                    &format!("faulty: promote sent a duplicate insert: {ignored:?}"),
+                );
+            }
+            log(Level::Info, "faulty: promoted to live");
+            Ok(())
+        })
     }
 
     fn remove_target() -> Result<(), String> {
@@ -127,6 +150,11 @@ fn handle_event(event: &Event) -> Result<(), String> {
         "FailWhenLive" if !REPLAYING.get() => Err("asked to fail while live".to_owned()),
         "Swallow" => swallow(id),
         "SendDuplicate" => send_duplicate(id),
+        "BreakPromote" => CONNECTION.with_borrow(|conn| {
+            let conn = conn.as_ref().ok_or(NO_CONNECTION)?;
+            conn.send(RECORD_SEEN, &[Value::Integer(BREAK_PROMOTE)])
+                .map_err(|error| format!("event {id}: marking the promote failed: {error:?}"))
+        }),
         "SwallowWhenReplaying" if REPLAYING.get() => swallow(id),
         "Loop" => spin(),
         "Slow" => {
