@@ -463,3 +463,59 @@ fn a_sent_write_that_fails_fails_the_flush_or_the_end_of_the_call() {
         .expect("queued");
     assert_eq!(guest.flush(call()).expect("flush"), [1]);
 }
+
+/// Invariant 8 for pipelined writes: a queued write still running at the call's deadline
+/// (here waiting on a row another session holds) is stopped there, at the flush or at the end
+/// of the call, and the connection is usable afterwards.
+#[test]
+fn a_queued_write_past_the_deadline_is_stopped_at_it() {
+    let (test, _db, mut guest) = guest_on(
+        "pipeline_deadline",
+        "items",
+        "CREATE TABLE items (id TEXT PRIMARY KEY, n INTEGER NOT NULL)",
+    );
+    let text = |t: &str| Value::Text(t.into());
+    guest
+        .send(
+            "INSERT INTO items (id, n) VALUES ($1, $2)",
+            &[text("a"), Value::Integer(1)],
+            call(),
+        )
+        .expect("queued");
+    assert_eq!(guest.flush(call()).expect("flush"), [1]);
+    // Another session holds the row until it commits.
+    let mut holder = test.connect();
+    test.exec(&mut holder, "BEGIN");
+    test.exec(&mut holder, "UPDATE items SET n = 2 WHERE id = 'a'");
+    let add = "UPDATE items SET n = n + $1 WHERE id = $2";
+    let short = || crate::backend::Call {
+        deadline: Instant::now() + Duration::from_millis(300),
+    };
+    for end_of_call in [false, true] {
+        let started = Instant::now();
+        guest
+            .send(add, &[Value::Integer(1), text("a")], short())
+            .expect("queued");
+        let err = if end_of_call {
+            guest.end_call(short());
+            guest.take_aborted().expect("the stopped write")
+        } else {
+            let err = guest.flush(short()).expect_err("stopped");
+            guest.take_aborted();
+            err
+        };
+        assert!(
+            matches!(&err, DbError::LimitExceeded(m) if m.contains("deadline")),
+            "{err}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the write waited for the row instead of stopping at the deadline"
+        );
+    }
+    test.exec(&mut holder, "ROLLBACK");
+    guest
+        .send(add, &[Value::Integer(1), text("a")], call())
+        .expect("queued");
+    assert_eq!(guest.flush(call()).expect("flush"), [1]);
+}
