@@ -47,6 +47,9 @@ pub struct Settings {
     /// and MySQL (`rebuild_partitions`; `--partitions` of `replay start` and `replay run`):
     /// by default the number of cores, at most [`MAX_PARTITIONS`].
     pub rebuild_partitions: u32,
+    /// Whether a rebuild reads its next batch on a connection of its own while it applies one
+    /// (`rebuild_read_ahead`, on by default; off saves that connection per replay worker).
+    pub rebuild_read_ahead: bool,
     /// Guest bounds.
     pub limits: Limits,
     /// Guest bounds of projectors configured apart (`[projectors.NAME]`), over the defaults.
@@ -121,6 +124,7 @@ struct FileConfig {
     batch_size: Option<usize>,
     rebuild_batch_size: Option<usize>,
     rebuild_partitions: Option<u32>,
+    rebuild_read_ahead: Option<bool>,
     call_timeout_ms: Option<u64>,
     memory_mib: Option<usize>,
     cache_dir: Option<PathBuf>,
@@ -260,6 +264,7 @@ impl Settings {
             batch_size,
             rebuild_batch_size,
             rebuild_partitions,
+            rebuild_read_ahead: file.rebuild_read_ahead.unwrap_or(true),
             limits,
             projector_limits,
             cache_dir: file.cache_dir.or_else(default_cache_dir),
@@ -371,6 +376,24 @@ mod tests {
             err.contains("zdr.toml") && err.contains("databse_url"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn rebuilds_read_ahead_unless_told_not_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zdr.toml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Settings::resolve(Some(&path), None)
+        };
+        assert!(resolve("").unwrap().rebuild_read_ahead);
+        assert!(
+            !resolve("rebuild_read_ahead = false\n")
+                .unwrap()
+                .rebuild_read_ahead
+        );
+        let err = resolve("rebuild_read_ahead = 1\n").unwrap_err().to_string();
+        assert!(err.contains("rebuild_read_ahead"), "{err}");
     }
 
     #[test]

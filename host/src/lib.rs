@@ -24,5 +24,6 @@ pub mod machine;
 pub mod model;
 pub mod plugin;
 pub mod projection;
+pub mod read_ahead;
 pub mod runtime;
 pub mod sandbox;

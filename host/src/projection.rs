@@ -26,6 +26,7 @@ use crate::backend::{Db, DbError, Partition, StoreError};
 use crate::config::FailurePolicy;
 use crate::events::{Event, ReadEvent};
 use crate::model::{Description, Role, Target};
+use crate::read_ahead::ReadAhead;
 use crate::runtime::{
     Contract, GuestError, Instance, LoadedComponent, MAX_EVENTS_PER_CALL, Runtime,
 };
@@ -752,6 +753,8 @@ impl<'a> Projection<'a> {
         applied: &mut u64,
         progress: &mut dyn FnMut(&Target, Progress),
     ) -> Result<(), ProjectionError> {
+        // The events of the next batch are read while this one is applied (`read_ahead`).
+        let mut ahead: Option<ReadAhead> = None;
         loop {
             let db = self.db;
             let batch_started = Instant::now();
@@ -771,7 +774,8 @@ impl<'a> Projection<'a> {
                 }
                 // Events the projector does not handle are left out in the database: a
                 // projector of a few classes in a store of many reads only its own.
-                let classes = self.loaded(&target)?.description.handles.clone();
+                let chunk = self.batch_size;
+                let handles = &self.loaded(&target)?.description.handles;
                 let read_started = Instant::now();
                 let (target, head, partition) = match cursor {
                     Cursor::Whole => (target, db.head()?, Partition::WHOLE),
@@ -787,8 +791,10 @@ impl<'a> Projection<'a> {
                         )
                     }
                 };
-                let events =
-                    db.read_events_in(target.checkpoint, head, *limit, &classes, partition)?;
+                let ahead = ahead.get_or_insert_with(|| {
+                    ReadAhead::new(db.reads_ahead(), handles.clone(), partition, chunk)
+                });
+                let (events, complete) = ahead.read(db, target.checkpoint, head, *limit)?;
                 reading = read_started.elapsed();
                 if events.is_empty() {
                     if target.checkpoint >= head {
@@ -800,12 +806,12 @@ impl<'a> Projection<'a> {
                 }
                 let apply_started = Instant::now();
                 let until = apply_started + REBUILD_TIME_BUDGET;
-                let mut last = self.apply(&target, &events, Some(until))?;
+                let mut last = self.apply(&target, events, Some(until))?;
                 projector = apply_started.elapsed();
                 let count = events.iter().take_while(|e| e.id() <= last).count();
-                // A read that came back short held every handled event up to the head: once
-                // they are all applied, the events after the last of them are passed over too.
-                if events.len() < *limit && count == events.len() {
+                // A read that held every handled event up to the head: once they are all
+                // applied, the events after the last of them are passed over too.
+                if complete && count == events.len() {
                     last = head;
                 }
                 cursor.set_checkpoint(db, target.id, last)?;

@@ -82,6 +82,11 @@ struct Args {
     /// versions of the contract. With no `--baseline`, the baseline is this build of zdr.
     #[arg(long, value_name = "DIR")]
     baseline_guests: Option<PathBuf>,
+    /// Lines added to the baseline's `zdr.toml` (e.g. `rebuild_read_ahead = false`), to
+    /// measure a setting against the default. With no `--baseline`, the baseline is this
+    /// build of zdr.
+    #[arg(long, value_name = "TOML")]
+    baseline_config: Option<String>,
     /// Instead of the rebuild runs: run `zdr serve` for this many seconds under appending
     /// writers and report append-to-visible latency, then promote a replay under readers and
     /// report how long they stalled.
@@ -148,11 +153,15 @@ fn run(args: &Args) -> Result<(), String> {
     let dir = work.path();
     let events = dir.join("events.jsonl");
     write_history(&events, args.events, args.other_classes)?;
-    std::fs::write(
-        dir.join("zdr.toml"),
-        format!("rebuild_batch_size = {}\n", args.batch),
-    )
-    .map_err(|e| format!("writing the configuration: {e}"))?;
+    let config = format!("rebuild_batch_size = {}\n", args.batch);
+    let baseline_config = format!(
+        "{config}{}\n",
+        args.baseline_config.as_deref().unwrap_or_default()
+    );
+    for (file, text) in [("zdr.toml", config), ("zdr-baseline.toml", baseline_config)] {
+        std::fs::write(dir.join(file), text)
+            .map_err(|e| format!("writing the configuration: {e}"))?;
+    }
     let backend: Box<dyn Backend> = match &args.postgres {
         Some(server) => Box::new(Postgres::new(server)?),
         None => Box::new(Sqlite {
@@ -160,10 +169,12 @@ fn run(args: &Args) -> Result<(), String> {
         }),
     };
     let this_build = PathBuf::from(env!("CARGO_BIN_EXE_zdr"));
-    let zdr = Zdr::new(this_build.clone(), dir, guests);
-    let baseline = (args.baseline.is_some() || args.baseline_guests.is_some()).then(|| {
+    let zdr = Zdr::new(this_build.clone(), dir, guests, "zdr.toml");
+    let compared =
+        args.baseline.is_some() || args.baseline_guests.is_some() || args.baseline_config.is_some();
+    let baseline = compared.then(|| {
         let binary = args.baseline.clone().unwrap_or(this_build);
-        Zdr::new(binary, dir, baseline_guests)
+        Zdr::new(binary, dir, baseline_guests, "zdr-baseline.toml")
     });
 
     // Both components compiled into the cache first (on an empty database of their own), so
@@ -451,6 +462,8 @@ struct Zdr {
     /// Whether this is the build under test, which takes `replay start --partitions` (a
     /// baseline may predate it).
     splits: bool,
+    /// Its configuration file.
+    config: PathBuf,
 }
 
 /// What a timed `zdr` command took.
@@ -476,8 +489,9 @@ impl Timed {
 }
 
 impl Zdr {
-    fn new(binary: PathBuf, dir: &Path, guests: &Path) -> Self {
+    fn new(binary: PathBuf, dir: &Path, guests: &Path, config: &str) -> Self {
         Self {
+            config: dir.join(config),
             splits: binary == Path::new(env!("CARGO_BIN_EXE_zdr")),
             binary,
             dir: dir.to_path_buf(),
@@ -490,7 +504,7 @@ impl Zdr {
         let mut command = Command::new(&self.binary);
         command
             .arg("--config")
-            .arg(self.dir.join("zdr.toml"))
+            .arg(&self.config)
             .args(args)
             .env("ZDR_DATABASE_URL", url)
             .env("ZDR_CACHE_DIR", self.dir.join("cache"))

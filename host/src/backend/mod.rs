@@ -23,7 +23,7 @@ mod rt;
 mod server;
 mod sqlite;
 #[cfg(test)]
-mod testing;
+pub(crate) mod testing;
 mod value;
 
 use std::ops::Deref;
@@ -287,6 +287,9 @@ pub struct Db {
     in_write: AtomicBool,
     /// The URL as given (password included), to open more connections to the same database.
     url: String,
+    /// Whether a rebuild may read its next batch on a connection of its own while it applies
+    /// one ([`crate::read_ahead`]; `rebuild_read_ahead`).
+    read_ahead: AtomicBool,
 }
 
 impl Db {
@@ -319,6 +322,7 @@ impl Db {
             store,
             in_write: AtomicBool::new(false),
             url: url.to_owned(),
+            read_ahead: AtomicBool::new(true),
         })
     }
 
@@ -328,7 +332,20 @@ impl Db {
     /// # Errors
     /// As [`Db::open`].
     pub fn open_another(&self) -> Result<Db, StoreError> {
-        Self::connect(&self.url, false)
+        let another = Self::connect(&self.url, false)?;
+        another.set_read_ahead(self.reads_ahead());
+        Ok(another)
+    }
+
+    /// Whether rebuilds on this database read their next batch ahead, on a connection of
+    /// their own ([`crate::read_ahead`]). On by default.
+    pub fn reads_ahead(&self) -> bool {
+        self.read_ahead.load(Ordering::Relaxed)
+    }
+
+    /// Lets rebuilds read ahead or not (`rebuild_read_ahead` in zdr.toml).
+    pub fn set_read_ahead(&self, on: bool) {
+        self.read_ahead.store(on, Ordering::Relaxed);
     }
 
     /// Whether a [`Db::write`] transaction is open: what must not happen inside one (a
