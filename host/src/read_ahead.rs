@@ -16,9 +16,13 @@
 //! catch-up never opens a connection), and when it cannot connect or its read fails, each
 //! batch reads in its transaction again, as before: errors then surface there, where
 //! reconnecting and reporting already happen.
+//!
+//! The events a batch is done with go back to the thread to be freed: freeing a batch's
+//! strings was a few percent of the applying thread's instructions, and the reading thread,
+//! which allocated them, has time to spare.
 
 use std::collections::VecDeque;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, channel, sync_channel};
 use std::thread::JoinHandle;
 
 use crate::backend::{Db, Partition, StoreError};
@@ -46,6 +50,9 @@ pub struct ReadAhead {
 struct Reader {
     /// Always `Some` until drop, which closes it first so that a blocked send returns.
     chunks: Option<Receiver<Result<Chunk, StoreError>>>,
+    /// Events the batches are done with, for the thread to free. Always `Some` until drop,
+    /// which closes it before waiting for the thread (whose last loop ends with it).
+    spent: Option<Sender<Vec<ReadEvent>>>,
     /// The last id it reads up to.
     up_to: i64,
     thread: Option<JoinHandle<()>>,
@@ -146,8 +153,18 @@ impl ReadAhead {
             self.through = after;
             return;
         }
-        while self.held.front().is_some_and(|e| e.id() <= after) {
-            self.held.pop_front();
+        let done = self.held.iter().take_while(|e| e.id() <= after).count();
+        if done > 0 {
+            let spent: Vec<ReadEvent> = self.held.drain(..done).collect();
+            match &self.reader {
+                // Freed there; if the thread has ended, the send hands them back and they
+                // are freed here.
+                Some(Reader {
+                    spent: Some(to_free),
+                    ..
+                }) => drop(to_free.send(spent)),
+                _ => drop(spent),
+            }
         }
         self.after = after;
     }
@@ -174,42 +191,66 @@ impl Reader {
         up_to: i64,
     ) -> Reader {
         let (send, chunks) = sync_channel(1);
+        let (spent, to_free) = channel();
         let opened = db.open_another();
         let thread = std::thread::Builder::new()
             .name("zdr-read-ahead".into())
-            .spawn(move || match opened {
-                Ok(own) => read_chunks(&own, &classes, partition, chunk, after, up_to, &send),
-                Err(err) => {
-                    let _ = send.send(Err(err));
+            .spawn(move || {
+                match opened {
+                    Ok(own) => {
+                        let wanted = Wanted {
+                            classes: &classes,
+                            partition,
+                            chunk,
+                        };
+                        read_chunks(&own, &wanted, after, up_to, &send, &to_free);
+                    }
+                    Err(err) => {
+                        let _ = send.send(Err(err));
+                    }
+                }
+                // Everything is read: free what the batches are done with until they stop.
+                for events in to_free {
+                    drop(events);
                 }
             });
-        match thread {
-            Ok(thread) => Reader {
-                chunks: Some(chunks),
-                up_to,
-                thread: Some(thread),
-            },
+        Reader {
+            chunks: Some(chunks),
+            spent: Some(spent),
+            up_to,
             // No thread: the receiver sees its sender gone, and the batch reads on its own.
-            Err(_) => Reader {
-                chunks: Some(chunks),
-                up_to,
-                thread: None,
-            },
+            thread: thread.ok(),
         }
     }
 }
 
-/// The read-ahead thread: chunks in order until `up_to`, a failure, or nobody listening.
-fn read_chunks(
-    db: &Db,
-    classes: &[String],
+/// What the read-ahead thread reads: the classes, the part of history, and how many events
+/// at a time.
+struct Wanted<'a> {
+    classes: &'a [String],
     partition: Partition,
     chunk: usize,
+}
+
+/// The read-ahead thread: chunks in order until `up_to`, a failure, or nobody listening;
+/// between two reads it frees the events the batches are done with.
+fn read_chunks(
+    db: &Db,
+    wanted: &Wanted<'_>,
     mut after: i64,
     up_to: i64,
     send: &SyncSender<Result<Chunk, StoreError>>,
+    to_free: &Receiver<Vec<ReadEvent>>,
 ) {
+    let Wanted {
+        classes,
+        partition,
+        chunk,
+    } = *wanted;
     while after < up_to {
+        while let Ok(events) = to_free.try_recv() {
+            drop(events);
+        }
         let read = db.read_events_in(after, up_to, chunk, classes, partition);
         let next = match read {
             Ok(events) => {
@@ -232,8 +273,10 @@ fn read_chunks(
 impl Drop for Reader {
     fn drop(&mut self) {
         // Closing the channel first ends a send the thread is blocked in; it then finishes
-        // the read it is in (one chunk at most) and exits.
+        // the read it is in (one chunk at most), frees what it was sent and exits once
+        // `spent` closes with this.
         drop(self.chunks.take());
+        drop(self.spent.take());
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }

@@ -24,12 +24,15 @@ pub const MAX_CACHED_BYTES: usize = 4 * 1024 * 1024;
 /// A verdict as cached: the checked statement, shared, or the refusal.
 type Verdict = Result<Arc<Checked>, GuardError>;
 
+/// Verdicts by SQL text, hashed with foldhash: the lookup is on every guest statement's path.
+type Verdicts = HashMap<String, Verdict, foldhash::fast::RandomState>;
+
 /// A [`Guard`] with a bounded memory of the statements it has checked.
 #[derive(Debug)]
 pub struct GuardCache {
     guard: Guard,
-    data: HashMap<String, Verdict>,
-    setup: HashMap<String, Verdict>,
+    data: Verdicts,
+    setup: Verdicts,
     bytes: usize,
     parses: u64,
 }
@@ -39,8 +42,8 @@ impl GuardCache {
     pub fn new(guard: Guard) -> Self {
         Self {
             guard,
-            data: HashMap::new(),
-            setup: HashMap::new(),
+            data: Verdicts::default(),
+            setup: Verdicts::default(),
             bytes: 0,
             parses: 0,
         }
