@@ -438,6 +438,40 @@ mod tests {
         }
     }
 
+    /// Dropping a read-ahead stops its thread, whatever it is doing: blocked handing over a
+    /// chunk, or freeing the events the batches were done with. A drop that waited for a
+    /// thread that waits for the drop would hang the end of every catch-up.
+    #[test]
+    fn dropping_a_read_ahead_ends_its_thread() {
+        let (_dir, db) = sqlite();
+        db.init().expect("init");
+        append_history(&db, 100);
+        let head = db.head().expect("head");
+        for batches in [1, 3, 8] {
+            let mut ahead = ReadAhead::new(true, vec![], Partition::WHOLE, 10);
+            let mut after = 0;
+            for _ in 0..batches {
+                let (events, complete) = ahead.read(&db, after, head, 10).expect("read");
+                after = if complete {
+                    head
+                } else {
+                    events.last().expect("events").id()
+                };
+            }
+            assert!(ahead.reader.is_some(), "no thread read ahead");
+            let (dropped, done) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                drop(ahead);
+                let _ = dropped.send(());
+            });
+            assert!(
+                done.recv_timeout(std::time::Duration::from_secs(30))
+                    .is_ok(),
+                "dropping the read-ahead after {batches} batch(es) never returned"
+            );
+        }
+    }
+
     /// Batches that do not begin where the held events do (a checkpoint moved elsewhere)
     /// get the events after their own checkpoint, not the held ones.
     #[test]
