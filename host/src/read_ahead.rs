@@ -107,7 +107,7 @@ impl ReadAhead {
             let received = reader.chunks.as_ref().map(Receiver::recv);
             match received {
                 Some(Ok(Ok(chunk))) => {
-                    self.held.extend(chunk.events);
+                    self.hold(chunk.events);
                     self.through = chunk.through;
                 }
                 Some(Ok(Err(err))) => self.stop(&err.to_string()),
@@ -124,7 +124,7 @@ impl ReadAhead {
                 Some(last) if full => last.id(),
                 _ => up_to,
             };
-            self.held.extend(events);
+            self.hold(events);
             if full && self.enabled {
                 self.reader = Some(Reader::start(
                     db,
@@ -155,7 +155,12 @@ impl ReadAhead {
         }
         let done = self.held.iter().take_while(|e| e.id() <= after).count();
         if done > 0 {
-            let spent: Vec<ReadEvent> = self.held.drain(..done).collect();
+            let spent: Vec<ReadEvent> = if done == self.held.len() {
+                // The usual case, a batch took all that was held: its buffer moves whole.
+                std::mem::take(&mut self.held).into()
+            } else {
+                self.held.drain(..done).collect()
+            };
             match &self.reader {
                 // Freed there; if the thread has ended, the send hands them back and they
                 // are freed here.
@@ -167,6 +172,17 @@ impl ReadAhead {
             }
         }
         self.after = after;
+    }
+
+    /// Adds `events`, which follow those held. When nothing is held (a batch took all of the
+    /// last chunk, the usual case) the chunk's buffer is taken as it is instead of copying
+    /// each event: a chunk is a whole batch of events, a few MiB.
+    fn hold(&mut self, events: Vec<ReadEvent>) {
+        if self.held.is_empty() {
+            self.held = events.into();
+        } else {
+            self.held.extend(events);
+        }
     }
 
     /// Stops reading ahead for the rest of this catch-up, saying why in the log.

@@ -5,7 +5,10 @@
 //! error messages about them. It knows nothing of Wasm or databases, so its tests run on the
 //! build machine: `cargo test -p balance-common`.
 
-use serde_json::{Map, Value};
+use std::fmt;
+
+use serde::de::{Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::Value;
 
 /// The event classes every balance projector handles, by short name (see [`short_class`]).
 pub const HANDLED_CLASSES: [&str; 3] = ["AccountOpened", "MoneyAdded", "MoneySubtracted"];
@@ -83,24 +86,25 @@ pub fn parse(raw: &RawEvent<'_>) -> Result<Option<BalanceEvent>, String> {
             ));
         }
     };
-    let properties: Value = serde_json::from_str(raw.properties)
-        .map_err(|e| format!("{}: event-properties is not valid JSON: {e}", context()))?;
-    let Value::Object(properties) = properties else {
-        return Err(format!(
-            "{}: event-properties is not a JSON object",
-            context()
-        ));
-    };
+    let properties: Properties = serde_json::from_str(raw.properties).map_err(|e| {
+        if e.is_data() {
+            // Every field is read as any JSON value: the only data error left is the
+            // document itself being something other than an object.
+            format!("{}: event-properties is not a JSON object", context())
+        } else {
+            format!("{}: event-properties is not valid JSON: {e}", context())
+        }
+    })?;
     let change = match class {
         "AccountOpened" => Change::Opened {
-            name: text_field(&properties, "name").map_err(|e| format!("{}: {e}", context()))?,
+            name: text_field(properties.name, "name").map_err(|e| format!("{}: {e}", context()))?,
         },
         "MoneyAdded" => Change::Added {
-            amount: integer_field(&properties, "amount")
+            amount: integer_field(properties.amount.as_ref(), "amount")
                 .map_err(|e| format!("{}: {e}", context()))?,
         },
         _ => Change::Subtracted {
-            amount: integer_field(&properties, "amount")
+            amount: integer_field(properties.amount.as_ref(), "amount")
                 .map_err(|e| format!("{}: {e}", context()))?,
         },
     };
@@ -158,10 +162,83 @@ pub fn apply_sent<E>(
     Ok(())
 }
 
+/// The fields of an event's properties that a balance event reads. Parsing keeps only these
+/// two and skips every other field without building it: a `serde_json::Value` of the whole
+/// document would allocate a map and each key, for every event.
+#[derive(Debug, Default)]
+struct Properties {
+    name: Option<Value>,
+    amount: Option<Value>,
+}
+
+impl<'de> Deserialize<'de> for Properties {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(PropertiesVisitor)
+    }
+}
+
+/// Reads a JSON object into [`Properties`]; anything else is a data error. A field given
+/// twice keeps its last value, as `serde_json::Value` does.
+struct PropertiesVisitor;
+
+impl<'de> Visitor<'de> for PropertiesVisitor {
+    type Value = Properties;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Properties, A::Error> {
+        let mut properties = Properties::default();
+        while let Some(field) = map.next_key::<Field>()? {
+            match field {
+                Field::Name => properties.name = Some(map.next_value()?),
+                Field::Amount => properties.amount = Some(map.next_value()?),
+                Field::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(properties)
+    }
+}
+
+/// A key of the properties object, told apart without allocating it.
+enum Field {
+    Name,
+    Amount,
+    Other,
+}
+
+impl<'de> Deserialize<'de> for Field {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_identifier(FieldVisitor)
+    }
+}
+
+/// Reads a key, escaped or not, as a [`Field`].
+struct FieldVisitor;
+
+impl Visitor<'_> for FieldVisitor {
+    type Value = Field;
+
+    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        formatter.write_str("a field name")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, key: &str) -> Result<Field, E> {
+        Ok(match key {
+            "name" => Field::Name,
+            "amount" => Field::Amount,
+            _ => Field::Other,
+        })
+    }
+}
+
 /// Reads a string field of the event's properties.
-fn text_field(properties: &Map<String, Value>, field: &str) -> Result<String, String> {
-    match properties.get(field) {
-        Some(Value::String(text)) => Ok(text.clone()),
+fn text_field(value: Option<Value>, field: &str) -> Result<String, String> {
+    match value {
+        Some(Value::String(text)) => Ok(text),
         Some(other) => Err(format!("field `{field}` must be a string, got {other}")),
         None => Err(format!("missing string field `{field}`")),
     }
@@ -169,8 +246,8 @@ fn text_field(properties: &Map<String, Value>, field: &str) -> Result<String, St
 
 /// Reads an integer field of the event's properties; floats and numeric strings are refused
 /// rather than rounded or guessed at.
-fn integer_field(properties: &Map<String, Value>, field: &str) -> Result<i64, String> {
-    match properties.get(field) {
+fn integer_field(value: Option<&Value>, field: &str) -> Result<i64, String> {
+    match value {
         Some(value) => value.as_i64().ok_or_else(|| {
             format!("field `{field}` must be an integer in the signed 64-bit range, got {value}")
         }),
@@ -265,6 +342,27 @@ mod tests {
     }
 
     #[test]
+    fn reads_its_fields_among_others_escaped_or_repeated() {
+        let added = parse(&raw(
+            "MoneyAdded",
+            Some("a1"),
+            r#"{"note":{"deep":[1,{"amount":9}]},"\u0061mount":7,"name":null}"#,
+        ))
+        .unwrap();
+        assert_eq!(added.unwrap().change, Change::Added { amount: 7 });
+        let repeated = parse(&raw(
+            "AccountOpened",
+            Some("a1"),
+            r#"{"name":"Ann","name":"Bob"}"#,
+        ))
+        .unwrap();
+        assert_eq!(
+            repeated.unwrap().change,
+            Change::Opened { name: "Bob".into() }
+        );
+    }
+
+    #[test]
     fn ignores_other_classes_without_reading_them() {
         assert_eq!(
             parse(&raw("AccountClosed", None, "not json")).unwrap(),
@@ -307,6 +405,16 @@ mod tests {
             (
                 raw("AccountOpened", Some("a"), "{}"),
                 "missing string field `name`",
+            ),
+            (raw("MoneyAdded", Some("a"), "[]"), "is not a JSON object"),
+            (raw("MoneyAdded", Some("a"), "3"), "is not a JSON object"),
+            (
+                raw("MoneyAdded", Some("a"), r#"{"amount":1} x"#),
+                "event-properties is not valid JSON",
+            ),
+            (
+                raw("MoneyAdded", Some("a"), r#"{"amount":1,}"#),
+                "event-properties is not valid JSON",
             ),
         ];
         for (event, expected) in cases {

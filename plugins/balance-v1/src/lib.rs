@@ -15,6 +15,11 @@ mod bindings {
     wit_bindgen::generate!({
         world: "projector",
         path: "../../wit",
+        // Statement parameters borrow the projector's strings (`ValueParam<'_>`) instead of
+        // owning copies of them: no allocation per value sent.
+        ownership: Borrowing {
+            duplicate_if_necessary: true
+        },
     });
 }
 
@@ -23,7 +28,9 @@ use std::cell::{Cell, RefCell};
 use balance_common::{BalanceEvent, Change, RawEvent};
 use bindings::zdr::projector::database::Connection;
 use bindings::zdr::projector::log::{Level, log};
-use bindings::zdr::projector::types::{Description, Error, Event, EventFailure, Table, Value};
+use bindings::zdr::projector::types::{
+    Description, Error, Event, EventFailure, Table, ValueParam as Value,
+};
 
 /// The projector's name, shared by all its versions.
 const NAME: &str = "balance";
@@ -115,9 +122,9 @@ impl bindings::Guest for BalanceV1 {
 
 /// Sends the write of one parsed event to the `balances` table.
 fn send_write(conn: &Connection, event_id: i64, event: &BalanceEvent) -> Result<(), String> {
-    let account = Value::Text(event.account.clone());
+    let account = Value::Text(&event.account);
     let (sql, params) = match &event.change {
-        Change::Opened { name } => (OPEN_ACCOUNT, [account, Value::Text(name.clone())]),
+        Change::Opened { name } => (OPEN_ACCOUNT, [account, Value::Text(name)]),
         Change::Added { amount } => (ADD_MONEY, [Value::Integer(*amount), account]),
         Change::Subtracted { amount } => (SUBTRACT_MONEY, [Value::Integer(*amount), account]),
     };

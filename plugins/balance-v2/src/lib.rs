@@ -20,6 +20,11 @@ mod bindings {
     wit_bindgen::generate!({
         world: "partitioned-projector",
         path: "../../wit",
+        // Statement parameters borrow the projector's strings (`ValueParam<'_>`) instead of
+        // owning copies of them: no allocation per value sent.
+        ownership: Borrowing {
+            duplicate_if_necessary: true
+        },
     });
 }
 
@@ -28,7 +33,9 @@ use std::cell::{Cell, RefCell};
 use balance_common::{BalanceEvent, Change, RawEvent};
 use bindings::zdr::projector::database::Connection;
 use bindings::zdr::projector::log::{Level, log};
-use bindings::zdr::projector::types::{Description, Error, Event, EventFailure, Table, Value};
+use bindings::zdr::projector::types::{
+    Description, Error, Event, EventFailure, Table, ValueParam as Value,
+};
 
 /// The projector's name, shared by all its versions.
 const NAME: &str = "balance";
@@ -129,10 +136,10 @@ impl bindings::Guest for BalanceV2 {
 /// Sends the write of one parsed event to the `balances` table; every event stamps
 /// `last_activity` with the time the event was recorded.
 fn send_write(conn: &Connection, stored: &Event, event: &BalanceEvent) -> Result<(), String> {
-    let account = Value::Text(event.account.clone());
-    let at = Value::Text(stored.created_at.clone());
+    let account = Value::Text(&event.account);
+    let at = Value::Text(&stored.created_at);
     let (sql, params) = match &event.change {
-        Change::Opened { name } => (OPEN_ACCOUNT, [account, Value::Text(name.clone()), at]),
+        Change::Opened { name } => (OPEN_ACCOUNT, [account, Value::Text(name), at]),
         Change::Added { amount } => (ADD_MONEY, [Value::Integer(*amount), at, account]),
         Change::Subtracted { amount } => (SUBTRACT_MONEY, [Value::Integer(*amount), at, account]),
     };

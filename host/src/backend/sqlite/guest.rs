@@ -1,6 +1,7 @@
 //! The raw side of a guest's handle on SQLite: statements the guard already checked, run on
 //! the worker's shared connection under the guest's deadline (the progress handler interrupts
-//! them) and the value length cap.
+//! them) and the value length cap, each kept prepared on that connection
+//! ([`super::held::WorkerConnection`]).
 
 use super::*;
 
@@ -57,9 +58,11 @@ impl RawGuestConnection for SqliteGuestConnection {
     ) -> Result<u64, DbError> {
         let conn = lock(&self.conn);
         let _bounded = Bounded::new(&conn, &self.deadline, deadline);
-        let mut stmt = conn.prepare_cached(&checked.sql).map_err(db_error)?;
-        let changed = stmt
-            .execute(rusqlite::params_from_iter(params.iter().map(SqlValue)))
+        let changed = conn
+            .with_statement(&checked.sql, |stmt| {
+                stmt.execute(rusqlite::params_from_iter(params.iter().map(SqlValue)))
+            })
+            .and_then(|changed| changed)
             .map_err(db_error)?;
         Ok(changed as u64)
     }
@@ -73,21 +76,23 @@ impl RawGuestConnection for SqliteGuestConnection {
     ) -> Result<(), DbError> {
         let conn = lock(&self.conn);
         let _bounded = Bounded::new(&conn, &self.deadline, deadline);
-        let mut stmt = conn.prepare_cached(&checked.sql).map_err(db_error)?;
-        let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
-        let width = columns.len();
-        out.columns(columns);
-        let mut rows = stmt
-            .query(rusqlite::params_from_iter(params.iter().map(SqlValue)))
-            .map_err(db_error)?;
-        while let Some(row) = rows.next().map_err(db_error)? {
-            let mut values = Vec::with_capacity(width);
-            for i in 0..width {
-                values.push(value_of(row.get_ref(i).map_err(db_error)?));
+        conn.with_statement(&checked.sql, |stmt| {
+            let columns: Vec<String> = stmt.column_names().iter().map(|c| c.to_string()).collect();
+            let width = columns.len();
+            out.columns(columns);
+            let mut rows = stmt
+                .query(rusqlite::params_from_iter(params.iter().map(SqlValue)))
+                .map_err(db_error)?;
+            while let Some(row) = rows.next().map_err(db_error)? {
+                let mut values = Vec::with_capacity(width);
+                for i in 0..width {
+                    values.push(value_of(row.get_ref(i).map_err(db_error)?));
+                }
+                out.push(values)?;
             }
-            out.push(values)?;
-        }
-        Ok(())
+            Ok(())
+        })
+        .map_err(db_error)?
     }
 }
 

@@ -42,8 +42,10 @@ use crate::sandbox::{Checked, Dialect, PhysicalName};
 
 mod events;
 mod guest;
+mod held;
 
 use guest::{SqlValue, SqliteGuestConnection, value_of};
+use held::WorkerConnection;
 
 /// How long a writer waits for SQLite's write lock before giving up. Batches are short (ms),
 /// so a wait this long means something is stuck.
@@ -101,9 +103,10 @@ const DATA_VERSION_INTERVAL: Duration = Duration::from_millis(5);
 /// How many SQLite virtual-machine steps pass between two looks at the guest's deadline.
 const PROGRESS_STEPS: std::os::raw::c_int = 1000;
 
-/// A connection shared between the batch driver and the guest handles of one worker thread.
-/// Only one thread uses it at a time; the mutex makes the sharing safe, never contended.
-pub type SqliteConnection = Arc<Mutex<Connection>>;
+/// A connection shared between the batch driver and the guest handles of one worker thread,
+/// with the guest statements it keeps prepared. Only one thread uses it at a time; the mutex
+/// makes the sharing safe, never contended.
+pub type SqliteConnection = Arc<Mutex<WorkerConnection>>;
 
 /// One open SQLite database.
 pub struct SqliteStore {
@@ -196,7 +199,7 @@ fn store_error(err: rusqlite::Error, context: String) -> StoreError {
     }
 }
 
-fn lock(conn: &SqliteConnection) -> MutexGuard<'_, Connection> {
+fn lock(conn: &SqliteConnection) -> MutexGuard<'_, WorkerConnection> {
     // A poisoned mutex means a panic while a statement ran; the connection itself is still
     // usable (SQLite rolls back on the next BEGIN), so recover it instead of panicking again.
     conn.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
@@ -257,7 +260,7 @@ impl SqliteStore {
         let watched = deadline.clone();
         conn.progress_handler(PROGRESS_STEPS, Some(move || watched.passed()));
         Ok(SqliteStore {
-            conn: Arc::new(Mutex::new(conn)),
+            conn: Arc::new(Mutex::new(WorkerConnection::hold(conn))),
             identity: FileIdentity::of(&path),
             path,
             url: url.to_string(),
