@@ -10,8 +10,8 @@
 //!
 //! A statement borrows its connection, so the two live in one cell ([`self_cell`]): the
 //! statements are finalized before the connection closes, and neither can be reached without
-//! the other. The map is bounded ([`MAX_HELD_STATEMENTS`]); past it, statements go through
-//! rusqlite's bounded cache as before.
+//! the other. The map is bounded ([`MAX_HELD_STATEMENTS`] statements of at most
+//! [`MAX_HELD_SQL_BYTES`]); past that, statements go through rusqlite's bounded cache as before.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -22,6 +22,11 @@ use rusqlite::{Connection, PrepFlags, Statement};
 /// The most guest statements one connection keeps prepared. A projector uses a handful; the
 /// bound keeps a guest that generates SQL text from holding SQLite's memory without end.
 pub(super) const MAX_HELD_STATEMENTS: usize = 128;
+
+/// The longest SQL text held prepared. A projector's statements are a few hundred bytes; a
+/// guest may send up to 64 KiB, whose prepared form is large, so long ones are not held and
+/// the memory held stays small whatever a guest sends.
+pub(super) const MAX_HELD_SQL_BYTES: usize = 4096;
 
 /// Prepared guest statements by their SQL text (as checked and rewritten by the guard).
 type HeldStatements<'conn> =
@@ -73,8 +78,8 @@ impl WorkerConnection {
                 statement.clear_bindings();
                 return Ok(result);
             }
-            if held.len() >= MAX_HELD_STATEMENTS {
-                // Past the bound: rusqlite's cache, which is bounded and evicts.
+            if held.len() >= MAX_HELD_STATEMENTS || sql.len() > MAX_HELD_SQL_BYTES {
+                // Past the bounds: rusqlite's cache, which is bounded and evicts.
                 let mut statement = conn.prepare_cached(sql)?;
                 return Ok(run(&mut statement));
             }
@@ -177,6 +182,20 @@ mod tests {
             assert_eq!(changed, 1);
         }
         assert_eq!(conn.held(), MAX_HELD_STATEMENTS);
+    }
+
+    #[test]
+    fn a_long_statement_runs_but_is_not_held() {
+        let conn = connection();
+        let padding = " ".repeat(MAX_HELD_SQL_BYTES);
+        let sql = format!("INSERT INTO t (k, v) VALUES (?1, ?2){padding}");
+        assert_eq!(insert(&conn, &sql, 1).expect("insert"), 1);
+        assert_eq!(conn.held(), 0);
+        assert_eq!(
+            insert(&conn, "INSERT INTO t (k, v) VALUES (?1, ?2)", 2).expect("insert"),
+            1
+        );
+        assert_eq!(conn.held(), 1);
     }
 
     #[test]
