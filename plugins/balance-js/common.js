@@ -83,28 +83,56 @@ export function describeError(error) {
 }
 
 /**
- * Runs `apply(event)` on each event in order, for `handle-events`. A failure (a thrown message)
- * becomes the contract's `event-failure`, naming the event by its position in `events`: the
- * generated export turns a thrown plain object into the `err` payload (a thrown value with a
- * `payload` property gives that payload instead, and a thrown `Error` without one traps).
+ * A call's events applied the pipelined way, for `handle-events`: each handled event's write
+ * goes out with `send` (the host answers it later where it pipelines, on PostgreSQL), then one
+ * `flush` returns every write's row count. A deposit or withdrawal whose write changed no row
+ * refers to an account never opened; the first one fails the call. `write(event, parsed)`
+ * returns `[sql, params]` for one parsed event.
+ *
+ * A failure becomes the contract's `event-failure`, naming the event by its position in
+ * `events` (for a write whose failure `flush` reported, the first one sent: the host then
+ * finds the event by giving them one per call). The generated export turns a thrown plain
+ * object into the `err` payload.
  */
-export function eachEvent(events, apply) {
+export function applySent(conn, events, write) {
+  // For each write sent: its event's index and id, and the account a balance change must find
+  // (an account opening finds nothing).
+  const sent = [];
   events.forEach((event, index) => {
     try {
-      apply(event);
+      if (conn === null) {
+        throw NO_CONNECTION;
+      }
+      const parsed = parse(event);
+      if (parsed === null) {
+        return;
+      }
+      const [sql, params] = write(event, parsed);
+      send(conn, event.id, sql, params);
+      sent.push([index, event.id, parsed.kind === "AccountOpened" ? null : parsed.account]);
     } catch (error) {
-      throw { index, message: error instanceof Error ? error.message : String(error) };
+      throw { index, message: messageOf(error) };
+    }
+  });
+  if (sent.length === 0) {
+    return;
+  }
+  let counts;
+  try {
+    counts = conn.flush();
+  } catch (error) {
+    throw { index: sent[0][0], message: describeError(error) };
+  }
+  sent.forEach(([index, id, account], i) => {
+    if (account !== null && counts[i] === 0n) {
+      throw { index, message: noAccount(account, id) };
     }
   });
 }
 
-/** Runs one statement, turning a database error into a message that names the event. */
-export function execute(conn, eventId, sql, params) {
-  try {
-    return conn.execute(sql, params);
-  } catch (error) {
-    throw `event ${eventId}: ${describeError(error)}`;
-  }
+/** The message of a failure thrown as a string, or of an unexpected `Error`. */
+function messageOf(error) {
+  return error instanceof Error ? error.message : String(error);
 }
 
 /**

@@ -1,11 +1,16 @@
 //! Projectors in any Wasm language: the `balance` projector built from Rust, JavaScript
 //! (componentize-js) and Python (componentize-py) sources folds the same events into the
 //! same rows, byte for byte; a replay may mix languages and the daemon hot-swaps across them.
+//! The JavaScript and Python builds send their writes and flush once per call, like the Rust
+//! one: on every backend they fold history exactly and a write that found no account still
+//! fails its own event.
 
 use crate::support::{
-    Backend, Env, Generator, PATIENCE, V1_COLUMNS, V2_COLUMNS, assert_same_rows, fold_v1, fold_v2,
-    guests, wait_until,
+    Backend, Env, Generator, NewEvent, PATIENCE, V1_COLUMNS, V2_COLUMNS, assert_same_rows,
+    both_backends, fold_v1, fold_v2, guests, wait_until,
 };
+
+both_backends!(javascript_and_python_send_and_flush_and_still_name_the_failing_event);
 
 /// Every row of `table`, each column rendered with SQLite's `quote()`, which spells the
 /// storage class too (`'text'`, `42`, `NULL`, `X'..'`): equal renderings are equal bytes.
@@ -80,6 +85,58 @@ fn rust_javascript_and_python_balance_fold_ten_thousand_events_into_identical_ro
          AND tbl_name LIKE 'zdr_r_%'",
     );
     assert_eq!(indexes, 3, "each v2 clone has its index by name");
+}
+
+/// The JavaScript and Python projectors send every event's write and read the row counts
+/// from one `flush` per call (pipelined on PostgreSQL). Their replays fold the whole history,
+/// and a deposit into an account never opened still fails its own event, named, although its
+/// write was sent along with the rest of its call.
+fn javascript_and_python_send_and_flush_and_still_name_the_failing_event(backend: Backend) {
+    let g = guests();
+    let env = Env::new(backend);
+    let mut generator = Generator::new(13);
+    let mut history = generator.open_accounts(40);
+    history.extend(generator.money(600));
+    env.import(&history);
+    env.deploy("balance", &g.balance_v1);
+    let mut projectors = vec![
+        ("js2", "jsbad", &g.balance_js_v2),
+        ("py2", "pybad", &g.balance_py_v2),
+    ];
+    if backend == Backend::Mariadb {
+        // The Python component (18 MB) is larger than MariaDB's default `max_allowed_packet`
+        // (16 MiB), so that server cannot store it in one row: known, not this test's subject.
+        projectors.pop();
+    }
+    for &(key, _, file) in &projectors {
+        replay_into_clone(&env, key, file);
+        assert_same_rows(
+            &env.balances_v2(&env.clone_table(key, "balances")),
+            &fold_v2(&env.stored_events()),
+            &format!("{key} against the reference fold"),
+        );
+    }
+
+    let stray = env.append(&NewEvent::new(
+        "MoneyAdded",
+        Some("acct-stray"),
+        serde_json::json!({"amount": 5}),
+    ));
+    env.import(&generator.money(100));
+    for &(_, key, file) in &projectors {
+        env.create_balance_replay(key, file);
+        let err = env.fail(&["replay", "start", key]);
+        assert!(
+            err.contains(&format!("no account acct-stray for event {stray}")),
+            "{key}: the failure names the event: {err}"
+        );
+        let show = env.show(key);
+        assert_eq!(show["state"], "failed", "{key}: {show:#}");
+        assert_eq!(
+            show["projectors"][0]["failure"]["event_id"], stray,
+            "{key}: {show:#}"
+        );
+    }
 }
 
 #[test]

@@ -2,7 +2,7 @@
 // its balance. The same table, SQL and behaviour as the Rust `plugins/balance-v1`, so both
 // build byte-identical read models. Built by `../build.mjs v1` with componentize-js.
 import { log } from "zdr:projector/log@0.2.0";
-import { HANDLED_CLASSES, NO_CONNECTION, eachEvent, execute, integer, noAccount, parse, send, text } from "../common.js";
+import { HANDLED_CLASSES, applySent, integer, text } from "../common.js";
 
 const NAME = "balance";
 const VERSION = "1";
@@ -36,30 +36,23 @@ export function forReplay() {
   log("debug", "balance v1 (js): replaying, side effects off");
 }
 
+/**
+ * Sends the writes of every event without waiting, then flushes once: the host runs them in
+ * one round trip where it pipelines (PostgreSQL). The row counts then show a deposit or
+ * withdrawal whose account did not exist, and the first one names its event.
+ */
 export function handleEvents(events) {
-  eachEvent(events, apply);
+  applySent(connection, events, write);
 }
 
-/** Applies one event to the `balances` table; a thrown message is its failure. */
-function apply(event) {
-  if (connection === null) {
-    throw NO_CONNECTION;
-  }
-  const parsed = parse(event);
-  if (parsed === null) {
-    return;
-  }
+/** The write of one parsed event to the `balances` table. */
+function write(event, parsed) {
   const account = text(parsed.account);
   if (parsed.kind === "AccountOpened") {
-    // Nothing to read back: the write goes without waiting for its answer.
-    send(connection, event.id, OPEN_ACCOUNT, [account, text(parsed.name)]);
-    return;
+    return [OPEN_ACCOUNT, [account, text(parsed.name)]];
   }
   const sql = parsed.kind === "MoneyAdded" ? ADD_MONEY : SUBTRACT_MONEY;
-  const changed = execute(connection, event.id, sql, [integer(parsed.amount), account]);
-  if (changed === 0n) {
-    throw noAccount(parsed.account, event.id);
-  }
+  return [sql, [integer(parsed.amount), account]];
 }
 
 export function promote() {

@@ -8,7 +8,7 @@ of the three events (`AccountOpened`, `MoneyAdded`, `MoneySubtracted`).
 
 import json
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Union
+from typing import Callable, List, Optional, Tuple, Union
 
 from componentize_py_types import Err
 from wit_world.imports import types
@@ -86,25 +86,47 @@ def describe_error(error: types.Error) -> str:
     return f"{kind}: {failure.message}"
 
 
-def each_event(events: List[types.Event], apply: Callable[[types.Event], None]) -> None:
-    """Runs `apply(event)` on each event in order, for `handle-events`.
+def apply_sent(
+    conn,
+    events: List[types.Event],
+    write: Callable[[types.Event, BalanceEvent], Tuple[str, list]],
+) -> None:
+    """A call's events applied the pipelined way, for `handle-events`: each handled event's
+    write goes out with `send` (the host answers it later where it pipelines, on PostgreSQL),
+    then one `flush` returns every write's row count. A deposit or withdrawal whose write
+    changed no row refers to an account never opened; the first one fails the call.
+    `write(event, parsed)` returns the SQL and parameters of one parsed event.
 
     A failure, `Err(message)`, becomes the contract's `event-failure`: `Err(EventFailure)`
-    naming the event by its position in `events`. Any other exception is left to trap.
+    naming the event by its position in `events` (for a write whose failure `flush` reported,
+    the first one sent: the host then finds the event by giving them one per call). Any other
+    exception is left to trap.
     """
+    # For each write sent: its event's index and id, and the account a balance change must
+    # find (an account opening finds nothing).
+    sent: List[Tuple[int, int, Optional[str]]] = []
     for index, event in enumerate(events):
         try:
-            apply(event)
+            if conn is None:
+                raise Err(NO_CONNECTION)
+            parsed = parse(event)
+            if parsed is None:
+                continue
+            sql, params = write(event, parsed)
+            send(conn, event.id, sql, params)
         except Err as error:
             raise Err(types.EventFailure(index=index, message=error.value))
-
-
-def execute(conn, event_id: int, sql: str, params: list) -> int:
-    """Runs one statement, turning a database error into a message naming the event."""
+        must_find = None if parsed.kind == "AccountOpened" else parsed.account
+        sent.append((index, event.id, must_find))
+    if not sent:
+        return
     try:
-        return conn.execute(sql, params)
+        counts = conn.flush()
     except Err as error:
-        raise Err(f"event {event_id}: {describe_error(error.value)}")
+        raise Err(types.EventFailure(index=sent[0][0], message=describe_error(error.value)))
+    for (index, event_id, account), count in zip(sent, counts):
+        if account is not None and count == 0:
+            raise Err(types.EventFailure(index=index, message=no_account(account, event_id)))
 
 
 def send(conn, event_id: int, sql: str, params: list) -> None:
