@@ -105,7 +105,8 @@ fn javascript_and_python_send_and_flush_and_still_name_the_failing_event(backend
     ];
     if backend == Backend::Mariadb {
         // The Python component (18 MB) is larger than MariaDB's default `max_allowed_packet`
-        // (16 MiB), so that server cannot store it in one row: known, not this test's subject.
+        // (16 MiB), so that server refuses to store it in one row, saying what to raise
+        // (`mariadb::a_component_past_max_allowed_packet_is_refused_with_what_to_do`).
         projectors.pop();
     }
     for &(key, _, file) in &projectors {

@@ -177,3 +177,33 @@ fn five_cuts_of_the_daemons_connections_lose_nothing_and_need_no_restart() {
         "the log says it recovered:\n{log}"
     );
 }
+
+/// A component larger than the server's `max_allowed_packet` (the 18 MB Python build against
+/// MariaDB's default 16 MiB) cannot be stored in one row: the command says so, and what to
+/// change on the server, instead of only that the connection was lost.
+#[test]
+fn a_component_past_max_allowed_packet_is_refused_with_what_to_do() {
+    let g = guests();
+    let env = Env::new(Backend::Mariadb);
+    env.import(&Generator::new(14).open_accounts(5));
+    let limit = env.scalar("SELECT @@max_allowed_packet");
+    let size = i64::try_from(
+        std::fs::metadata(&g.balance_py_v2)
+            .expect("the Python component is built")
+            .len(),
+    )
+    .expect("a component's size fits in i64");
+    let args = ["projector", "deploy", "balance", g.balance_py_v2.as_str()];
+    if size < limit {
+        // A server configured with a larger packet stores it.
+        env.ok(&args);
+        return;
+    }
+    let err = env.fail(&args);
+    assert!(
+        err.contains("max_allowed_packet")
+            && err.contains("raise it")
+            && !err.contains("lost the connection"),
+        "the refusal says what to change: {err}"
+    );
+}

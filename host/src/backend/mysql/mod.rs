@@ -159,12 +159,22 @@ impl<T> MyContext<T> for Result<T, sqlx::Error> {
 
 fn store_error(err: &sqlx::Error, context: String) -> StoreError {
     let message = describe(err);
-    if error_number(err) == Some(1205) {
-        StoreError::LockTimeout(context)
-    } else if connection_lost(err) {
-        StoreError::ConnectionLost { context, message }
-    } else {
-        StoreError::Database { context, message }
+    match error_number(err) {
+        Some(1205) => StoreError::LockTimeout(context),
+        // The server drops the connection after it, but sending the statement again cannot
+        // help: a projector's component is stored in one row, and it is larger than the
+        // server takes. Say what can.
+        Some(1153) => StoreError::Database {
+            context,
+            message: format!(
+                "{message}; the server takes no statement larger than its max_allowed_packet \
+                 (zdr stores each projector component in one row): raise it in the server's \
+                 configuration (for example max_allowed_packet = 256M, or SET GLOBAL \
+                 max_allowed_packet = 268435456) and run the command again"
+            ),
+        },
+        _ if connection_lost(err) => StoreError::ConnectionLost { context, message },
+        _ => StoreError::Database { context, message },
     }
 }
 
