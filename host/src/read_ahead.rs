@@ -393,6 +393,35 @@ mod tests {
         (dir, db)
     }
 
+    /// A SQLite store with `events` appended, and its head.
+    fn sqlite_with_history(events: usize) -> (tempfile::TempDir, Db, i64) {
+        let (dir, db) = sqlite();
+        db.init().expect("init");
+        append_history(&db, events);
+        let head = db.head().expect("head");
+        (dir, db, head)
+    }
+
+    /// Reads `batches` batches of 10 from the start, as a catch-up would: each after the last
+    /// event of the one before.
+    fn read_batches(ahead: &mut ReadAhead, db: &Db, head: i64, batches: usize) {
+        let mut after = 0;
+        for _ in 0..batches {
+            if after >= head {
+                break;
+            }
+            let (events, complete) = ahead.read(db, after, head, 10).expect("read");
+            after = if complete {
+                head
+            } else {
+                events.last().expect("events").id()
+            };
+            // Checked after every batch: a read-ahead that may not read ahead never starts a
+            // thread, at any point of the catch-up.
+            assert!(ahead.enabled || ahead.reader.is_none(), "a thread started");
+        }
+    }
+
     #[test]
     fn batches_read_ahead_are_the_batches_read_in_the_transaction_on_sqlite() {
         for classes in [vec![], vec!["Wanted".to_owned()]] {
@@ -441,17 +470,10 @@ mod tests {
 
     #[test]
     fn without_read_ahead_no_thread_starts() {
-        let (_dir, db) = sqlite();
-        db.init().expect("init");
-        append_history(&db, 100);
+        let (_dir, db, head) = sqlite_with_history(100);
         let mut ahead = ReadAhead::new(false, vec![], Partition::WHOLE, 10);
-        let (mut after, head) = (0, db.head().expect("head"));
-        while after < head {
-            let (events, complete) = ahead.read(&db, after, head, 10).expect("read");
-            let last = events.last().expect("events").id();
-            assert!(ahead.reader.is_none());
-            after = if complete { head } else { last };
-        }
+        read_batches(&mut ahead, &db, head, usize::MAX);
+        assert!(ahead.reader.is_none());
     }
 
     /// Dropping a read-ahead stops its thread, whatever it is doing: blocked handing over a
@@ -459,21 +481,10 @@ mod tests {
     /// thread that waits for the drop would hang the end of every catch-up.
     #[test]
     fn dropping_a_read_ahead_ends_its_thread() {
-        let (_dir, db) = sqlite();
-        db.init().expect("init");
-        append_history(&db, 100);
-        let head = db.head().expect("head");
+        let (_dir, db, head) = sqlite_with_history(100);
         for batches in [1, 3, 8] {
             let mut ahead = ReadAhead::new(true, vec![], Partition::WHOLE, 10);
-            let mut after = 0;
-            for _ in 0..batches {
-                let (events, complete) = ahead.read(&db, after, head, 10).expect("read");
-                after = if complete {
-                    head
-                } else {
-                    events.last().expect("events").id()
-                };
-            }
+            read_batches(&mut ahead, &db, head, batches);
             assert!(ahead.reader.is_some(), "no thread read ahead");
             let (dropped, done) = std::sync::mpsc::channel();
             std::thread::spawn(move || {
@@ -492,10 +503,7 @@ mod tests {
     /// get the events after their own checkpoint, not the held ones.
     #[test]
     fn a_batch_from_another_checkpoint_reads_again() {
-        let (_dir, db) = sqlite();
-        db.init().expect("init");
-        append_history(&db, 200);
-        let head = db.head().expect("head");
+        let (_dir, db, head) = sqlite_with_history(200);
         let mut ahead = ReadAhead::new(true, vec![], Partition::WHOLE, 10);
         let (first, _) = ahead.read(&db, 0, head, 10).expect("read");
         assert_eq!(ids(first), (1..=10).collect::<Vec<_>>());

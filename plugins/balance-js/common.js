@@ -98,11 +98,11 @@ export function applySent(conn, events, write) {
   // For each write sent: its event's index and id, and the account a balance change must find
   // (an account opening finds nothing).
   const sent = [];
+  if (conn === null && events.length > 0) {
+    throw { index: 0, message: NO_CONNECTION };
+  }
   events.forEach((event, index) => {
     try {
-      if (conn === null) {
-        throw NO_CONNECTION;
-      }
       const parsed = parse(event);
       if (parsed === null) {
         return;

@@ -105,10 +105,10 @@ def apply_sent(
     # For each write sent: its event's index and id, and the account a balance change must
     # find (an account opening finds nothing).
     sent: List[Tuple[int, int, Optional[str]]] = []
+    if conn is None and events:
+        raise Err(types.EventFailure(index=0, message=NO_CONNECTION))
     for index, event in enumerate(events):
         try:
-            if conn is None:
-                raise Err(NO_CONNECTION)
             parsed = parse(event)
             if parsed is None:
                 continue

@@ -67,28 +67,27 @@ impl WorkerConnection {
         run: impl FnOnce(&mut Statement<'_>) -> T,
     ) -> rusqlite::Result<T> {
         self.with_dependent(|conn, held| {
-            // Never borrowed twice (`run` gets a statement, not this connection); were it
-            // ever, the statement would go through rusqlite's cache instead of panicking.
-            let Ok(mut held) = held.try_borrow_mut() else {
-                let mut statement = conn.prepare_cached(sql)?;
-                return Ok(run(&mut statement));
-            };
-            if let Some(statement) = held.get_mut(sql) {
-                let result = run(statement);
-                statement.clear_bindings();
-                return Ok(result);
+            // `run` gets a statement, never this connection, so the map is never borrowed
+            // twice; were it ever, the statement would go through rusqlite's cache below
+            // instead of panicking.
+            if let Ok(mut held) = held.try_borrow_mut() {
+                if let Some(statement) = held.get_mut(sql) {
+                    let result = run(statement);
+                    statement.clear_bindings();
+                    return Ok(result);
+                }
+                if held.len() < MAX_HELD_STATEMENTS && sql.len() <= MAX_HELD_SQL_BYTES {
+                    let mut statement =
+                        conn.prepare_with_flags(sql, PrepFlags::SQLITE_PREPARE_PERSISTENT)?;
+                    let result = run(&mut statement);
+                    statement.clear_bindings();
+                    held.insert(sql.into(), statement);
+                    return Ok(result);
+                }
             }
-            if held.len() >= MAX_HELD_STATEMENTS || sql.len() > MAX_HELD_SQL_BYTES {
-                // Past the bounds: rusqlite's cache, which is bounded and evicts.
-                let mut statement = conn.prepare_cached(sql)?;
-                return Ok(run(&mut statement));
-            }
-            let mut statement =
-                conn.prepare_with_flags(sql, PrepFlags::SQLITE_PREPARE_PERSISTENT)?;
-            let result = run(&mut statement);
-            statement.clear_bindings();
-            held.insert(sql.into(), statement);
-            Ok(result)
+            // Past the bounds: rusqlite's cache, which is bounded and evicts.
+            let mut statement = conn.prepare_cached(sql)?;
+            Ok(run(&mut statement))
         })
     }
 
