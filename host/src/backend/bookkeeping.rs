@@ -491,7 +491,7 @@ impl Db {
     /// `description.name`; returns the version id (the existing one when already registered).
     ///
     /// # Errors
-    /// A database failure.
+    /// A component larger than the database takes in one statement, or a database failure.
     pub fn register_version(
         &self,
         hash: &str,
@@ -500,6 +500,10 @@ impl Db {
     ) -> Result<i64, StoreError> {
         let json =
             serde_json::to_string(description).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.check_value_fits(
+            &format!("the component of {}", description.name),
+            wasm.len(),
+        )?;
         self.run(
             &ADD_COMPONENT,
             &[

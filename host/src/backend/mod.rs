@@ -171,6 +171,17 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// [`StoreError::FileGone`].
     fn verify_open(&self) -> Result<(), StoreError>;
+    /// Checks, before sending it, that a value of `size` bytes (`what`: a projector
+    /// component) fits in one statement. Only MySQL has a limit that a component may pass
+    /// (`max_allowed_packet`, 16 MiB by default on MariaDB); the others take it.
+    ///
+    /// # Errors
+    /// [`StoreError::Database`] naming the limit and the setting to raise; a failure to read
+    /// the limit.
+    fn check_value_fits(&self, what: &str, size: usize) -> Result<(), StoreError> {
+        let _ = (what, size);
+        Ok(())
+    }
     /// Replaces a connection the server dropped with a new one (PostgreSQL); the next
     /// statement runs on it. Transactions open on the old one are gone.
     ///

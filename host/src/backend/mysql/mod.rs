@@ -157,20 +157,26 @@ impl<T> MyContext<T> for Result<T, sqlx::Error> {
     }
 }
 
+/// What to do about a statement larger than the server's `max_allowed_packet`.
+const RAISE_MAX_ALLOWED_PACKET: &str = "raise it in the server's configuration (for example \
+     max_allowed_packet = 256M, or SET GLOBAL max_allowed_packet = 268435456) and run the \
+     command again";
+
+/// Room in a statement's packet for its SQL text and the other values beside one large value.
+const PACKET_OVERHEAD: u64 = 64 * 1024;
+
 fn store_error(err: &sqlx::Error, context: String) -> StoreError {
     let message = describe(err);
     match error_number(err) {
         Some(1205) => StoreError::LockTimeout(context),
         // The server drops the connection after it, but sending the statement again cannot
-        // help: a projector's component is stored in one row, and it is larger than the
-        // server takes. Say what can.
+        // help. Components are measured before they are sent (`check_value_fits`); this is
+        // what any other statement that large gets.
         Some(1153) => StoreError::Database {
             context,
             message: format!(
-                "{message}; the server takes no statement larger than its max_allowed_packet \
-                 (zdr stores each projector component in one row): raise it in the server's \
-                 configuration (for example max_allowed_packet = 256M, or SET GLOBAL \
-                 max_allowed_packet = 268435456) and run the command again"
+                "{message}; the statement is larger than the server's max_allowed_packet: \
+                 {RAISE_MAX_ALLOWED_PACKET}"
             ),
         },
         _ if connection_lost(err) => StoreError::ConnectionLost { context, message },
@@ -661,6 +667,33 @@ impl Store for MyStore {
 
     fn verify_open(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn check_value_fits(&self, what: &str, size: usize) -> Result<(), StoreError> {
+        // Sent anyway, the server answers error 1153 and drops the connection, often before
+        // the client has read the answer, which then reads as a reset connection.
+        let rows = self.sql_rows("SELECT @@max_allowed_packet", &[])?;
+        let limit = match rows.rows.first().and_then(|row| row.first()) {
+            Some(Value::Integer(limit)) => u64::try_from(*limit).unwrap_or(0),
+            other => {
+                return Err(StoreError::Corrupt(format!(
+                    "the server answered max_allowed_packet with {}",
+                    other.map_or_else(|| "no row".to_string(), Value::to_string)
+                )));
+            }
+        };
+        let size = u64::try_from(size).unwrap_or(u64::MAX);
+        if size.saturating_add(PACKET_OVERHEAD) <= limit {
+            return Ok(());
+        }
+        Err(StoreError::Database {
+            context: format!("storing {what}"),
+            message: format!(
+                "it is {size} bytes, and the server takes no statement larger than its \
+                 max_allowed_packet of {limit} bytes (zdr stores a component in one row): \
+                 {RAISE_MAX_ALLOWED_PACKET}"
+            ),
+        })
     }
 
     fn reconnect(&self) -> Result<(), StoreError> {
