@@ -41,6 +41,19 @@ impl Rt {
     }
 }
 
+impl Rt {
+    /// Drives `future` to completion on a thread of its own, waiting for it: for `drop`,
+    /// which may run where [`Rt::block_on`] cannot (on a current-thread runtime's worker,
+    /// where blocking in place is forbidden).
+    pub(super) fn block_on_aside<F>(&self, future: F) -> Option<F::Output>
+    where
+        F: Future + Send,
+        F::Output: Send,
+    {
+        std::thread::scope(|scope| scope.spawn(|| self.block_on(future)).join().ok())
+    }
+}
+
 impl Drop for Rt {
     fn drop(&mut self) {
         // A plain drop waits for the runtime's tasks, which panics on another runtime's worker

@@ -1003,12 +1003,26 @@ impl Store for MyStore {
     }
 }
 
-/// A named lock held on a connection of its own: held while the connection is open.
+/// A named lock held on a connection of its own: held while the connection is open, released
+/// when dropped.
 struct HeldNamed {
     conn: MySqlConnection,
     name: String,
     /// The runtime the connection is registered with, kept as long as the connection.
     rt: Arc<Rt>,
+}
+
+impl Drop for HeldNamed {
+    fn drop(&mut self) {
+        // The server would release the lock with the session, but only once it notices the
+        // closed connection: until then whoever asks next is refused. Released here, it is
+        // free when `drop` returns.
+        let (conn, name) = (&mut self.conn, &self.name);
+        self.rt.block_on_aside(async {
+            let released = sqlx::query("DO RELEASE_LOCK(?)").bind(name).execute(conn);
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, released).await;
+        });
+    }
 }
 
 impl HeldLock for HeldNamed {

@@ -613,6 +613,7 @@ impl Store for PgStore {
         match taken.context(format!("taking lock {name}"))? {
             Some(conn) => Ok(Some(RunLock::new(HeldSession {
                 conn,
+                key,
                 rt: self.rt.clone(),
             }))),
             None => Ok(None),
@@ -776,11 +777,28 @@ impl Store for PgStore {
     }
 }
 
-/// A session advisory lock: held while its connection is open.
+/// A session advisory lock: held while its connection is open, released when dropped.
 struct HeldSession {
     conn: PgConnection,
+    /// The advisory lock's key.
+    key: i64,
     /// The runtime the connection is registered with, kept as long as the connection.
     rt: Arc<Rt>,
+}
+
+impl Drop for HeldSession {
+    fn drop(&mut self) {
+        // The server would release the lock with the session, but only once it notices the
+        // closed connection: until then whoever asks next is refused. Released here, it is
+        // free when `drop` returns.
+        let (conn, key) = (&mut self.conn, self.key);
+        self.rt.block_on_aside(async {
+            let released = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(key)
+                .execute(conn);
+            let _ = tokio::time::timeout(CONNECT_TIMEOUT, released).await;
+        });
+    }
 }
 
 impl HeldLock for HeldSession {

@@ -519,3 +519,21 @@ fn a_queued_write_past_the_deadline_is_stopped_at_it() {
         .expect("queued");
     assert_eq!(guest.flush(call()).expect("flush"), [1]);
 }
+
+#[test]
+fn a_session_lock_is_exclusive_and_free_as_soon_as_it_is_dropped() {
+    let test = TestDatabase::new("locks");
+    let db = super::super::Db::open(&test.url()).expect("open");
+    // Advisory locks are per database, and the test's database is its own.
+    let name = "projector-a";
+    let mut held = db.try_lock(name).expect("lock").expect("free");
+    assert!(held.is_held());
+    assert!(db.try_lock(name).expect("lock").is_none(), "exclusive");
+    drop(held);
+    // Released when dropped, not when the server gets round to noticing the closed
+    // connection: whoever asks next takes it, every time.
+    for round in 0..200 {
+        let again = db.try_lock(name).expect("lock");
+        assert!(again.is_some(), "round {round}: the dropped lock is free");
+    }
+}
