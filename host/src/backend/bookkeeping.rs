@@ -31,6 +31,12 @@ CREATE TABLE IF NOT EXISTS zdr_components (
     size BIGINT NOT NULL,
     created_at {created}
 );
+CREATE TABLE IF NOT EXISTS zdr_component_chunks (
+    hash {name} NOT NULL REFERENCES zdr_components (hash),
+    seq BIGINT NOT NULL,
+    bytes {bytes} NOT NULL,
+    PRIMARY KEY (hash, seq)
+);
 CREATE TABLE IF NOT EXISTS zdr_versions (
     id {serial},
     projector {name} NOT NULL,
@@ -295,9 +301,16 @@ static ADD_RUN: Sql = Sql::new(
     "INSERT INTO zdr_runs (replay_key, projector, kind, from_event, to_event, events, outcome) \
      VALUES ($1, $2, $3, $4, $5, $6, $7)",
 );
+static COMPONENT_STORED: Sql = Sql::new("SELECT 1 FROM zdr_components WHERE hash = $1");
 static ADD_COMPONENT: Sql = Sql::new(
     "INSERT INTO zdr_components (hash, wasm, size) VALUES ($1, $2, $3) ON CONFLICT (hash) DO NOTHING",
 );
+static ADD_COMPONENT_CHUNK: Sql = Sql::new(
+    "INSERT INTO zdr_component_chunks (hash, seq, bytes) VALUES ($1, $2, $3) \
+     ON CONFLICT (hash, seq) DO NOTHING",
+);
+static COMPONENT_CHUNKS: Sql =
+    Sql::new("SELECT bytes FROM zdr_component_chunks WHERE hash = $1 ORDER BY seq");
 static ADD_VERSION: Sql = Sql::new(
     "INSERT INTO zdr_versions (projector, version, component_hash, description) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (projector, component_hash) DO NOTHING",
@@ -305,7 +318,7 @@ static ADD_VERSION: Sql = Sql::new(
 static VERSION_ID: Sql =
     Sql::new("SELECT id FROM zdr_versions WHERE projector = $1 AND component_hash = $2");
 static VERSION: Sql = Sql::new(
-    "SELECT v.description, v.component_hash, c.wasm FROM zdr_versions v \
+    "SELECT v.description, v.component_hash, c.wasm, c.size FROM zdr_versions v \
      JOIN zdr_components c ON c.hash = v.component_hash WHERE v.id = $1",
 );
 static DESCRIPTION: Sql =
@@ -428,6 +441,11 @@ pub struct SkipRecord {
     pub at: String,
 }
 
+/// How many bytes of a component one row of `zdr_component_chunks` holds: far below the
+/// smallest `max_allowed_packet` a MySQL server is likely to run with (1 MiB; MariaDB's default
+/// is 16 MiB, MySQL 8's 64 MiB), and large enough that an 18 MB component is 36 rows.
+pub const COMPONENT_CHUNK: usize = 512 * 1024;
+
 fn text_value(text: &str) -> Value {
     Value::Text(text.to_string())
 }
@@ -489,9 +507,10 @@ impl Db {
 
     /// Stores a component's bytes (once per content hash) and registers it as a version of
     /// `description.name`; returns the version id (the existing one when already registered).
+    /// Runs inside the write transaction, so a component is stored whole or not at all.
     ///
     /// # Errors
-    /// A component larger than the database takes in one statement, or a database failure.
+    /// A database that takes no statement as large as one chunk, or a database failure.
     pub fn register_version(
         &self,
         hash: &str,
@@ -500,18 +519,13 @@ impl Db {
     ) -> Result<i64, StoreError> {
         let json =
             serde_json::to_string(description).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        self.check_value_fits(
-            &format!("the component of {}", description.name),
-            wasm.len(),
-        )?;
-        self.run(
-            &ADD_COMPONENT,
-            &[
-                text_value(hash),
-                Value::Blob(wasm.to_vec()),
-                Value::Integer(i64::try_from(wasm.len()).unwrap_or(i64::MAX)),
-            ],
-        )?;
+        if self
+            .select(&COMPONENT_STORED, &[text_value(hash)])?
+            .rows
+            .is_empty()
+        {
+            self.store_component(&description.name, hash, wasm)?;
+        }
         self.run(
             &ADD_VERSION,
             &[
@@ -531,21 +545,77 @@ impl Db {
             .and_then(|row| integer(row, 0))
     }
 
+    /// Stores a component's bytes in chunks of [`COMPONENT_CHUNK`] bytes, each its own
+    /// statement: no statement grows with the component, so none passes a limit like
+    /// MySQL's `max_allowed_packet`. The `zdr_components` row keeps the size and no bytes.
+    fn store_component(&self, projector: &str, hash: &str, wasm: &[u8]) -> Result<(), StoreError> {
+        self.check_value_fits(
+            &format!("the component of {projector}"),
+            wasm.len().min(COMPONENT_CHUNK),
+        )?;
+        self.run(
+            &ADD_COMPONENT,
+            &[
+                text_value(hash),
+                Value::Blob(Vec::new()),
+                Value::Integer(i64::try_from(wasm.len()).unwrap_or(i64::MAX)),
+            ],
+        )?;
+        for (seq, chunk) in (0_i64..).zip(wasm.chunks(COMPONENT_CHUNK)) {
+            self.run(
+                &ADD_COMPONENT_CHUNK,
+                &[
+                    text_value(hash),
+                    Value::Integer(seq),
+                    Value::Blob(chunk.to_vec()),
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
     /// A version's description, content hash and component bytes.
     ///
     /// # Errors
-    /// An unknown version, or a database failure.
+    /// An unknown version, a component whose stored bytes are not all there, or a database
+    /// failure.
     pub fn version(&self, version_id: i64) -> Result<(Description, String, Vec<u8>), StoreError> {
         let rows = self.select(&VERSION, &[Value::Integer(version_id)])?;
         let row = rows.rows.first().ok_or_else(|| {
             StoreError::Corrupt(format!("projector version {version_id} does not exist"))
         })?;
         let description = parse_description(version_id, &text(row, 0)?)?;
+        let hash = text(row, 1)?;
+        let size = integer(row, 3)?;
         let wasm = match row.get(2) {
-            Some(Value::Blob(bytes)) => bytes.clone(),
+            // Stored whole, by a zdr before schema version 5.
+            Some(Value::Blob(bytes)) if !bytes.is_empty() => bytes.clone(),
+            Some(Value::Blob(_)) => self.component_chunks(&hash, size)?,
             other => return Err(unexpected(2, "a blob", other)),
         };
-        Ok((description, text(row, 1)?, wasm))
+        Ok((description, hash, wasm))
+    }
+
+    /// Reads the chunks of component `hash` back into its `size` bytes.
+    fn component_chunks(&self, hash: &str, size: i64) -> Result<Vec<u8>, StoreError> {
+        let rows = self.select(&COMPONENT_CHUNKS, &[text_value(hash)])?;
+        let mut wasm = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        for row in &rows.rows {
+            match row.first() {
+                Some(Value::Blob(bytes)) => wasm.extend_from_slice(bytes),
+                other => return Err(unexpected(0, "a blob", other)),
+            }
+        }
+        if i64::try_from(wasm.len()).ok() != Some(size) {
+            return Err(StoreError::Corrupt(format!(
+                "component {hash} is {size} bytes, but zdr_component_chunks holds {} of them \
+                 in {} chunks (zdr writes them in one transaction: they were changed outside \
+                 zdr); restore zdr_component_chunks from a backup",
+                wasm.len(),
+                rows.rows.len()
+            )));
+        }
+        Ok(wasm)
     }
 
     /// A version's description alone (no component bytes).
@@ -1284,6 +1354,70 @@ mod tests {
     use crate::events::{NewEvent, ReadEvent};
     use crate::model::TableDecl;
 
+    /// A component of several chunks reads back whole; one stored whole in its row (by a zdr
+    /// before schema version 5) still reads; a lost chunk is named, not loaded short.
+    fn components_are_stored_in_chunks(db: &Db, description: &Description) {
+        let big: Vec<u8> = (0..COMPONENT_CHUNK * 3 + 17)
+            .map(|i| u8::try_from(i % 251).expect("below 256"))
+            .collect();
+        let chunked = Description {
+            name: "chunked".into(),
+            ..description.clone()
+        };
+        let version = db
+            .register_version("hash-big", &big, &chunked)
+            .expect("register a component of four chunks");
+        let rows = db
+            .sql_rows(
+                &portable(
+                    "SELECT COUNT(*) FROM zdr_component_chunks WHERE hash = 'hash-big'",
+                    db.dialect(),
+                ),
+                &[],
+            )
+            .expect("count chunks");
+        assert_eq!(rows.rows, vec![vec![Value::Integer(4)]]);
+        let (_, _, wasm) = db.version(version).expect("read back");
+        assert!(wasm == big, "the chunks read back as the component");
+
+        db.run(
+            &ADD_COMPONENT,
+            &[
+                text_value("hash-old"),
+                Value::Blob(b"whole".to_vec()),
+                Value::Integer(5),
+            ],
+        )
+        .expect("a component stored whole");
+        let old = Description {
+            name: "old".into(),
+            ..description.clone()
+        };
+        let version_old = db
+            .register_version("hash-old", b"whole", &old)
+            .expect("register over the whole row");
+        assert_eq!(db.version(version_old).expect("read").2, b"whole");
+
+        db.sql_execute(
+            &portable(
+                "DELETE FROM zdr_component_chunks WHERE hash = 'hash-big' AND seq = 2",
+                db.dialect(),
+            ),
+            &[],
+        )
+        .expect("lose a chunk");
+        let err = db
+            .version(version)
+            .expect_err("a chunk is missing")
+            .to_string();
+        assert!(
+            err.contains("component hash-big is 1572881 bytes")
+                && err.contains("holds 1048593 of them in 3 chunks")
+                && err.contains("restore zdr_component_chunks from a backup"),
+            "{err}"
+        );
+    }
+
     /// Every piece of bookkeeping, once, on `db`: what each backend must answer the same.
     fn exercise(db: &Db) {
         db.init().expect("init");
@@ -1314,6 +1448,7 @@ mod tests {
             (description.clone(), "hash1", &b"\0asm bytes"[..])
         );
         assert_eq!(db.description(version).expect("description").name, "p");
+        components_are_stored_in_chunks(db, &description);
 
         let live = db
             .insert_target("p", version, Role::Live, None)
@@ -1641,6 +1776,49 @@ mod tests {
         let db =
             Db::create(&format!("sqlite://{}", dir.path().join("zdr.db").display())).expect("open");
         exercise(&db);
+    }
+
+    #[test]
+    fn init_upgrades_a_database_of_whole_components_to_chunks() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let url = format!("sqlite://{}", dir.path().join("zdr.db").display());
+        let db = Db::create(&url).expect("open");
+        db.init().expect("init");
+        // What schema version 4 was: no chunks, each component whole in its row.
+        db.sql_batch(
+            "DROP TABLE zdr_component_chunks; \
+             UPDATE zdr_meta SET value = '4' WHERE \"key\" = 'schema_version'",
+        )
+        .expect("back to version 4");
+        db.run(
+            &ADD_COMPONENT,
+            &[
+                text_value("h4"),
+                Value::Blob(b"four".to_vec()),
+                Value::Integer(4),
+            ],
+        )
+        .expect("a component of version 4");
+        let err = db.ensure_ready().expect_err("version 4 is not ready");
+        assert!(err.to_string().contains("zdr init"), "{err}");
+
+        db.init().expect("init upgrades");
+        db.ensure_ready().expect("ready");
+        let description = Description {
+            name: "p".into(),
+            version: "1".into(),
+            tables: vec![],
+            handles: vec![],
+            partition_by: vec![],
+        };
+        let old = db
+            .register_version("h4", b"four", &description)
+            .expect("old");
+        assert_eq!(db.version(old).expect("read").2, b"four");
+        let new = db
+            .register_version("h5", b"five!", &description)
+            .expect("new");
+        assert_eq!(db.version(new).expect("read").2, b"five!");
     }
 
     #[test]

@@ -45,7 +45,9 @@ use crate::sandbox::{Dialect, Guard, GuardCache, Mode, PhysicalName};
 /// live projector pass) and `zdr_targets.skip_event_id`.
 /// 3: `zdr_parked`, the dead-letter table of live projectors whose policy is `park`.
 /// 4: `zdr_partitions`, the checkpoints of a replay split by aggregate.
-pub const SCHEMA_VERSION: i64 = 4;
+/// 5: `zdr_component_chunks`, components stored in chunks rather than in one row (a MySQL
+/// server takes no statement larger than its `max_allowed_packet`).
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// One of `count` parts of history split by aggregate: the events whose aggregate id hashes
 /// to `index` modulo `count`, the database's own hash (`hashtext` on PostgreSQL, `CRC32` on
@@ -171,9 +173,9 @@ pub trait Store: Send + Sync {
     /// # Errors
     /// [`StoreError::FileGone`].
     fn verify_open(&self) -> Result<(), StoreError>;
-    /// Checks, before sending it, that a value of `size` bytes (`what`: a projector
-    /// component) fits in one statement. Only MySQL has a limit that a component may pass
-    /// (`max_allowed_packet`, 16 MiB by default on MariaDB); the others take it.
+    /// Checks, before sending it, that a value of `size` bytes (`what`: a chunk of a projector
+    /// component) fits in one statement. Only MySQL has a limit that one may pass
+    /// (`max_allowed_packet`); the others take it.
     ///
     /// # Errors
     /// [`StoreError::Database`] naming the limit and the setting to raise; a failure to read

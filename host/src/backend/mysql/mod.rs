@@ -689,9 +689,8 @@ impl Store for MyStore {
         Err(StoreError::Database {
             context: format!("storing {what}"),
             message: format!(
-                "it is {size} bytes, and the server takes no statement larger than its \
-                 max_allowed_packet of {limit} bytes (zdr stores a component in one row): \
-                 {RAISE_MAX_ALLOWED_PACKET}"
+                "zdr sends it in chunks of {size} bytes, and the server takes no statement \
+                 larger than its max_allowed_packet of {limit} bytes: {RAISE_MAX_ALLOWED_PACKET}"
             ),
         })
     }
