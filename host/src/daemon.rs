@@ -359,6 +359,8 @@ fn work(
     let mut serving: Option<(i64, String)> = None;
     let mut paused_logged = false;
     let mut failing = Backoff::new(MAX_RETRY_PAUSE);
+    // Since when no turn has succeeded, while the worker retries a failure of the database.
+    let mut stuck_since: Option<Instant> = None;
     // Under `on_failure = "retry"`: the event being retried and the attempts made at it.
     let mut retrying: Option<(i64, u32)> = None;
     let mut ownership_checked = Instant::now();
@@ -376,6 +378,13 @@ fn work(
             Ok(turn) => {
                 failing.reset();
                 retrying = None;
+                if let Some(since) = stuck_since.take() {
+                    tracing::info!(
+                        projector,
+                        "making progress again after {:.1} s",
+                        since.elapsed().as_secs_f64()
+                    );
+                }
                 reporter.report(WorkerState::Running);
                 match turn {
                     Turn::Worked => {}
@@ -464,6 +473,7 @@ fn work(
             }
             Err(err) => {
                 let pause = failing.pause();
+                stuck_since.get_or_insert_with(Instant::now);
                 tracing::error!(
                     projector,
                     "cannot make progress, retrying in {:.1} s: {err}",

@@ -247,17 +247,24 @@ pub enum LiveBatch {
 /// The savepoint a run of events given in one `handle-events` call is written under.
 const RUN_SAVEPOINT: &str = "zdr_events";
 
-/// The connection dropped while a guest's statement ran: not the projector's failure; the
-/// batch is retried once reconnected.
-fn connection_lost(target: &Target, event_id: i64, lost: &DbError) -> ProjectionError {
-    StoreError::ConnectionLost {
-        context: format!(
-            "running a statement of projector {} on event {event_id}",
-            target.projector
-        ),
-        message: lost.to_string(),
-    }
-    .into()
+/// The database failed a guest's statement for a reason of its own: the connection dropped,
+/// or it ran out of space or memory. Not the projector's failure, nor the event's: the batch
+/// rolls back and is tried again once the database is back (the daemon reconnects or waits;
+/// a command says what to do). `None` for any other failure.
+fn database_failure(target: &Target, event_id: i64, err: &DbError) -> Option<ProjectionError> {
+    let context = format!(
+        "running a statement of projector {} on event {event_id}",
+        target.projector
+    );
+    let message = err.to_string();
+    let failure = if err.is_connection_lost() {
+        StoreError::ConnectionLost { context, message }
+    } else if err.is_out_of_resources() {
+        StoreError::OutOfResources { context, message }
+    } else {
+        return None;
+    };
+    Some(failure.into())
 }
 
 /// A short name for a target in messages.
@@ -574,8 +581,11 @@ impl<'a> Projection<'a> {
         let instance = self.instance(target)?;
         let outcome = instance.handle_events(events);
         let aborted = instance.take_aborted();
-        if let Some(lost) = aborted.as_ref().filter(|e| e.is_connection_lost()) {
-            return Err(connection_lost(target, events[0].id, lost));
+        if let Some(failure) = aborted
+            .as_ref()
+            .and_then(|e| database_failure(target, events[0].id, e))
+        {
+            return Err(failure);
         }
         let failure = match (outcome, aborted) {
             (Ok(()), None) => {
@@ -624,8 +634,11 @@ impl<'a> Projection<'a> {
             let outcome = instance.handle_events(std::slice::from_ref(event));
             // Asked even when the guest failed, so the next event starts clean.
             let aborted = instance.take_aborted();
-            if let Some(lost) = aborted.as_ref().filter(|e| e.is_connection_lost()) {
-                return Err(connection_lost(target, id, lost));
+            if let Some(failure) = aborted
+                .as_ref()
+                .and_then(|e| database_failure(target, id, e))
+            {
+                return Err(failure);
             }
             let retryable = aborted.as_ref().is_some_and(DbError::is_transient);
             let error = match (outcome, aborted) {

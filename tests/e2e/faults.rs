@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use crate::sandbox::probe_event;
 use crate::support::{
     Backend, Env, Generator, NewEvent, PATIENCE, Writer, assert_same_rows, both_backends, fold_v1,
-    guests, pg_error, postgres_connect, wait_for, wait_until,
+    fold_v2, guests, pg_error, postgres_connect, wait_for, wait_until,
 };
 
 both_backends!(
@@ -991,4 +991,163 @@ fn demo_refuses_what_it_cannot_honour_and_a_closed_stdout_ends_quietly() {
         status.success(),
         "a closed stdout is not an error: {status}\n{stderr}"
     );
+}
+
+/// Makes every write to `table` fail the way a server out of disk space answers it: on
+/// PostgreSQL SQLSTATE 53100 (`disk_full`), on MariaDB error 1114 ("The table is full").
+fn fill_the_disk_under(env: &Env, table: &str) {
+    match env.backend() {
+        Backend::Postgres => env.execute(&format!(
+            "CREATE OR REPLACE FUNCTION zdr_test_disk_full() RETURNS trigger LANGUAGE plpgsql AS $$ \
+             BEGIN RAISE EXCEPTION 'could not extend file \"base/1/2\": No space left on device' \
+             USING ERRCODE = 'disk_full'; END $$; \
+             CREATE TRIGGER disk_full BEFORE INSERT OR UPDATE ON {table} \
+             FOR EACH ROW EXECUTE FUNCTION zdr_test_disk_full()"
+        )),
+        Backend::Mariadb => {
+            // A trigger lives in its table's database.
+            let database = table.rsplit_once('.').map(|(db, _)| format!("{db}."));
+            let database = database.as_deref().unwrap_or_default();
+            for (name, on) in [("disk_full_insert", "INSERT"), ("disk_full_update", "UPDATE")] {
+                env.execute(&format!(
+                    "CREATE TRIGGER {database}{name} BEFORE {on} ON {table} FOR EACH ROW \
+                     SIGNAL SQLSTATE 'HY000' SET MYSQL_ERRNO = 1114, \
+                     MESSAGE_TEXT = 'The table is full'"
+                ));
+            }
+        }
+        Backend::Sqlite => unreachable!("SQLite has no trigger that answers SQLITE_FULL"),
+    }
+}
+
+/// Gives `table` its disk back.
+fn free_the_disk_under(env: &Env, table: &str) {
+    match env.backend() {
+        Backend::Postgres => env.execute(&format!("DROP TRIGGER disk_full ON {table}")),
+        Backend::Mariadb => {
+            let database = table.rsplit_once('.').map(|(db, _)| format!("{db}."));
+            let database = database.as_deref().unwrap_or_default();
+            for name in ["disk_full_insert", "disk_full_update"] {
+                env.execute(&format!("DROP TRIGGER {database}{name}"));
+            }
+        }
+        Backend::Sqlite => unreachable!("SQLite has no trigger that answers SQLITE_FULL"),
+    }
+}
+
+#[test]
+fn a_full_disk_is_the_databases_failure_never_an_events_on_postgres() {
+    a_full_disk_is_the_databases_failure_never_an_events(Backend::Postgres);
+}
+
+#[test]
+fn a_full_disk_is_the_databases_failure_never_an_events_on_mariadb() {
+    a_full_disk_is_the_databases_failure_never_an_events(Backend::Mariadb);
+}
+
+/// The server runs out of disk space under a projector's writes. It is not the events'
+/// fault: live, even under `on_failure = "park"`, parks nothing and records no failure; the
+/// daemon says it is stuck and why, and once space is back it applies every event, none
+/// skipped. A replay's `start` fails with the reason and what to do, the replay is not failed,
+/// and run again it finishes to the fold.
+fn a_full_disk_is_the_databases_failure_never_an_events(backend: Backend) {
+    let g = guests();
+    let env = Env::new(backend);
+    env.write_config("[projectors.balance]\non_failure = \"park\"\n");
+    let mut generator = Generator::new(31);
+    env.import(&generator.open_accounts(5));
+    env.import(&generator.money(30));
+    env.deploy("balance", &g.balance_v1);
+    let mut daemon = env.serve();
+    env.wait_live("balance", "1");
+    let checkpoint = env.head();
+
+    fill_the_disk_under(&env, "balances");
+    env.import(&generator.money(20));
+    let stuck = wait_status(&env, "balance", "stuck");
+    let reason = stuck["status_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("out of space") && reason.contains("Free space"),
+        "the status says why and what to do: {stuck:#}"
+    );
+    let live = env.projector("balance");
+    assert_eq!(live["parked"], 0, "no event parked for the disk: {live:#}");
+    assert!(live["failure"].is_null(), "no event blamed: {live:#}");
+    assert_eq!(live["checkpoint"], checkpoint, "nothing applied: {live:#}");
+
+    free_the_disk_under(&env, "balances");
+    env.wait_live("balance", "1");
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&env.stored_events()),
+        "live after the disk came back: every event, none skipped",
+    );
+    wait_until(PATIENCE, "the log to say it moves again", || {
+        daemon.log().contains("making progress again")
+    });
+    daemon.assert_running();
+    daemon.stop();
+
+    // A replay: the command fails with the reason, and resumes once space is back.
+    env.create_balance_replay("r", &g.balance_v2);
+    let clone = env.clone_table("r", "balances");
+    fill_the_disk_under(&env, &clone);
+    let err = env.fail(&["replay", "start", "r"]);
+    assert!(
+        err.contains("out of space") && err.contains("Free space"),
+        "the command names the database's failure, not an event's: {err}"
+    );
+    let show = env.show("r");
+    assert_ne!(show["state"], "failed", "{show:#}");
+    assert!(show["projectors"][0]["failure"].is_null(), "{show:#}");
+    free_the_disk_under(&env, &clone);
+    env.ok(&["replay", "start", "r"]);
+    assert_same_rows(
+        &env.balances_v2(&clone),
+        &fold_v2(&env.stored_events()),
+        "the clone after the disk came back",
+    );
+}
+
+/// An import that fails after some of its transactions committed says how many events it
+/// stored, through which line, and how to import the rest: run again whole, the file would
+/// store its first events twice. The rest, imported as it says, completes the history once.
+#[test]
+fn an_import_cut_short_says_where_it_stopped_and_how_to_go_on() {
+    let env = Env::new(Backend::Sqlite);
+    let events = Generator::new(32).open_accounts(7_000);
+    let path = env.dir().join("history.jsonl");
+    let lines: Vec<String> = events.iter().map(NewEvent::jsonl).collect();
+    std::fs::write(&path, lines.join("\n") + "\n").expect("write the file");
+    // The store refuses its 5,001st event, the way a full disk would refuse a transaction.
+    env.execute(
+        "CREATE TRIGGER cut_short BEFORE INSERT ON stored_events \
+         WHEN (SELECT COUNT(*) FROM stored_events) >= 5000 \
+         BEGIN SELECT RAISE(ABORT, 'no room for more events'); END",
+    );
+    let file = path.to_str().expect("UTF-8 path");
+    let err = env.fail(&["events", "import", file]);
+    assert!(
+        err.contains("stopped after 5000 of 7000 events (through line 5000)")
+            && err.contains(&format!("tail -n +5001 {file} | zdr events import -"))
+            && err.contains("no room for more events"),
+        "{err}"
+    );
+    assert_eq!(env.scalar("SELECT COUNT(*) FROM stored_events"), 5000);
+
+    env.execute("DROP TRIGGER cut_short");
+    let rest = env.dir().join("rest.jsonl");
+    std::fs::write(&rest, lines[5000..].join("\n") + "\n").expect("write the rest");
+    let out = env.ok(&["events", "import", rest.to_str().expect("UTF-8 path")]);
+    assert!(out.contains("imported 2000 event(s)"), "{out}");
+    let stored: Vec<String> = env
+        .stored_events()
+        .iter()
+        .map(|e| e.aggregate_uuid.clone().unwrap_or_default())
+        .collect();
+    let wanted: Vec<String> = events
+        .iter()
+        .map(|e| e.aggregate.clone().unwrap_or_default())
+        .collect();
+    assert_eq!(stored, wanted, "every line once, in order");
 }

@@ -1418,6 +1418,17 @@ mod tests {
         );
     }
 
+    /// Version 1 of projector `name`, which owns no tables.
+    fn tableless(name: &str) -> Description {
+        Description {
+            name: name.into(),
+            version: "1".into(),
+            tables: vec![],
+            handles: vec![],
+            partition_by: vec![],
+        }
+    }
+
     /// Every piece of bookkeeping, once, on `db`: what each backend must answer the same.
     fn exercise(db: &Db) {
         db.init().expect("init");
@@ -1707,13 +1718,7 @@ mod tests {
         }
 
         // The split's rows.
-        let description = Description {
-            name: "p".into(),
-            version: "1".into(),
-            tables: vec![],
-            handles: vec![],
-            partition_by: vec![],
-        };
+        let description = tableless("p");
         let version = db
             .register_version("hash", b"\0asm", &description)
             .expect("register");
@@ -1804,13 +1809,7 @@ mod tests {
 
         db.init().expect("init upgrades");
         db.ensure_ready().expect("ready");
-        let description = Description {
-            name: "p".into(),
-            version: "1".into(),
-            tables: vec![],
-            handles: vec![],
-            partition_by: vec![],
-        };
+        let description = tableless("p");
         let old = db
             .register_version("h4", b"four", &description)
             .expect("old");

@@ -13,7 +13,8 @@
 //! - what a failed statement does to the transaction: on PostgreSQL the first failure aborts
 //!   it, so every later statement of the event is refused without a round trip and the
 //!   projection learns of the failure ([`GuestConnection::take_aborted`]) even when the guest
-//!   swallowed the error;
+//!   swallowed the error; a database out of space or memory is remembered the same way on
+//!   every backend, as it is the database's failure, not the event's;
 //! - the answers of writes sent without waiting (`send`): a backend that pipelines them
 //!   (PostgreSQL) runs them later, and their row counts are matched back to the order they
 //!   were sent in when the guest asks (`flush`).
@@ -292,9 +293,12 @@ impl GuardedConnection {
         }
     }
 
-    /// Remembers a database failure that aborted the transaction.
+    /// Remembers a database failure that aborted the transaction, or that is the database's
+    /// own (out of space or memory), whatever the guest does with it: the projection then
+    /// fails the batch without blaming the event.
     fn failed(&mut self, err: &DbError) {
-        if self.raw.failure_aborts_transaction() && self.aborted.is_none() {
+        let remembered = self.raw.failure_aborts_transaction() || err.is_out_of_resources();
+        if remembered && self.aborted.is_none() {
             self.aborted = Some(err.clone());
         }
     }

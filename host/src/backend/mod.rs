@@ -857,6 +857,21 @@ pub enum StoreError {
         /// Why, in the server's or the operating system's words.
         message: String,
     },
+    /// The database ran out of space, or of another resource it needs to write (SQLSTATE
+    /// class 53 on PostgreSQL, `SQLITE_FULL`, MySQL's "table is full"): not the events' nor the
+    /// projector's failure. The transaction rolled back; the same work succeeds once the
+    /// resource is back.
+    #[error(
+        "{context}: the database is out of space (or memory): {message}. Nothing was lost: the \
+         transaction rolled back. Free space on the database's disk (or raise its quota); a \
+         daemon carries on by itself, a command when run again"
+    )]
+    OutOfResources {
+        /// What zdr was doing.
+        context: String,
+        /// The database's message.
+        message: String,
+    },
     /// The SQLite file is damaged: nothing more may be written to it.
     #[error(
         "the database file is damaged ({message}): stop every process that uses it, check it with \

@@ -44,6 +44,14 @@ pub struct RowSet {
     pub rows: Vec<Vec<Value>>,
 }
 
+/// The SQLSTATE of a database out of disk space (PostgreSQL's `disk_full`), which the SQLite
+/// and MySQL backends give their own "disk full" errors, so that every backend's is told apart
+/// the same way ([`DbError::is_out_of_resources`]).
+pub const SQLSTATE_DISK_FULL: &str = "53100";
+
+/// The SQLSTATE of a database out of memory (PostgreSQL's `out_of_memory`), given likewise.
+pub const SQLSTATE_OUT_OF_MEMORY: &str = "53200";
+
 /// Why a guest's statement failed: the closed set the WIT `error` variant carries.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum DbError {
@@ -95,6 +103,13 @@ impl DbError {
     /// 40001, 40P01, 55P03).
     pub fn is_transient(&self) -> bool {
         matches!(self.sqlstate(), Some("40001" | "40P01" | "55P03"))
+    }
+
+    /// Whether the statement failed because the database ran out of space or memory
+    /// (SQLSTATE class 53, which the SQLite and MySQL backends give their own codes for):
+    /// the database's failure, not the statement's.
+    pub fn is_out_of_resources(&self) -> bool {
+        self.sqlstate().is_some_and(|code| code.starts_with("53"))
     }
 
     /// Whether the statement failed because the connection broke (SQLSTATE class 08, or the

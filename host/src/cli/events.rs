@@ -95,6 +95,8 @@ impl Import {
                 Box::new(std::io::BufReader::new(f))
             };
             let mut events = Vec::new();
+            // The line each event came from, to say where an import cut short stopped.
+            let mut lines = Vec::new();
             let mut invalid = Vec::new();
             for (i, line) in reader.lines().enumerate() {
                 let line = line.with_context(|| format!("cannot read line {} of {}", i + 1, file.display()))?;
@@ -102,7 +104,10 @@ impl Import {
                     continue;
                 }
                 match NewEvent::parse_line(&line, i + 1) {
-                    Ok(event) => events.push(event),
+                    Ok(event) => {
+                        events.push(event);
+                        lines.push(i + 1);
+                    }
                     Err(err) => invalid.push(err.to_string()),
                 }
             }
@@ -115,8 +120,16 @@ impl Import {
                 );
             }
             let db = open_ready(&settings)?;
+            let mut imported = 0;
             for chunk in events.chunks(IMPORT_CHUNK) {
-                db.append_events(chunk)?;
+                let appended = db.append_events(chunk);
+                if imported > 0 {
+                    // Earlier transactions committed: the whole file again would import them twice.
+                    appended.with_context(|| cut_short(&file, imported, events.len(), &lines))?;
+                } else {
+                    appended?;
+                }
+                imported += chunk.len();
             }
             Ok((events.len(), invalid))
         })
@@ -127,6 +140,27 @@ impl Import {
         outln!("imported {count} event(s)");
         Ok(())
     }
+}
+
+/// What an import that failed after `imported` of `total` events committed says: where it
+/// stopped, and how to import the rest without importing the first ones twice.
+fn cut_short(file: &std::path::Path, imported: usize, total: usize, lines: &[usize]) -> String {
+    // `imported` is below `total`, so both lines exist; 0 only if that did not hold.
+    let last = lines.get(imported - 1).copied().unwrap_or(0);
+    let next = lines.get(imported).copied().unwrap_or(0);
+    let rest = if file.as_os_str() == "-" {
+        format!("import the input from line {next} on")
+    } else {
+        format!(
+            "import the rest with `tail -n +{next} {} | zdr events import -`",
+            file.display()
+        )
+    };
+    format!(
+        "the import stopped after {imported} of {total} events (through line {last}), which are \
+         stored; the rest are not. Once the cause below is fixed, {rest} (the whole file again \
+         would store the first {imported} twice)"
+    )
 }
 
 /// Count stored events.

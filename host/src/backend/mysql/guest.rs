@@ -224,6 +224,8 @@ fn db_error(err: sqlx::Error) -> DbError {
     };
     let code = if lost {
         Some("08006".to_string())
+    } else if let Some(resources) = out_of_resources(&err) {
+        Some(resources.to_string())
     } else {
         code
     };

@@ -45,6 +45,7 @@ use super::guest::RawGuestConnection;
 use super::highwater::HighWater;
 use super::naming::Layout;
 use super::rt::Rt;
+use super::value::{SQLSTATE_DISK_FULL, SQLSTATE_OUT_OF_MEMORY};
 use super::{
     DbError, HeldLock, Partition, RowSet, RunLock, Store, StoreError, TableColumn, Value,
     check_event_columns, redact,
@@ -179,8 +180,20 @@ fn store_error(err: &sqlx::Error, context: String) -> StoreError {
                  {RAISE_MAX_ALLOWED_PACKET}"
             ),
         },
+        _ if out_of_resources(err).is_some() => StoreError::OutOfResources { context, message },
         _ if connection_lost(err) => StoreError::ConnectionLost { context, message },
         _ => StoreError::Database { context, message },
+    }
+}
+
+/// The SQLSTATE zdr gives a server out of disk space or memory (`SQLSTATE_DISK_FULL`,
+/// `SQLSTATE_OUT_OF_MEMORY`), which MySQL reports by error number only: 1021 (disk full), 1114
+/// (table full), 1037, 1038 and 1041 (out of memory or resources).
+fn out_of_resources(err: &sqlx::Error) -> Option<&'static str> {
+    match error_number(err)? {
+        1021 | 1114 => Some(SQLSTATE_DISK_FULL),
+        1037 | 1038 | 1041 => Some(SQLSTATE_OUT_OF_MEMORY),
+        _ => None,
     }
 }
 

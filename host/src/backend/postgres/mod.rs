@@ -178,8 +178,12 @@ impl<T> PgContext<T> for Result<T, sqlx::Error> {
 
 fn store_error(err: &sqlx::Error, context: String) -> StoreError {
     let message = describe(err);
-    if sqlstate(err).as_deref() == Some("55P03") {
+    let code = sqlstate(err);
+    if code.as_deref() == Some("55P03") {
         StoreError::LockTimeout(context)
+    } else if code.is_some_and(|code| code.starts_with("53")) {
+        // Insufficient resources: out of disk space or memory.
+        StoreError::OutOfResources { context, message }
     } else if connection_lost(err) {
         StoreError::ConnectionLost { context, message }
     } else {

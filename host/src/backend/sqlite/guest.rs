@@ -133,6 +133,14 @@ fn db_error(err: rusqlite::Error) -> DbError {
                     message,
                     sqlstate: None,
                 },
+                ErrorCode::DiskFull => DbError::Other {
+                    message,
+                    sqlstate: Some(SQLSTATE_DISK_FULL.into()),
+                },
+                ErrorCode::OutOfMemory => DbError::Other {
+                    message,
+                    sqlstate: Some(SQLSTATE_OUT_OF_MEMORY.into()),
+                },
                 ErrorCode::OperationInterrupted => DbError::LimitExceeded(
                     "the statement was interrupted: it ran past the deadline of the guest's call"
                         .into(),

@@ -33,6 +33,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, ToSql, param
 
 use super::guest::{MAX_VALUE_BYTES, RawGuestConnection, RowCollector};
 use super::naming::Layout;
+use super::value::{SQLSTATE_DISK_FULL, SQLSTATE_OUT_OF_MEMORY};
 use super::{
     DbError, HeldLock, Partition, RowSet, RunLock, Store, StoreError, TableColumn, Value,
     check_event_columns,
@@ -190,6 +191,14 @@ fn store_error(err: rusqlite::Error, context: String) -> StoreError {
         {
             StoreError::Damaged {
                 message: format!("{context}: {err}"),
+            }
+        }
+        rusqlite::Error::SqliteFailure(e, _)
+            if matches!(e.code, ErrorCode::DiskFull | ErrorCode::OutOfMemory) =>
+        {
+            StoreError::OutOfResources {
+                context,
+                message: err.to_string(),
             }
         }
         _ => StoreError::Database {
@@ -634,6 +643,76 @@ mod tests {
             meta_data: "{}".into(),
             created_at: None,
         }
+    }
+
+    /// A full database (here SQLite's page limit; a full disk answers the same `SQLITE_FULL`)
+    /// is the database's failure: a guest's statement gets SQLSTATE 53100 and the failure is
+    /// remembered for the projection even though SQLite undoes only the statement, and zdr's
+    /// own statements fail with what to do.
+    #[test]
+    fn a_full_database_is_the_databases_failure_not_the_statements() {
+        use crate::backend::testing::one_table_target;
+        use crate::backend::{Call, StoreError, Value};
+        use crate::model::Role;
+
+        let dir = tempfile::tempdir().expect("a temporary folder");
+        let url = format!("sqlite://{}", dir.path().join("zdr.db").display());
+        let db = Db::create(&url).expect("create");
+        db.init().expect("init");
+        let (clone, description) = one_table_target(
+            &db,
+            "items",
+            &["CREATE TABLE items (id INTEGER PRIMARY KEY, note TEXT NOT NULL)"],
+            Role::Clone,
+        );
+        let pages = db.sql_rows("PRAGMA page_count", &[]).expect("page count");
+        let Some(Value::Integer(pages)) = pages.rows.first().and_then(|row| row.first()).cloned()
+        else {
+            panic!("no page count: {pages:?}")
+        };
+        db.sql_batch(&format!("PRAGMA max_page_count = {}", pages + 8))
+            .expect("limit the file");
+
+        let mut guest = db.guest_connection(&clone, &description);
+        let call = || Call {
+            deadline: Instant::now() + Duration::from_secs(30),
+        };
+        let note = Value::Text("x".repeat(64 * 1024));
+        let full = (1..100)
+            .find_map(|id| {
+                guest
+                    .execute(
+                        "INSERT INTO items (id, note) VALUES ($1, $2)",
+                        &[Value::Integer(id), note.clone()],
+                        call(),
+                    )
+                    .err()
+            })
+            .expect("the file fills up");
+        assert!(full.is_out_of_resources(), "{full:?}");
+        assert_eq!(full.sqlstate(), Some("53100"));
+        assert_eq!(
+            guest.take_aborted(),
+            Some(full),
+            "remembered for the projection"
+        );
+        drop(guest);
+
+        let events: Vec<NewEvent> = (0..200)
+            .map(|_| NewEvent {
+                event_properties: format!("{{\"pad\": \"{}\"}}", "y".repeat(4096)),
+                ..event()
+            })
+            .collect();
+        let err = db
+            .append_events(&events)
+            .expect_err("no room for the events");
+        assert!(matches!(err, StoreError::OutOfResources { .. }), "{err}");
+        let message = err.to_string();
+        assert!(
+            message.contains("out of space") && message.contains("Nothing was lost"),
+            "{message}"
+        );
     }
 
     /// An idle daemon's wait ends with a commit of another connection (another process's
