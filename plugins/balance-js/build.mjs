@@ -47,7 +47,9 @@ const { componentize } = await import("@bytecodealliance/componentize-js");
 const { component } = await componentize({
   sourcePath: source,
   witPath: wit,
-  worldName: "projector",
+  // Version 2 declares `partition-by` (its rows are keyed by account), so it targets the
+  // world that exports it; the other guests built here target the plain `projector` world.
+  worldName: version === "v2" && bundled ? "partitioned-projector" : "projector",
   // The host grants no network: leave out the engine's HTTP support and its imports.
   disableFeatures: ["http", "fetch-event"],
 });

@@ -12,9 +12,15 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
 version="${1:-}"
+# Version 2 declares `partition-by` (its rows are keyed by account), so it targets the world
+# that exports it; the other guests built here target the plain `projector` world.
+world=projector
 if [[ $# == 1 && ( "$version" == v1 || "$version" == v2 ) ]]; then
     app="$here/$version"
     output="$root/plugins/target/py/balance_$version.wasm"
+    if [[ "$version" == v2 ]]; then
+        world=partitioned-projector
+    fi
 elif [[ $# == 2 ]]; then
     app="$(cd "$1" && pwd)"
     output="$(cd "$(dirname "$2")" 2>/dev/null && pwd || { mkdir -p "$(dirname "$2")" && cd "$(dirname "$2")" && pwd; })/$(basename "$2")"
@@ -47,6 +53,6 @@ if [[ -f "$output" ]]; then
 fi
 
 mkdir -p "$(dirname "$output")"
-"$venv/bin/componentize-py" --wit-path "$root/wit" --world projector componentize \
+"$venv/bin/componentize-py" --wit-path "$root/wit" --world "$world" componentize \
     --python-path "$app" --python-path "$here/common" app --output "$output" >&2
 echo "balance-py: built ${output#"$root"/}" >&2

@@ -3,7 +3,8 @@
 //! same rows, byte for byte; a replay may mix languages and the daemon hot-swaps across them.
 //! The JavaScript and Python builds send their writes and flush once per call, like the Rust
 //! one: on every backend they fold history exactly and a write that found no account still
-//! fails its own event.
+//! fails its own event. Their version 2 declares `partition-by` like the Rust one, so on the
+//! server backends their replays split by aggregate.
 
 use crate::support::{
     Backend, Env, Generator, NewEvent, PATIENCE, V1_COLUMNS, V2_COLUMNS, assert_same_rows,
@@ -275,4 +276,54 @@ fn a_looping_javascript_guest_and_a_hoarding_or_raising_python_guest_stop_only_t
     let err = env.fail(&["projector", "deploy", "py-alloc", &g.py_alloc]);
     assert!(err.contains(&format!("event {raise_id}")), "{err}");
     assert!(!env.table_exists("py_seen"), "nothing went live");
+}
+
+#[test]
+fn javascript_and_python_replays_split_by_aggregate_on_postgres() {
+    javascript_and_python_replays_split_by_aggregate(Backend::Postgres);
+}
+
+#[test]
+fn javascript_and_python_replays_split_by_aggregate_on_mariadb() {
+    javascript_and_python_replays_split_by_aggregate(Backend::Mariadb);
+}
+
+/// The JavaScript and Python builds of balance v2 declare `partition-by`: `plugin inspect`
+/// says so, and `replay start --partitions 3` splits their history by account (each part an
+/// instance of its own) and still folds it exactly.
+fn javascript_and_python_replays_split_by_aggregate(backend: Backend) {
+    let g = guests();
+    let env = Env::new(backend);
+    env.write_config("batch_size = 50\n");
+    let mut generator = Generator::new(33);
+    let mut history = generator.open_accounts(30);
+    history.extend(generator.money(600));
+    env.import(&history);
+    env.deploy("balance", &g.balance_v1);
+    let events = env.stored_events();
+    for (key, file) in [("js2", &g.balance_js_v2), ("py2", &g.balance_py_v2)] {
+        let inspected = env.ok(&["plugin", "inspect", file]);
+        assert!(
+            inspected.contains("split:    by aggregate (balances.account_uuid)"),
+            "{key}: {inspected}"
+        );
+        env.create_balance_replay(key, file);
+        let out = env.zdr(&["replay", "start", key, "--partitions", "3"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{key}: {stderr}");
+        assert!(
+            stderr.contains("replaying split by aggregate"),
+            "{key} split its replay: {stderr}"
+        );
+        assert_same_rows(
+            &env.balances_v2(&env.clone_table(key, "balances")),
+            &fold_v2(&events),
+            &format!("{key} split three ways against the reference fold"),
+        );
+    }
+    let rust_v1 = env.ok(&["plugin", "inspect", &g.balance_v1]);
+    assert!(
+        rust_v1.contains("split:    no (no partition-by"),
+        "{rust_v1}"
+    );
 }

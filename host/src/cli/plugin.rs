@@ -173,6 +173,20 @@ impl Inspect {
             inspection.handles.join(", ")
         };
         outln!("handles:  {handles}");
+        let split = if inspection.partition_by.is_empty() {
+            "no (no partition-by: a replay runs whole)".to_string()
+        } else {
+            let keys: Vec<String> = inspection
+                .partition_by
+                .iter()
+                .map(|key| format!("{}.{}", key.table, key.column))
+                .collect();
+            format!(
+                "by aggregate ({}): replays may split history on PostgreSQL and MySQL",
+                keys.join(", ")
+            )
+        };
+        outln!("split:    {split}");
         outln!("tables:");
         for table in &inspection.tables {
             outln!("  {}", table.name);

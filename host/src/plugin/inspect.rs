@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use crate::model::TableDecl;
+use crate::model::{PartitionKey, TableDecl};
 use crate::runtime::{ComponentInterface, ComponentItemName, Contract, Runtime};
 
 /// What `zdr plugin inspect` reports about one component.
@@ -17,6 +17,9 @@ pub struct Inspection {
     pub tables: Vec<TableDecl>,
     /// The event classes it handles (empty: every event).
     pub handles: Vec<String>,
+    /// Each table's aggregate column, when it declares `partition-by` (a replay may then split
+    /// history by aggregate); empty when it does not.
+    pub partition_by: Vec<PartitionKey>,
     /// What it imports.
     pub imports: Vec<ComponentItemName>,
     /// What it exports.
@@ -50,6 +53,7 @@ pub fn inspect(runtime: &Runtime, wasm: &[u8]) -> Result<Inspection, crate::runt
         version: None,
         tables: Vec::new(),
         handles: Vec::new(),
+        partition_by: Vec::new(),
         imports,
         exports,
         matches_world: false,
@@ -62,6 +66,7 @@ pub fn inspect(runtime: &Runtime, wasm: &[u8]) -> Result<Inspection, crate::runt
             inspection.version = Some(description.version);
             inspection.tables = description.tables;
             inspection.handles = description.handles;
+            inspection.partition_by = description.partition_by;
             inspection.matches_world = true;
         }
         Err(err) => inspection.problem = Some(format!("{err:#}")),

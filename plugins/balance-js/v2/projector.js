@@ -32,6 +32,15 @@ export function describe() {
   };
 }
 
+/**
+ * Every row this projector writes for an event is that event's account's, and no event reads
+ * another account's row: a replay may split history by account (`partition-by` of the
+ * `partitioned-projector` world).
+ */
+export function partitionBy() {
+  return [["balances", "account_uuid"]];
+}
+
 export function useConnection(conn) {
   connection = conn;
 }

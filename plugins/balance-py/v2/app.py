@@ -41,6 +41,11 @@ class WitWorld(WitWorld):
             handles=list(balance_common.HANDLED_CLASSES),
         )
 
+    def partition_by(self) -> List[Tuple[str, str]]:
+        # Every row this projector writes for an event is that event's account's, and no event
+        # reads another account's row: a replay may split history by account.
+        return [("balances", "account_uuid")]
+
     def use_connection(self, conn: database.Connection) -> None:
         global _connection
         _connection = conn
