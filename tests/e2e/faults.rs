@@ -1048,8 +1048,9 @@ fn a_full_disk_is_the_databases_failure_never_an_events_on_mariadb() {
 /// The server runs out of disk space under a projector's writes. It is not the events'
 /// fault: live, even under `on_failure = "park"`, parks nothing and records no failure; the
 /// daemon says it is stuck and why, and once space is back it applies every event, none
-/// skipped. A replay's `start` fails with the reason and what to do, the replay is not failed,
-/// and run again it finishes to the fold.
+/// skipped. A projecting clone that cannot write drops out with the reason while live goes on
+/// (a replay never stalls live). A replay's `start` fails with the reason and what to do, the
+/// replay is not failed, and run again it finishes to the fold.
 fn a_full_disk_is_the_databases_failure_never_an_events(backend: Backend) {
     let g = guests();
     let env = Env::new(backend);
@@ -1085,6 +1086,31 @@ fn a_full_disk_is_the_databases_failure_never_an_events(backend: Backend) {
     wait_until(PATIENCE, "the log to say it moves again", || {
         daemon.log().contains("making progress again")
     });
+
+    // A projecting clone whose own table runs out of space drops out with the reason, as
+    // any clone failure does; live never stalls because of it.
+    env.create_balance_replay("p", &g.balance_v2);
+    env.ok(&["replay", "start", "p"]);
+    env.ok(&["replay", "project", "p"]);
+    let projecting = env.clone_table("p", "balances");
+    fill_the_disk_under(&env, &projecting);
+    env.import(&generator.money(20));
+    env.wait_live("balance", "1");
+    let show = env.show("p");
+    assert_eq!(show["state"], "failed", "{show:#}");
+    assert!(
+        show["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("out of space")),
+        "the replay says why: {show:#}"
+    );
+    assert_same_rows(
+        &env.balances_v1("balances"),
+        &fold_v1(&env.stored_events()),
+        "live went on while the clone could not write",
+    );
+    free_the_disk_under(&env, &projecting);
+    env.ok(&["replay", "remove", "p"]);
     daemon.assert_running();
     daemon.stop();
 

@@ -250,6 +250,15 @@ impl GuardedConnection {
 
     /// Refuses any work once the transaction is aborted or the call's deadline has passed.
     fn usable(&self, call: Call) -> Result<(), DbError> {
+        if let Some(first) = self.aborted.as_ref().filter(|e| e.is_out_of_resources()) {
+            return Err(DbError::Other {
+                message: format!(
+                    "not run: the database is out of space or memory ({first}); the batch is \
+                     rolled back and tried again once there is room"
+                ),
+                sqlstate: first.sqlstate().map(str::to_string),
+            });
+        }
         if let Some(first) = &self.aborted {
             return Err(DbError::Other {
                 message: format!(

@@ -39,18 +39,15 @@ impl Rt {
             runtime.block_on(future)
         }
     }
-}
 
-impl Rt {
     /// Drives `future` to completion on a thread of its own, waiting for it: for `drop`,
     /// which may run where [`Rt::block_on`] cannot (on a current-thread runtime's worker,
     /// where blocking in place is forbidden).
-    pub(super) fn block_on_aside<F>(&self, future: F) -> Option<F::Output>
-    where
-        F: Future + Send,
-        F::Output: Send,
-    {
-        std::thread::scope(|scope| scope.spawn(|| self.block_on(future)).join().ok())
+    pub(super) fn block_on_aside(&self, future: impl Future<Output = ()> + Send) {
+        std::thread::scope(|scope| {
+            // A panic in the future is the drop's to lose, not to pass on while unwinding.
+            let _ = scope.spawn(|| self.block_on(future)).join();
+        });
     }
 }
 

@@ -691,6 +691,19 @@ mod tests {
             .expect("the file fills up");
         assert!(full.is_out_of_resources(), "{full:?}");
         assert_eq!(full.sqlstate(), Some("53100"));
+        // The rest of the call is refused with the same reason, not as an event's failure.
+        let refused = guest
+            .execute(
+                "INSERT INTO items (id, note) VALUES ($1, $2)",
+                &[Value::Integer(1000), Value::Text("small".into())],
+                call(),
+            )
+            .expect_err("refused after the database filled up");
+        assert_eq!(refused.sqlstate(), Some("53100"), "{refused}");
+        assert!(
+            refused.to_string().contains("out of space") && !refused.to_string().contains("event"),
+            "{refused}"
+        );
         assert_eq!(
             guest.take_aborted(),
             Some(full),
