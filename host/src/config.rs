@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::projection::{DEFAULT_BATCH_SIZE, REBUILD_BATCH_SIZE};
+use crate::projection::{DEFAULT_BATCH_SIZE, READ_CHUNK, REBUILD_BATCH_SIZE};
 use crate::runtime::Limits;
 
 /// The database used when nothing else is configured: an SQLite file in the working directory.
@@ -50,6 +50,10 @@ pub struct Settings {
     /// Whether a rebuild reads its next batch on a connection of its own while it applies one
     /// (`rebuild_read_ahead`, on by default; off saves that connection per replay worker).
     pub rebuild_read_ahead: bool,
+    /// The most events a rebuild reads at a time (`rebuild_read_chunk`, default
+    /// [`READ_CHUNK`]): a transaction of more takes several chunks, so the events held in
+    /// memory stay bounded by this, not by `rebuild_batch_size`.
+    pub rebuild_read_chunk: usize,
     /// Guest bounds.
     pub limits: Limits,
     /// Guest bounds of projectors configured apart (`[projectors.NAME]`), over the defaults.
@@ -125,6 +129,7 @@ struct FileConfig {
     rebuild_batch_size: Option<usize>,
     rebuild_partitions: Option<u32>,
     rebuild_read_ahead: Option<bool>,
+    rebuild_read_chunk: Option<usize>,
     call_timeout_ms: Option<u64>,
     memory_mib: Option<usize>,
     cache_dir: Option<PathBuf>,
@@ -203,6 +208,12 @@ impl Settings {
                 "rebuild_batch_size must be 1 to 100000, got {rebuild_batch_size}"
             ));
         }
+        let rebuild_read_chunk = file.rebuild_read_chunk.unwrap_or(READ_CHUNK);
+        if !(1..=100_000).contains(&rebuild_read_chunk) {
+            problems.push(format!(
+                "rebuild_read_chunk must be 1 to 100000, got {rebuild_read_chunk}"
+            ));
+        }
         let rebuild_partitions = file.rebuild_partitions.unwrap_or_else(default_partitions);
         if !(1..=MAX_PARTITIONS).contains(&rebuild_partitions) {
             problems.push(format!(
@@ -265,6 +276,7 @@ impl Settings {
             rebuild_batch_size,
             rebuild_partitions,
             rebuild_read_ahead: file.rebuild_read_ahead.unwrap_or(true),
+            rebuild_read_chunk,
             limits,
             projector_limits,
             cache_dir: file.cache_dir.or_else(default_cache_dir),
@@ -418,6 +430,32 @@ mod tests {
             err.contains("rebuild_batch_size must be 1 to 100000"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn rebuilds_read_a_bounded_chunk_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zdr.toml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Settings::resolve(Some(&path), None)
+        };
+        assert_eq!(resolve("").unwrap().rebuild_read_chunk, READ_CHUNK);
+        assert_eq!(
+            resolve("rebuild_read_chunk = 500\n")
+                .unwrap()
+                .rebuild_read_chunk,
+            500
+        );
+        for bad in ["0", "100001"] {
+            let err = resolve(&format!("rebuild_read_chunk = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("rebuild_read_chunk must be 1 to 100000"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

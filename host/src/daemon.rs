@@ -208,7 +208,7 @@ fn spawn_worker(
     daemon: &str,
 ) -> anyhow::Result<Option<Worker>> {
     let db = Db::open(&settings.database_url)?;
-    db.set_read_ahead(settings.rebuild_read_ahead);
+    db.set_reading(settings.rebuild_read_ahead, settings.rebuild_read_chunk);
     let lock_name = format!("projector-{projector}");
     let Some(ownership) = db.try_lock(&lock_name)? else {
         tracing::debug!(projector, "owned by another daemon");

@@ -42,14 +42,19 @@ pub const BATCH_TIME_BUDGET: Duration = Duration::from_secs(1);
 
 /// Events per transaction of a rebuild (deploy, `replay start`, catch-ups): a commit writes
 /// each page its batch dirtied once, however many of the batch's events touched it (on SQLite,
-/// to the WAL), so a rebuild takes ten times live's batch, bounded in time by
-/// [`REBUILD_TIME_BUDGET`].
-pub const REBUILD_BATCH_SIZE: usize = 10_000;
+/// to the WAL), so a rebuild takes fifty times live's batch, bounded in time by
+/// [`REBUILD_TIME_BUDGET`] and read [`READ_CHUNK`] events at a time.
+pub const REBUILD_BATCH_SIZE: usize = 50_000;
 
 /// How long a rebuild's transaction goes on taking events. A rebuild holds zdr's writer lock
 /// (and SQLite's write lock) per transaction, so live batches and the application's writers
 /// wait at most this plus one call while a rebuild runs.
 pub const REBUILD_TIME_BUDGET: Duration = Duration::from_millis(250);
+
+/// The most events a rebuild reads at a time by default (`rebuild_read_chunk`), ahead or in its
+/// transaction: a transaction of more takes several such chunks, so the events held in memory
+/// stay bounded (about two chunks) whatever the rebuild's batch size.
+pub const READ_CHUNK: usize = 10_000;
 
 /// Why projecting stopped.
 #[derive(Debug, thiserror::Error)]
@@ -786,8 +791,10 @@ impl<'a> Projection<'a> {
                     });
                 }
                 // Events the projector does not handle are left out in the database: a
-                // projector of a few classes in a store of many reads only its own.
-                let chunk = self.batch_size;
+                // projector of a few classes in a store of many reads only its own. They are
+                // read in chunks of at most `rebuild_read_chunk` ([`READ_CHUNK`]), so that the
+                // events held in memory stay bounded whatever the transaction's size.
+                let chunk = self.batch_size.min(db.read_chunk());
                 let handles = &self.loaded(&target)?.description.handles;
                 let read_started = Instant::now();
                 let (target, head, partition) = match cursor {
@@ -807,8 +814,9 @@ impl<'a> Projection<'a> {
                 let ahead = ahead.get_or_insert_with(|| {
                     ReadAhead::new(db.reads_ahead(), handles.clone(), partition, chunk)
                 });
-                let (events, complete) = ahead.read(db, target.checkpoint, head, *limit)?;
-                reading = read_started.elapsed();
+                let (events, complete) =
+                    ahead.read(db, target.checkpoint, head, (*limit).min(chunk))?;
+                reading += read_started.elapsed();
                 if events.is_empty() {
                     if target.checkpoint >= head {
                         return Ok(None);
@@ -817,18 +825,44 @@ impl<'a> Projection<'a> {
                     cursor.set_checkpoint(db, target.id, head)?;
                     return Ok(Some((target, 0, 0, head, head)));
                 }
-                let apply_started = Instant::now();
-                let until = apply_started + REBUILD_TIME_BUDGET;
-                let mut last = self.apply(&target, events, Some(until))?;
-                projector = apply_started.elapsed();
-                let count = events.iter().take_while(|e| e.id() <= last).count();
-                // A read that held every handled event up to the head: once they are all
-                // applied, the events after the last of them are passed over too.
-                if complete && count == events.len() {
-                    last = head;
+                // The transaction takes chunk after chunk until it holds `limit` events, its
+                // time budget runs out or the head is reached.
+                let until = Instant::now() + REBUILD_TIME_BUDGET;
+                let (mut last, mut count, mut read) = (target.checkpoint, 0, 0);
+                let (mut events, mut complete) = (events, complete);
+                loop {
+                    let apply_started = Instant::now();
+                    // At most `last`: the id of the last event applied or passed over, or
+                    // `last` itself when the budget ran out before the first.
+                    let mut applied_through = self.apply(&target, events, Some(until))?.max(last);
+                    projector += apply_started.elapsed();
+                    let applied = events
+                        .iter()
+                        .take_while(|e| e.id() <= applied_through)
+                        .count();
+                    let whole = applied == events.len();
+                    // A read that held every handled event up to the head: once they are
+                    // all applied, the events after the last of them are passed over too.
+                    if complete && whole {
+                        applied_through = head;
+                    }
+                    (last, count, read) = (applied_through, count + applied, read + events.len());
+                    if !whole || complete || read >= *limit || Instant::now() >= until {
+                        break;
+                    }
+                    let read_started = Instant::now();
+                    (events, complete) = ahead.read(db, last, head, (*limit - read).min(chunk))?;
+                    reading += read_started.elapsed();
+                    if events.is_empty() {
+                        // Nothing more it handles up to the head.
+                        if complete {
+                            last = head;
+                        }
+                        break;
+                    }
                 }
                 cursor.set_checkpoint(db, target.id, last)?;
-                Ok(Some((target, count, events.len(), last, head)))
+                Ok(Some((target, count, read, last, head)))
             });
             match batch {
                 Ok(None) => return Ok(()),

@@ -64,8 +64,9 @@ struct Args {
     /// Events in the generated history.
     #[arg(long, default_value_t = 200_000)]
     events: usize,
-    /// Events per transaction (zdr's `rebuild_batch_size`, and the native path's batch).
-    #[arg(long, default_value_t = 10_000)]
+    /// Events per transaction (zdr's `rebuild_batch_size`, and the native path's batch); zdr's
+    /// default by default.
+    #[arg(long, default_value_t = zdr::projection::REBUILD_BATCH_SIZE)]
     batch: usize,
     /// How many times each path runs, back to back.
     #[arg(long, default_value_t = 3)]

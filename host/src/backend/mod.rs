@@ -27,7 +27,7 @@ pub(crate) mod testing;
 mod value;
 
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 pub use bookkeeping::{ParkedEvent, SkipRecord, WorkerReport, WorkerState};
@@ -303,6 +303,8 @@ pub struct Db {
     /// Whether a rebuild may read its next batch on a connection of its own while it applies
     /// one ([`crate::read_ahead`]; `rebuild_read_ahead`).
     read_ahead: AtomicBool,
+    /// The most events a rebuild reads at a time (`rebuild_read_chunk`).
+    read_chunk: AtomicUsize,
 }
 
 impl Db {
@@ -336,6 +338,7 @@ impl Db {
             in_write: AtomicBool::new(false),
             url: url.to_owned(),
             read_ahead: AtomicBool::new(true),
+            read_chunk: AtomicUsize::new(crate::projection::READ_CHUNK),
         })
     }
 
@@ -346,7 +349,7 @@ impl Db {
     /// As [`Db::open`].
     pub fn open_another(&self) -> Result<Db, StoreError> {
         let another = Self::connect(&self.url, false)?;
-        another.set_read_ahead(self.reads_ahead());
+        another.set_reading(self.reads_ahead(), self.read_chunk());
         Ok(another)
     }
 
@@ -356,9 +359,18 @@ impl Db {
         self.read_ahead.load(Ordering::Relaxed)
     }
 
-    /// Lets rebuilds read ahead or not (`rebuild_read_ahead` in zdr.toml).
-    pub fn set_read_ahead(&self, on: bool) {
-        self.read_ahead.store(on, Ordering::Relaxed);
+    /// The most events a rebuild reads at a time, ahead or in its transaction
+    /// ([`crate::projection::READ_CHUNK`] by default).
+    pub fn read_chunk(&self) -> usize {
+        self.read_chunk.load(Ordering::Relaxed)
+    }
+
+    /// Sets how rebuilds read history: ahead on a connection of their own or not
+    /// (`rebuild_read_ahead` in zdr.toml), and at most `chunk` events at a time
+    /// (`rebuild_read_chunk`).
+    pub fn set_reading(&self, ahead: bool, chunk: usize) {
+        self.read_ahead.store(ahead, Ordering::Relaxed);
+        self.read_chunk.store(chunk.max(1), Ordering::Relaxed);
     }
 
     /// Whether a [`Db::write`] transaction is open: what must not happen inside one (a

@@ -144,7 +144,7 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
 /// Opens the database and checks it is initialised.
 fn open_ready(settings: &Settings) -> anyhow::Result<Db> {
     let db = Db::open(&settings.database_url)?;
-    db.set_read_ahead(settings.rebuild_read_ahead);
+    db.set_reading(settings.rebuild_read_ahead, settings.rebuild_read_chunk);
     db.ensure_ready()?;
     Ok(db)
 }
