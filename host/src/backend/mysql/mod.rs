@@ -187,14 +187,42 @@ fn store_error(err: &sqlx::Error, context: String) -> StoreError {
 }
 
 /// The SQLSTATE zdr gives a server out of disk space or memory (`SQLSTATE_DISK_FULL`,
-/// `SQLSTATE_OUT_OF_MEMORY`), which MySQL reports by error number only: 1021 (disk full), 1114
-/// (table full), 1037, 1038 and 1041 (out of memory or resources).
+/// `SQLSTATE_OUT_OF_MEMORY`), which MySQL reports by error number, not SQLSTATE: 1021 (disk
+/// full), 1114 (table full), a storage engine's or a file's errno 28 (below), 1037, 1038 and
+/// 1041 (out of memory or resources).
 fn out_of_resources(err: &sqlx::Error) -> Option<&'static str> {
-    match error_number(err)? {
-        1021 | 1114 => Some(SQLSTATE_DISK_FULL),
+    match err {
+        sqlx::Error::Database(db) => resource_failure(error_number(err)?, db.message()),
+        _ => None,
+    }
+}
+
+/// [`out_of_resources`] of the server's error `number` and `message`. Besides its own numbers,
+/// the server passes a full disk on as the storage engine's failure (1030, "Got error 28 …")
+/// or a file's (1026, "… (Errcode: 28 …)"): the system's ENOSPC, 28, is only in the message.
+/// A temporary file it cannot write (1878) is a full disk in practice, and in any case not an
+/// event's fault.
+fn resource_failure(number: u16, message: &str) -> Option<&'static str> {
+    match number {
+        1021 | 1114 | 1878 => Some(SQLSTATE_DISK_FULL),
+        1030 | 1026 if names_enospc(message) => Some(SQLSTATE_DISK_FULL),
         1037 | 1038 | 1041 => Some(SQLSTATE_OUT_OF_MEMORY),
         _ => None,
     }
+}
+
+/// Whether a server message carries the system error 28 (ENOSPC): "error 28", "errno: 28",
+/// "Errcode: 28", or its text.
+fn names_enospc(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    lower.contains("no space left on device")
+        || ["error 28", "errno: 28", "errcode: 28", "errno 28"]
+            .iter()
+            .any(|code| {
+                lower.match_indices(code).any(|(at, found)| {
+                    !lower[at + found.len()..].starts_with(|c: char| c.is_ascii_digit())
+                })
+            })
 }
 
 /// The server's error number (1062, 1205…), if the server answered with an error.

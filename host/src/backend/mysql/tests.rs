@@ -478,3 +478,57 @@ fn a_promote_that_died_after_its_rename_is_undone_before_anything_writes() {
         "a recorded move stays"
     );
 }
+
+/// A full disk reaches MySQL and MariaDB under several numbers: its own (1021, 1114), and the
+/// storage engine's or a file write's failure carrying the system's errno 28 (ENOSPC) in the
+/// message (1030, 1026, and a temporary file that cannot be written, 1878). Each is the
+/// database's failure, never an event's; other engine errors stay what they are.
+#[test]
+fn a_full_disk_is_recognised_under_every_number_the_server_gives_it() {
+    let disk_full = Some(SQLSTATE_DISK_FULL);
+    for (number, message) in [
+        (
+            1021,
+            "Disk full (./test/t.ibd); waiting for someone to free some space...",
+        ),
+        (1114, "The table 'balances' is full"),
+        (
+            1030,
+            "Got error 28 \"No space left on device\" from storage engine InnoDB",
+        ),
+        (
+            1026,
+            "Error writing file './test/#sql-1.MAI' (Errcode: 28 \"No space left on device\")",
+        ),
+        (1878, "Temporary file write failure"),
+    ] {
+        assert_eq!(
+            resource_failure(number, message),
+            disk_full,
+            "{number}: {message}"
+        );
+    }
+    assert_eq!(
+        resource_failure(1041, "Out of memory"),
+        Some(SQLSTATE_OUT_OF_MEMORY)
+    );
+    for (number, message) in [
+        (
+            1030,
+            "Got error 168 \"Unknown (generic) error from engine\" from storage engine InnoDB",
+        ),
+        (1030, "Got error 128 from storage engine"),
+        (1030, "Got error 280 from storage engine"),
+        (
+            1026,
+            "Error writing file './x' (Errcode: 13 \"Permission denied\")",
+        ),
+        (1062, "Duplicate entry '28' for key 'PRIMARY'"),
+    ] {
+        assert_eq!(
+            resource_failure(number, message),
+            None,
+            "{number}: {message}"
+        );
+    }
+}
