@@ -56,6 +56,15 @@ pub const REBUILD_TIME_BUDGET: Duration = Duration::from_millis(250);
 /// stay bounded (about two chunks) whatever the rebuild's batch size.
 pub const READ_CHUNK: usize = 10_000;
 
+/// How long a rebuild that reached a head held back by a gap in the ids waits for the gap to
+/// be settled (filled, or given up as never written) before it stops there: longer than
+/// MySQL's grace for a gap, so that a gap nobody fills does not end a `replay start` short
+/// of events already committed after it.
+pub const HELD_HEAD_PATIENCE: Duration = Duration::from_secs(5);
+
+/// How often a rebuild waiting on a held-back head looks again.
+const HELD_HEAD_POLL: Duration = Duration::from_millis(100);
+
 /// Why projecting stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -773,6 +782,7 @@ impl<'a> Projection<'a> {
     ) -> Result<(), ProjectionError> {
         // The events of the next batch are read while this one is applied (`read_ahead`).
         let mut ahead: Option<ReadAhead> = None;
+        let mut held_since: Option<Instant> = None;
         loop {
             let db = self.db;
             let batch_started = Instant::now();
@@ -865,8 +875,26 @@ impl<'a> Projection<'a> {
                 Ok(Some((target, count, read, last, head)))
             });
             match batch {
-                Ok(None) => return Ok(()),
+                Ok(None) => {
+                    // Caught up with a head that a gap holds back, events after the gap
+                    // already committed: wait a while for the gap to settle rather than stop
+                    // short of them. A part of a split has a fixed head and never waits.
+                    let held = matches!(cursor, Cursor::Whole) && db.head_held_back();
+                    let since = *held_since.get_or_insert_with(Instant::now);
+                    if !held || since.elapsed() >= HELD_HEAD_PATIENCE {
+                        if held {
+                            tracing::info!(
+                                target_id,
+                                "caught up with the safe head; events after a gap in the ids \
+                                 that is not settled yet are left for the next catch-up"
+                            );
+                        }
+                        return Ok(());
+                    }
+                    std::thread::sleep(HELD_HEAD_POLL);
+                }
                 Ok(Some((target, count, read, last, head))) => {
+                    held_since = None;
                     *limit = next_read_limit(*limit, count, read, self.batch_size);
                     *applied += count as u64;
                     time.reading += reading;

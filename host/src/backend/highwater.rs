@@ -104,6 +104,12 @@ impl HighWater {
         self.pending.as_ref().map(|p| p.writers.as_slice())
     }
 
+    /// Whether the head stops below a gap that may still be filled: the last scan saw events
+    /// above it.
+    pub fn held_back(&self) -> bool {
+        self.pending.is_some()
+    }
+
     /// Every writer the pending gap waited for has ended: ids up to its mark are final.
     /// Returns the range whose missing ids are now given up, `(from, to]`.
     pub fn writers_ended(&mut self) -> Option<(i64, i64)> {

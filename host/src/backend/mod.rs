@@ -218,6 +218,12 @@ pub trait Store: Send + Sync {
     /// writer the gap-safe read could not see (see `docs/architecture.md`), found since the
     /// last call. Empty on SQLite, where ids commit in order.
     fn late_events(&self) -> Result<Vec<i64>, StoreError>;
+    /// Whether the last [`Store::head`] stopped below a gap that may still be filled (an
+    /// insert in flight, or on MySQL a gap not yet past its grace): events above it are
+    /// visible but not yet safe to read. Never on SQLite, where ids commit in order.
+    fn head_held_back(&self) -> bool {
+        false
+    }
     /// Reads up to `limit` events with `after < id <= up_to`, in id order. A row that cannot
     /// be decoded is returned as such, with the reason, so the projection can stop there.
     fn read_events(

@@ -839,6 +839,13 @@ impl Store for MyStore {
         self.late()
     }
 
+    fn head_held_back(&self) -> bool {
+        self.high_water
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .held_back()
+    }
+
     fn read_events_in(
         &self,
         after: i64,
