@@ -56,10 +56,10 @@ pub const REBUILD_TIME_BUDGET: Duration = Duration::from_millis(250);
 /// stay bounded (about two chunks) whatever the rebuild's batch size.
 pub const READ_CHUNK: usize = 10_000;
 
-/// How long a rebuild that reached a head held back by a gap in the ids waits for the gap to
-/// be settled (filled, or given up as never written) before it stops there: longer than
-/// MySQL's grace for a gap, so that a gap nobody fills does not end a `replay start` short
-/// of events already committed after it.
+/// How long, in all, a rebuild that reached a head held back by a gap in the ids waits for such
+/// gaps to settle (filled, or given up as never written) before it stops at the safe head:
+/// longer than MySQL's grace for a gap, so that a gap nobody fills does not end a `replay
+/// start` short of events already committed after it.
 pub const HELD_HEAD_PATIENCE: Duration = Duration::from_secs(5);
 
 /// How often a rebuild waiting on a held-back head looks again.
@@ -878,7 +878,9 @@ impl<'a> Projection<'a> {
                 Ok(None) => {
                     // Caught up with a head that a gap holds back, events after the gap
                     // already committed: wait a while for the gap to settle rather than stop
-                    // short of them. A part of a split has a fixed head and never waits.
+                    // short of them, at most `HELD_HEAD_PATIENCE` in all from the first such
+                    // wait (writers that keep opening new gaps must not keep the rebuild
+                    // going). A part of a split has a fixed head and never waits.
                     let held = matches!(cursor, Cursor::Whole) && db.head_held_back();
                     let since = *held_since.get_or_insert_with(Instant::now);
                     if !held || since.elapsed() >= HELD_HEAD_PATIENCE {
@@ -894,7 +896,6 @@ impl<'a> Projection<'a> {
                     std::thread::sleep(HELD_HEAD_POLL);
                 }
                 Ok(Some((target, count, read, last, head))) => {
-                    held_since = None;
                     *limit = next_read_limit(*limit, count, read, self.batch_size);
                     *applied += count as u64;
                     time.reading += reading;

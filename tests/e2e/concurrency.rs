@@ -21,6 +21,61 @@ both_backends!(
     two_daemons_never_apply_an_event_twice_and_one_takes_over_when_the_owner_dies,
 );
 
+#[test]
+fn replay_start_ends_while_writers_keep_reopening_gaps_on_postgres() {
+    replay_start_ends_while_writers_keep_reopening_gaps(Backend::Postgres);
+}
+
+#[test]
+fn replay_start_ends_while_writers_keep_reopening_gaps_on_mariadb() {
+    replay_start_ends_while_writers_keep_reopening_gaps(Backend::Mariadb);
+}
+
+/// A rebuild that reaches a head held back by a gap in the ids waits for the gap to settle,
+/// but at most `HELD_HEAD_PATIENCE` (5 s) in all: writers that keep reopening a gap under the
+/// safe head (two each hold their insert 300 ms, half a hold apart, the next begun at once,
+/// while a third commits events above them) must not keep `replay start` going for as long as they write. It ends at
+/// the safe head while they still write, and nothing it applied is skipped or doubled.
+/// (SQLite has no gaps: its writers take turns.)
+fn replay_start_ends_while_writers_keep_reopening_gaps(backend: Backend) {
+    let g = guests();
+    let env = Env::new(backend);
+    env.write_config("rebuild_partitions = 1\n");
+    let mut generator = Generator::new(31);
+    env.import(&generator.open_accounts(10));
+    env.import(&generator.money(200));
+    env.deploy("balance", &g.balance_v1);
+    env.create_balance_replay("v2", &g.balance_v2);
+
+    // Two writers each hold an insert 300 ms, half a hold apart, so that one of them always
+    // holds an id below one the other (or the third writer) committed.
+    let accounts = generator.accounts().to_vec();
+    let committing = Appender::start(&env, 32, accounts.clone());
+    let hold = Duration::from_millis(300);
+    let writing_for = Duration::from_secs(40);
+    let holding = Appender::holding(&env, 33, accounts.clone(), hold, writing_for);
+    std::thread::sleep(hold / 2);
+    let holding_too = Appender::holding(&env, 34, accounts, hold, writing_for);
+    holding.wait_for(2);
+    holding_too.wait_for(2);
+    committing.wait_for(30);
+    env.ok(&["replay", "start", "v2"]);
+    assert!(
+        !holding.finished() && !holding_too.finished(),
+        "replay start ended only once the writers holding gaps stopped"
+    );
+    committing.stop();
+    holding.stop();
+    holding_too.stop();
+
+    env.ok(&["replay", "start", "v2"]);
+    assert_same_rows(
+        &env.balances_v2(&env.clone_table("v2", "balances")),
+        &fold_v2(&env.stored_events()),
+        "the clone after the writers stopped",
+    );
+}
+
 fn events_appended_during_start_and_while_projecting_land_exactly_once_in_live_and_clone(
     backend: Backend,
 ) {

@@ -1684,6 +1684,34 @@ pub struct Appender {
 impl Appender {
     /// Starts appending money events on `accounts` to the database of `env`.
     pub fn start(env: &Env, seed: u64, accounts: Vec<String>) -> Self {
+        Self::spawn(env, seed, accounts, Duration::ZERO, None)
+    }
+
+    /// Starts appending one money event per transaction, each transaction held open for `hold`
+    /// after its insert (its id drawn, not yet visible: a gap under the events others commit),
+    /// the next begun at once, until stopped or `for_at_most` has passed.
+    pub fn holding(
+        env: &Env,
+        seed: u64,
+        accounts: Vec<String>,
+        hold: Duration,
+        for_at_most: Duration,
+    ) -> Self {
+        Self::spawn(env, seed, accounts, hold, Some(for_at_most))
+    }
+
+    /// Whether the thread stopped of itself (its time was up, or it died).
+    pub fn finished(&self) -> bool {
+        self.handle.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+
+    fn spawn(
+        env: &Env,
+        seed: u64,
+        accounts: Vec<String>,
+        hold: Duration,
+        for_at_most: Option<Duration>,
+    ) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let appended = Arc::new(AtomicU64::new(0));
         let store = match env.backend() {
@@ -1692,14 +1720,21 @@ impl Appender {
             Backend::Mariadb => Store::Mariadb(env.url().to_string()),
         };
         let (thread_stop, thread_appended) = (stop.clone(), appended.clone());
+        let until = for_at_most.map(|d| Instant::now() + d);
         let handle = std::thread::spawn(move || {
             let mut writer = store.open();
             let mut generator = Generator::with_accounts(seed, accounts);
-            while !thread_stop.load(Ordering::Relaxed) {
-                let events = generator.money(3);
-                writer.append(&events);
-                thread_appended.fetch_add(events.len() as u64, Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(10));
+            while !thread_stop.load(Ordering::Relaxed) && until.is_none_or(|u| Instant::now() < u) {
+                if hold.is_zero() {
+                    let events = generator.money(3);
+                    writer.append(&events);
+                    thread_appended.fetch_add(events.len() as u64, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(10));
+                } else {
+                    let events = generator.money(1);
+                    writer.append_holding(&events, hold);
+                    thread_appended.fetch_add(events.len() as u64, Ordering::SeqCst);
+                }
             }
         });
         Self {
@@ -1805,6 +1840,16 @@ pub const PG_APPEND: &str = "INSERT INTO stored_events (aggregate_uuid, event_ve
 impl Writer {
     /// Appends `events` in one transaction.
     pub fn append(&mut self, events: &[NewEvent]) {
+        self.append_holding(events, Duration::ZERO);
+    }
+
+    /// Appends `events` in one transaction, held open for `hold` after the inserts.
+    pub fn append_holding(&mut self, events: &[NewEvent], hold: Duration) {
+        let held = || {
+            if !hold.is_zero() {
+                std::thread::sleep(hold);
+            }
+        };
         match self {
             Self::Sqlite(conn) => {
                 let tx = conn
@@ -1818,6 +1863,7 @@ impl Writer {
                     )
                     .expect("the appender cannot insert");
                 }
+                held();
                 tx.commit().expect("the appender cannot commit");
             }
             Self::Postgres(client) => {
@@ -1831,17 +1877,28 @@ impl Writer {
                     )
                     .unwrap_or_else(|e| panic!("the appender cannot insert: {}", pg_error(&e)));
                 }
+                held();
                 tx.commit()
                     .unwrap_or_else(|e| panic!("the appender cannot commit: {}", pg_error(&e)));
             }
             Self::Mariadb(client) => {
                 let inserts: Vec<String> = events.iter().map(my_append).collect();
-                client
-                    .execute(&format!(
-                        "START TRANSACTION; {}; COMMIT",
-                        inserts.join("; ")
-                    ))
-                    .unwrap_or_else(|e| panic!("the appender cannot append: {e}"));
+                if hold.is_zero() {
+                    client
+                        .execute(&format!(
+                            "START TRANSACTION; {}; COMMIT",
+                            inserts.join("; ")
+                        ))
+                        .unwrap_or_else(|e| panic!("the appender cannot append: {e}"));
+                } else {
+                    client
+                        .execute(&format!("START TRANSACTION; {}", inserts.join("; ")))
+                        .unwrap_or_else(|e| panic!("the appender cannot append: {e}"));
+                    held();
+                    client
+                        .execute("COMMIT")
+                        .unwrap_or_else(|e| panic!("the appender cannot commit: {e}"));
+                }
             }
         }
     }
